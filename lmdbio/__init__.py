@@ -1,0 +1,68 @@
+"""lmdbio: an ImageFolder tree as one pickle-free LMDB file, read back as a drop-in Dataset.
+
+    import lmdbio
+    lmdbio.convert("data/train")                       # -> data/train.lmdb
+    dataset = lmdbio.ImageFolderLMDB("data/train.lmdb", transform=...)
+
+``import lmdbio`` does not import torch or torchvision; ``ImageFolderLMDB`` (which needs torch)
+is imported on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+from .convert import ConvertReport, convert, default_destination
+from .decode import decode_pil
+from .envs import EnvOptions
+from .errors import (ConcurrentWriteError, CorruptRecordError, DatabaseNotFoundError,
+                     DestinationError, DiskFullError, FormatError, LegacyFormatError,
+                     LmdbioError, OutputExistsError, ResumeError, SourceError, SourceFileError)
+from .folder import IMG_EXTENSIONS, find_classes, make_dataset
+from .reader import Database, open_database
+from .tools import DatabaseInfo, VerifyReport, extract, info, verify
+
+if TYPE_CHECKING:
+    from .dataset import ImageFolderLMDB
+
+__all__ = [
+    "IMG_EXTENSIONS",
+    "ConcurrentWriteError",
+    "ConvertReport",
+    "CorruptRecordError",
+    "Database",
+    "DatabaseInfo",
+    "DatabaseNotFoundError",
+    "DestinationError",
+    "DiskFullError",
+    "EnvOptions",
+    "FormatError",
+    "ImageFolderLMDB",
+    "LegacyFormatError",
+    "LmdbioError",
+    "OutputExistsError",
+    "ResumeError",
+    "SourceError",
+    "SourceFileError",
+    "VerifyReport",
+    "__version__",
+    "convert",
+    "decode_pil",
+    "default_destination",
+    "extract",
+    "find_classes",
+    "info",
+    "make_dataset",
+    "open_database",
+    "verify",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ImageFolderLMDB":  # imports torch (~3 s): only when asked for
+        from .dataset import ImageFolderLMDB
+
+        return ImageFolderLMDB
+    raise AttributeError(f"module 'lmdbio' has no attribute {name!r}")

@@ -1,0 +1,135 @@
+"""The ``lmdbio`` command line. ``convert``, ``info``, ``verify`` and ``extract`` never import
+torch or torchvision, so they start in a fraction of a second."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+
+__all__ = ["main"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .convert import convert
+
+    report = convert(args.src, args.dst, overwrite=args.overwrite, resume=args.resume,
+                     on_error=args.on_error, verify_images=args.verify_images,
+                     workers=args.workers, commit_bytes=args.commit_mb << 20,
+                     progress=not args.quiet)
+    print(report)
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from .tools import info
+
+    result = info(args.db)
+    print(json.dumps(asdict(result), indent=2) if args.json else result)
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .tools import verify
+
+    report = verify(args.db, decode=args.decode, progress=not args.quiet)
+    print(report)
+    return 0 if report.ok else 1
+
+
+def _extract(args: argparse.Namespace) -> int:
+    from .tools import extract
+
+    count = extract(args.db, args.outdir, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"extracted {count} files to {args.outdir}")
+    return 0
+
+
+def register_convert(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("convert", help="convert an ImageFolder tree into one LMDB file",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("src", help="split folder holding one sub-folder per class, e.g. data/train")
+    p.add_argument("dst", nargs="?", help="output file (default: SRC.lmdb next to SRC)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted conversion from its last commit")
+    p.add_argument("--on-error", choices=("fail", "skip"), default="fail",
+                   help="what to do with unreadable or non-image files")
+    p.add_argument("--verify-images", action="store_true",
+                   help="fully decode each image (catches truncated files; slower)")
+    p.add_argument("--workers", type=int, default=16, help="parallel file reads")
+    p.add_argument("--commit-mb", type=int, default=64, help="MB of images per transaction")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_convert)
+
+
+def register_info(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("info", help="counts, classes, sizes and versions of a database")
+    p.add_argument("db")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=_info)
+
+
+def register_verify(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("verify", help="check every record's checksum (exit 1 on damage)")
+    p.add_argument("db")
+    p.add_argument("--decode", action="store_true", help="also decode every image")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_verify)
+
+
+def register_extract(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("extract", help="write the ImageFolder tree back, byte for byte")
+    p.add_argument("db")
+    p.add_argument("outdir")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_extract)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="lmdbio", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"lmdbio {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in (register_convert, register_info, register_verify, register_extract):
+        register(commands)
+    for register in _extra_commands():
+        register(commands)
+    return parser
+
+
+def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
+    """Commands of the study side (they import torch only when run)."""
+    try:
+        from .study_cli import COMMANDS
+    except ImportError:
+        return []
+    return list(COMMANDS)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .errors import LmdbioError
+
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except LmdbioError as exc:
+        print(f"lmdbio: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lmdbio: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:  # an I/O failure lmdbio did not anticipate: still one line
+        print(f"lmdbio: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""``lmdbio.convert``: an ImageFolder tree into one LMDB file, crash-safe and resumable.
+
+The output is written as ``DST.partial`` and renamed to ``DST`` only when complete, so ``DST``
+is either a complete database or absent. A killed run leaves ``DST.partial`` with a checkpoint
+at its last commit; ``resume=True`` continues from there when the source listing is unchanged.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import os
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import lmdb
+
+from . import __version__
+from .errors import (ConcurrentWriteError, DestinationError, OutputExistsError, ResumeError)
+from .folder import IMG_EXTENSIONS
+from .format import Metadata
+from .progress import Progress
+from .sources import Listing, list_source, read_in_order, source_error
+from .writer import Checkpoint, LmdbWriter, estimate_map_size
+
+__all__ = ["ConvertReport", "convert", "default_destination"]
+
+OnError = Literal["fail", "skip"]
+
+
+@dataclass(frozen=True)
+class ConvertReport:
+    """What a conversion did; ``str()`` gives the one-paragraph summary the CLI prints."""
+
+    source: str
+    destination: str
+    num_samples: int
+    classes: list[str]
+    payload_bytes: int
+    file_bytes: int
+    seconds: float
+    resumed_from: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    peak_rss_bytes: int = 0
+
+    @property
+    def images_per_second(self) -> float:
+        return (self.num_samples - self.resumed_from) / self.seconds if self.seconds else 0.0
+
+    @property
+    def megabytes_per_second(self) -> float:
+        return self.payload_bytes / 1e6 / self.seconds if self.seconds else 0.0
+
+    def __str__(self) -> str:
+        lines = [f"wrote {self.num_samples} images of {len(self.classes)} classes to "
+                 f"{self.destination} ({self.file_bytes / 1e6:.1f} MB) in {self.seconds:.1f} s: "
+                 f"{self.images_per_second:.0f} images/s, {self.megabytes_per_second:.1f} MB/s, "
+                 f"peak RSS {self.peak_rss_bytes / 1e6:.0f} MB"]
+        if self.resumed_from:
+            lines.append(f"resumed after {self.resumed_from} images")
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} bad files:")
+            lines += [f"  {path}: {reason}" for path, reason in self.skipped]
+        return "\n".join(lines)
+
+
+def default_destination(source: str | os.PathLike[str]) -> str:
+    """``data/train`` -> ``data/train.lmdb``, next to the source as in pytorch-lmdb."""
+    return os.path.normpath(os.path.abspath(os.path.expanduser(os.fspath(source)))) + ".lmdb"
+
+
+def convert(
+    source: str | os.PathLike[str],
+    destination: str | os.PathLike[str] | None = None,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    on_error: OnError = "fail",
+    verify_images: bool = False,
+    workers: int = 16,
+    commit_bytes: int = 64 << 20,
+    extensions: Sequence[str] = IMG_EXTENSIONS,
+    progress: bool = True,
+) -> ConvertReport:
+    """Convert the ImageFolder at ``source`` into the LMDB file ``destination``.
+
+    Sample order and classes are exactly ``torchvision.datasets.ImageFolder(source)``'s.
+    Files are read by ``workers`` threads; records are committed every ``commit_bytes``.
+    ``on_error="skip"`` leaves out unreadable or non-image files and lists them in the report
+    and the metadata; ``verify_images`` fully decodes each image (catches truncated JPEGs).
+    """
+    if on_error not in ("fail", "skip"):
+        raise ValueError(f"on_error must be 'fail' or 'skip', not {on_error!r}")
+    if workers < 1 or commit_bytes < 1:
+        raise ValueError(f"workers and commit_bytes must be >= 1, not {workers}, {commit_bytes}")
+    started = time.perf_counter()
+    dst = os.path.abspath(os.fspath(destination)) if destination else default_destination(source)
+    _check_destination(dst, overwrite)
+    listing = list_source(source, extensions, workers)
+    partial = dst + ".partial"
+    guard = _lock_partial(partial, keep=resume)
+    writer = None
+    try:
+        writer = LmdbWriter(partial, estimate_map_size(sum(listing.sizes), len(listing)))
+        state = _start_state(writer, listing, resume, partial)
+        meta = _write_records(writer, listing, state, on_error=on_error,
+                              verify_images=verify_images, workers=workers,
+                              commit_bytes=commit_bytes, progress=progress)
+        writer = None  # finished and closed
+        _publish(partial, dst, overwrite)
+    except KeyboardInterrupt:
+        if writer is not None:
+            writer.close()
+        print(f"lmdbio: interrupted; continue with --resume (partial output: {partial})",
+              file=sys.stderr)
+        raise
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        _remove(partial)
+        raise
+    finally:
+        os.close(guard)
+    return ConvertReport(
+        source=listing.root, destination=dst, num_samples=meta.num_samples,
+        classes=meta.classes, payload_bytes=meta.payload_bytes,
+        file_bytes=os.path.getsize(dst), seconds=time.perf_counter() - started,
+        resumed_from=state["written"], skipped=meta.skipped,
+        peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
+def _check_destination(dst: str, overwrite: bool) -> None:
+    folder = os.path.dirname(dst)
+    if not os.path.isdir(folder):
+        raise DestinationError(f"destination folder {folder!r} does not exist; create it first")
+    if os.path.isdir(dst):
+        raise DestinationError(f"destination {dst!r} is a directory; pass a file name such as "
+                               "train.lmdb")
+    if os.path.exists(dst) and not overwrite:
+        raise OutputExistsError(f"destination {dst!r} already exists; pass --overwrite "
+                                "(overwrite=True) to replace it, or choose another DST")
+
+
+def _lock_partial(partial: str, keep: bool) -> int:
+    """An exclusive lock on ``DST.partial`` so two conversions never write one file.
+
+    Unless ``keep`` (resuming), a stale partial file is emptied; LMDB starts afresh on an
+    empty file, and the locked inode stays the one LMDB writes.
+    """
+    try:
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise DestinationError(f"cannot create {partial!r} ({exc.strerror}); check that the "
+                               "folder is writable") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise ConcurrentWriteError(f"another conversion is writing {partial!r}; wait for it "
+                                   "or stop it") from None
+    if not keep:
+        os.ftruncate(fd, 0)
+    return fd
+
+
+def _start_state(writer: LmdbWriter, listing: Listing, resume: bool, partial: str) -> Checkpoint:
+    fresh: Checkpoint = {"fingerprint": listing.fingerprint, "position": 0, "written": 0,
+                         "payload_bytes": 0, "skipped": []}
+    checkpoint = writer.checkpoint()
+    if checkpoint is None:
+        return fresh
+    if not resume or checkpoint.get("written", -1) < 0:
+        raise ResumeError(f"{partial!r} holds records without a valid checkpoint; delete it "
+                          "and convert again without --resume")
+    if checkpoint.get("fingerprint") != listing.fingerprint:
+        raise ResumeError(f"the source {listing.root!r} changed since {partial!r} was written "
+                          "(file list, sizes or times differ); convert again without --resume")
+    return checkpoint
+
+
+def _write_records(writer: LmdbWriter, listing: Listing, state: Checkpoint, *,
+                   on_error: OnError, verify_images: bool, workers: int, commit_bytes: int,
+                   progress: bool) -> Metadata:
+    skipped: list[list[str]] = [list(item) for item in state["skipped"]]
+    written, payload_bytes = state["written"], state["payload_bytes"]
+    batch: list[tuple[int, bytes]] = []
+    batch_bytes = 0
+    bar = Progress(len(listing), state["position"], enabled=progress)
+
+    def commit(position: int) -> None:
+        nonlocal batch, batch_bytes, written
+        writer.commit(written, batch, {"fingerprint": listing.fingerprint, "position": position,
+                                       "written": written + len(batch),
+                                       "payload_bytes": payload_bytes, "skipped": skipped})
+        written += len(batch)
+        batch, batch_bytes = [], 0
+
+    for result in read_in_order(listing, state["position"], workers=workers,
+                                full_decode=verify_images):
+        if result.data is None:
+            if on_error == "fail":
+                raise source_error(listing, result)
+            skipped.append([listing.relative_paths[result.position], str(result.error)])
+        else:
+            batch.append((listing.targets[result.position], result.data))
+            batch_bytes += len(result.data)
+            payload_bytes += len(result.data)
+        bar.update(len(result.data or b""))
+        if batch_bytes >= commit_bytes:
+            commit(result.position + 1)
+    if batch:
+        commit(len(listing))
+    bar.close()
+    keep = set(range(len(listing))) - _skipped_positions(listing, skipped)
+    positions = sorted(keep)
+    meta = Metadata(
+        num_samples=written, classes=listing.classes, source_root=listing.root,
+        source_fingerprint=listing.fingerprint, extensions=list(IMG_EXTENSIONS),
+        payload_bytes=payload_bytes, skipped=[(p, r) for p, r in skipped],
+        lmdbio_version=__version__, lmdb_version=".".join(map(str, lmdb.version())),
+        created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    writer.finish(meta, [listing.relative_paths[i] for i in positions],
+                  [listing.targets[i] for i in positions])
+    return meta
+
+
+def _skipped_positions(listing: Listing, skipped: list[list[str]]) -> set[int]:
+    names = {path for path, _ in skipped}
+    return {i for i, rel in enumerate(listing.relative_paths) if rel in names}
+
+
+def _publish(partial: str, dst: str, overwrite: bool) -> None:
+    """Rename the finished file into place; without ``overwrite`` never clobber a newcomer."""
+    if overwrite:
+        os.replace(partial, dst)
+    else:
+        try:
+            os.link(partial, dst)  # fails if dst appeared meanwhile
+            os.unlink(partial)
+        except FileExistsError:
+            raise OutputExistsError(f"destination {dst!r} appeared during the conversion; "
+                                    "convert again with --overwrite, or choose another DST"
+                                    ) from None
+        except OSError:
+            os.rename(partial, dst)  # file systems without hard links
+    directory = os.open(os.path.dirname(dst), os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a power cut
+    finally:
+        os.close(directory)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

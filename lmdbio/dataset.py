@@ -1,0 +1,110 @@
+"""``ImageFolderLMDB``: a drop-in for ``torchvision.datasets.ImageFolder`` over one LMDB file."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from .decode import decode_pil
+from .envs import EnvOptions
+from .reader import open_database
+
+__all__ = ["ImageFolderLMDB"]
+
+
+class ImageFolderLMDB(Dataset):
+    """Samples of an lmdbio database, indexed exactly like ``ImageFolder`` on the source tree.
+
+    Args:
+        root: the ``.lmdb`` file written by ``lmdbio convert``.
+        transform: applied to the decoded image (as in ImageFolder).
+        target_transform: applied to the integer target.
+        decode: bytes -> image; default ``decode_pil`` (RGB PIL image, like ImageFolder).
+        readahead: let the kernel read ahead around each record. On by default: it turns the
+            many small page faults of a cold random read into few large reads (see README).
+        lock: use LMDB's lock file; off by default, which is what read-only mounts need.
+        max_readers: LMDB reader slots (only with ``lock=True``).
+        verify_checksums: check each record's CRC32 before decoding it.
+        allow_pickle: read a pytorch-lmdb seed database (pickled records). Off by default:
+            unpickling runs code chosen by whoever wrote the file.
+
+    Attributes ``classes``, ``class_to_idx``, ``samples`` (``imgs``) and ``targets`` are those of
+    ``ImageFolder(source)``; ``samples``/``targets`` are decoded on first use, so opening a
+    database with a million samples reads a few hundred bytes. The LMDB environment is opened
+    lazily in each process that reads (safe with DataLoader workers under fork, spawn and
+    forkserver) and is not pickled.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], transform: Callable[[Any], Any] | None = None,
+                 target_transform: Callable[[int], Any] | None = None, *,
+                 decode: Callable[[bytes], Any] = decode_pil, readahead: bool = True,
+                 lock: bool = False, max_readers: int = 126, verify_checksums: bool = True,
+                 allow_pickle: bool = False) -> None:
+        self.root = os.fspath(root)
+        self.transform = transform
+        self.target_transform = target_transform
+        self.decode = decode
+        self.database = open_database(
+            self.root, EnvOptions(readahead=readahead, lock=lock, max_readers=max_readers),
+            verify_checksums=verify_checksums, allow_pickle=allow_pickle)
+        self._samples: list[tuple[str, int]] | None = None
+        self._targets: list[int] | None = None
+
+    @property
+    def classes(self) -> list[str]:
+        return self.database.meta.classes
+
+    @property
+    def class_to_idx(self) -> dict[str, int]:
+        return self.database.meta.class_to_idx
+
+    @property
+    def targets(self) -> list[int]:
+        if self._targets is None:
+            self._targets = self.database.targets()
+        return self._targets
+
+    @property
+    def samples(self) -> list[tuple[str, int]]:
+        """``(path in the source tree, target)``, as ImageFolder lists them."""
+        if self._samples is None:
+            source = self.database.meta.source_root
+            self._samples = [(os.path.join(source, rel), target) for rel, target
+                             in zip(self.database.relative_paths(), self.targets)]
+        return self._samples
+
+    imgs = samples
+
+    def __len__(self) -> int:
+        return len(self.database)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        index = int(index)
+        if index < 0:
+            index += len(self)
+        target, data = self.database.get(index)
+        sample = self.decode(data)
+        if self.transform is not None:
+            sample = self.transform(sample)
+        if self.target_transform is not None:
+            return sample, self.target_transform(target)
+        return sample, target
+
+    def close(self) -> None:
+        """Release the LMDB environment (needed before evicting its pages from the cache)."""
+        self.database.close()
+
+    def __repr__(self) -> str:
+        body = [f"Number of datapoints: {len(self)}", f"Root location: {self.root}"]
+        if self.transform is not None or self.target_transform is not None:
+            body.append("StandardTransform")
+            for name, value in (("Transform", self.transform),
+                                ("Target transform", self.target_transform)):
+                if value is not None:
+                    lines = repr(value).splitlines()
+                    body += [f"{name}: {lines[0]}"] + [" " * (len(name) + 2) + ln
+                                                       for ln in lines[1:]]
+        return "\n".join([f"Dataset {type(self).__name__}"] + ["    " + line for line in body])

@@ -1,0 +1,78 @@
+"""Typed, one-line errors.
+
+Every message says what went wrong, which value (usually a path) and what to do next.
+Each class also subclasses the built-in a caller would naturally catch (``FileNotFoundError``,
+``ValueError``...), so ``except OSError`` style code written for ImageFolder keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConcurrentWriteError",
+    "CorruptRecordError",
+    "DatabaseNotFoundError",
+    "DestinationError",
+    "DiskFullError",
+    "FormatError",
+    "LegacyFormatError",
+    "LmdbioError",
+    "OutputExistsError",
+    "ResumeError",
+    "SourceError",
+    "SourceFileError",
+]
+
+
+class LmdbioError(Exception):
+    """Base class of every error lmdbio raises on purpose."""
+
+
+class SourceError(LmdbioError, FileNotFoundError):
+    """The source tree is missing or is not an ImageFolder (no classes, an empty class...)."""
+
+
+class SourceFileError(LmdbioError, OSError):
+    """One source file cannot be read or is not a valid image."""
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class OutputExistsError(LmdbioError, FileExistsError):
+    """The destination exists and overwriting was not requested."""
+
+
+class ConcurrentWriteError(LmdbioError, RuntimeError):
+    """Another conversion is writing the same destination right now."""
+
+
+class ResumeError(LmdbioError, ValueError):
+    """``resume`` was asked for but the partial output does not match the source."""
+
+
+class DestinationError(LmdbioError, OSError):
+    """The destination cannot be written (missing parent folder, permissions, a directory...)."""
+
+
+class DiskFullError(LmdbioError, OSError):
+    """The destination's file system ran out of space."""
+
+
+class DatabaseNotFoundError(LmdbioError, FileNotFoundError):
+    """The database path does not exist."""
+
+
+class FormatError(LmdbioError, ValueError):
+    """The file is not an lmdbio database, is incomplete, or has a newer format version."""
+
+
+class LegacyFormatError(FormatError):
+    """A seed-style (pickled) database, which is only read with ``allow_pickle=True``."""
+
+
+class CorruptRecordError(FormatError):
+    """A record's header or checksum does not match its payload."""

@@ -1,0 +1,127 @@
+"""Opt-in reader for databases written by the pytorch-lmdb seed tools (pickled records).
+
+The seed stores ``pickle((image, label))`` under ``str(index)`` keys, plus ``__keys__`` and
+``__len__``. Unpickling runs code chosen by whoever wrote the file, so this reader is used only
+with ``allow_pickle=True``, and even then through an unpickler that admits nothing but the
+NumPy array types the seed's labels use. Convert such a database once with
+``lmdbio convert`` after extracting it, or read it here.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import pickle
+from typing import Any
+
+import lmdb
+
+from . import envs
+from .errors import CorruptRecordError, FormatError, LegacyFormatError
+from .format import Metadata
+
+__all__ = ["LegacyDatabase", "is_legacy"]
+
+_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ALLOWED:
+            raise LegacyFormatError(f"legacy record references {module}.{name}, which lmdbio "
+                                    "refuses to load; re-convert the source with lmdbio")
+        return super().find_class(module, name)
+
+
+def _unpickle(blob: bytes) -> Any:
+    try:
+        return _NumpyOnlyUnpickler(io.BytesIO(blob)).load()
+    except LegacyFormatError:
+        raise
+    except Exception as exc:  # any malformed pickle: report, never crash differently
+        raise CorruptRecordError(f"legacy record does not unpickle ({exc}); re-convert the "
+                                 "source") from None
+
+
+def _as_bytes(image: Any) -> bytes:
+    while isinstance(image, (list, tuple)) and len(image) == 1:
+        image = image[0]  # the seed's DataLoader collate wraps the bytes in a list
+    if not isinstance(image, (bytes, bytearray)):
+        raise CorruptRecordError(f"legacy record holds {type(image).__name__}, not image bytes")
+    return bytes(image)
+
+
+def _as_label(label: Any) -> int:
+    if hasattr(label, "reshape"):
+        label = label.reshape(-1)[0]  # the seed stores array([label])
+    elif isinstance(label, (list, tuple)) and len(label) == 1:
+        label = label[0]
+    try:
+        return int(label)
+    except (TypeError, ValueError):
+        raise CorruptRecordError(f"legacy record label {label!r} is not an integer") from None
+
+
+def is_legacy(txn: lmdb.Transaction) -> bool:
+    return txn.get(b"__keys__") is not None and txn.get(b"__len__") is not None
+
+
+class LegacyDatabase:
+    """Reads a seed database through the same interface as ``lmdbio.reader.Database``."""
+
+    def __init__(self, path: str | os.PathLike[str], options: envs.EnvOptions | None = None,
+                 **_: Any) -> None:
+        self.path = os.fspath(path)
+        self.options = options or envs.EnvOptions()
+        self._shared: envs.SharedEnv | None = None
+        with self._env().begin() as txn:
+            if not is_legacy(txn):
+                raise FormatError(f"{self.path!r} is not a pytorch-lmdb seed database")
+            self._length = int(_unpickle(txn.get(b"__len__")))
+
+    def _env(self) -> lmdb.Environment:
+        if self._shared is None or self._shared.pid != os.getpid():
+            self._shared = envs.acquire(self.path, self.options)
+        return self._shared.env
+
+    def __len__(self) -> int:
+        return self._length
+
+    def get(self, index: int) -> tuple[int, bytes]:
+        if not 0 <= index < self._length:
+            raise IndexError(f"sample index {index} out of range for {self._length} samples")
+        with self._env().begin() as txn:
+            blob = txn.get(str(index).encode("ascii"))
+        if blob is None:
+            raise CorruptRecordError(f"record {index} is missing from {self.path!r}")
+        value = _unpickle(blob)
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
+            raise CorruptRecordError(f"legacy record {index} is not an (image, label) pair")
+        return _as_label(value[1]), _as_bytes(value[0])
+
+    def targets(self) -> list[int]:
+        """Every label; the seed stores none apart, so this reads the whole database."""
+        return [self.get(i)[0] for i in range(self._length)]
+
+    def relative_paths(self) -> list[str]:
+        return [str(i) for i in range(self._length)]  # the seed keeps no file names
+
+    @functools.cached_property
+    def meta(self) -> Metadata:
+        labels = self.targets()
+        classes = [str(i) for i in range(max(labels, default=-1) + 1)]
+        return Metadata(num_samples=self._length, classes=classes, source_root="",
+                        source_fingerprint="", extensions=[], payload_bytes=0)
+
+    def close(self) -> None:
+        if self._shared is not None:
+            envs.release(self._shared)
+        self._shared = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_shared": None}

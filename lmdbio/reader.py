@@ -1,0 +1,159 @@
+"""Read-only access to an lmdbio database, without torch: used by the Dataset and the CLI."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import lmdb
+
+from . import envs
+from .errors import CorruptRecordError, FormatError, LegacyFormatError
+from .legacy import LegacyDatabase, is_legacy
+from .format import (KEY_COMPLETE, KEY_HEADER, KEY_PATHS, KEY_PROGRESS, KEY_TARGETS, META_DB,
+                     SAMPLES_DB, Metadata, decode_paths, decode_record, decode_targets,
+                     encode_key)
+
+__all__ = ["Database", "open_database"]
+
+
+
+class Database:
+    """A complete lmdbio database, opened read-only.
+
+    The LMDB environment opens lazily in the process that reads (a DataLoader worker opens its
+    own after fork or spawn) and is left out when the object is pickled.
+
+    Args:
+        path: the ``.lmdb`` file written by ``lmdbio convert``.
+        options: LMDB knobs (``readahead``, ``lock``, ``max_readers``...).
+        verify_checksums: check each record's CRC32 on read (costs ~1 % of a JPEG decode).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], options: envs.EnvOptions | None = None,
+                 *, verify_checksums: bool = True) -> None:
+        self.path = os.fspath(path)
+        self.options = options or envs.EnvOptions()
+        self.verify_checksums = verify_checksums
+        self._shared: envs.SharedEnv | None = None
+        self._dbs: tuple[Any, Any] | None = None
+        self.meta = self._read_header()
+
+    # -- opening -----------------------------------------------------------------------------
+    def _handles(self) -> tuple[lmdb.Environment, Any, Any]:
+        shared = self._shared
+        if shared is None or shared.pid != os.getpid() or self._dbs is None:
+            shared = self._shared = envs.acquire(self.path, self.options)
+            self._dbs = self._open_dbs(shared.env)
+        return shared.env, self._dbs[0], self._dbs[1]
+
+    def _open_dbs(self, env: lmdb.Environment) -> tuple[Any, Any]:
+        try:
+            # Without txn=: a handle opened inside a read transaction dies with it.
+            return (env.open_db(SAMPLES_DB, create=False), env.open_db(META_DB, create=False))
+        except (lmdb.NotFoundError, lmdb.IncompatibleError, lmdb.BadValsizeError):
+            with env.begin() as txn:
+                legacy = is_legacy(txn)
+            self.close()
+            if legacy:
+                raise LegacyFormatError(
+                    f"{self.path!r} was written by the pytorch-lmdb seed tools (pickled records);"
+                    " reading it runs pickle, so pass allow_pickle=True only if you trust it, "
+                    "or re-convert the source with 'lmdbio convert'") from None
+            raise FormatError(f"{self.path!r} is an LMDB file but not an lmdbio database; "
+                              "convert an ImageFolder with 'lmdbio convert SRC'") from None
+
+    def _read_meta(self, key: bytes) -> bytes | None:
+        env, _, meta = self._handles()
+        with env.begin(db=meta) as txn:
+            return txn.get(key)
+
+    def _read_header(self) -> Metadata:
+        if self._read_meta(KEY_COMPLETE) != b"1":
+            hint = ("resume it with 'lmdbio convert --resume'"
+                    if self._read_meta(KEY_PROGRESS) is not None else "re-convert the source")
+            self.close()
+            raise FormatError(f"{self.path!r} holds an unfinished conversion; {hint}")
+        blob = self._read_meta(KEY_HEADER)
+        meta = Metadata.from_json(blob or b"", self.path)
+        with self._handles()[0].begin(db=self._dbs[0]) as txn:  # type: ignore[index]
+            stored = txn.stat(self._dbs[0])["entries"]  # type: ignore[index]
+        if stored != meta.num_samples:
+            self.close()
+            raise FormatError(f"{self.path!r} holds {stored} records, header says "
+                              f"{meta.num_samples}; the file is damaged: re-convert the source")
+        return meta
+
+    # -- reading -----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.meta.num_samples
+
+    def get(self, index: int) -> tuple[int, bytes]:
+        """``(label, original file bytes)`` of sample ``index`` (0 <= index < len)."""
+        if not 0 <= index < self.meta.num_samples:
+            raise IndexError(f"sample index {index} out of range for {self.meta.num_samples} "
+                             f"samples in {self.path!r}")
+        env, samples, _ = self._handles()
+        with env.begin(db=samples, buffers=True) as txn:
+            value = txn.get(encode_key(index))
+            if value is None:
+                raise CorruptRecordError(f"record {index} is missing from {self.path!r}; "
+                                         "re-convert the source")
+            try:
+                label, payload = decode_record(value, index, verify=self.verify_checksums)
+            except CorruptRecordError as exc:
+                raise CorruptRecordError(f"{self.path!r}: {exc}") from None
+            if label >= len(self.meta.classes):
+                raise CorruptRecordError(f"{self.path!r}: record {index} has label {label} but "
+                                         f"there are {len(self.meta.classes)} classes")
+            return label, bytes(payload)
+
+    def relative_paths(self) -> list[str]:
+        """Each sample's path relative to the source root, decoded on demand."""
+        return decode_paths(self._read_meta(KEY_PATHS) or b"", self.meta.num_samples)
+
+    def targets(self) -> list[int]:
+        """Each sample's class index, decoded on demand (4 bytes per sample on disk)."""
+        return decode_targets(self._read_meta(KEY_TARGETS) or b"", self.meta.num_samples)
+
+    def lib_version(self) -> str:
+        return ".".join(map(str, self._handles()[0].lib_version()))
+
+    # -- lifetime ----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release this process's environment (closed with its last user, so pages can be
+        evicted)."""
+        if self._shared is not None:
+            envs.release(self._shared)
+        self._shared = None
+        self._dbs = None
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_shared"] = None
+        state["_dbs"] = None
+        return state
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: modules may already be gone
+            pass
+
+
+def open_database(path: str | os.PathLike[str], options: envs.EnvOptions | None = None, *,
+                  verify_checksums: bool = True,
+                  allow_pickle: bool = False) -> Database | LegacyDatabase:
+    """Open an lmdbio database; a seed (pickled) one only when ``allow_pickle`` is True."""
+    try:
+        return Database(path, options, verify_checksums=verify_checksums)
+    except LegacyFormatError:
+        if not allow_pickle:
+            raise
+    return LegacyDatabase(path, options)

@@ -1,0 +1,138 @@
+"""The converter's input side: list an ImageFolder, fingerprint it, read files in parallel.
+
+Reading is I/O bound (and on a network file system, latency bound), so a thread pool keeps
+many reads in flight while one writer consumes the results in listing order. The window of
+in-flight reads is bounded in count and bytes, so memory stays flat in the dataset size.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import io
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from .errors import SourceFileError
+from .folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+__all__ = ["Listing", "ReadResult", "list_source", "read_in_order"]
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The samples of a source tree in torchvision order, with what the fingerprint covers."""
+
+    root: str                      # absolute source root
+    classes: list[str]
+    relative_paths: list[str]
+    targets: list[int]
+    sizes: list[int]
+    fingerprint: str               # sha256 of classes, paths, sizes and mtimes
+
+    def __len__(self) -> int:
+        return len(self.relative_paths)
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    position: int                  # index into the listing
+    data: bytes | None             # None when the file was bad (see error)
+    error: str | None = None
+
+
+def list_source(root: str | os.PathLike[str], extensions: Sequence[str] = IMG_EXTENSIONS,
+                workers: int = 8) -> Listing:
+    """List ``root`` exactly as ``torchvision.datasets.ImageFolder`` would, and stat each file."""
+    root = os.path.abspath(os.path.expanduser(os.fspath(root)))
+    classes, class_to_idx = find_classes(root)
+    samples = make_dataset(root, class_to_idx, extensions)
+    relative = [os.path.relpath(path, root) for path, _ in samples]
+    targets = [target for _, target in samples]
+    with ThreadPoolExecutor(workers) as pool:  # stat is a round trip each on a network FS
+        stats = list(pool.map(_stat_or_none, (path for path, _ in samples)))
+    digest = hashlib.sha256()
+    digest.update("\0".join(classes).encode("utf-8", "surrogateescape") + b"\1")
+    digest.update("\0".join(extensions).encode() + b"\1")
+    sizes = []
+    for rel, stat in zip(relative, stats):
+        size, mtime = stat if stat else (-1, -1)
+        sizes.append(max(size, 0))
+        digest.update(os.fsencode(rel) + f"\0{size}\0{mtime}\1".encode())
+    return Listing(root, classes, relative, targets, sizes, digest.hexdigest())
+
+
+def _stat_or_none(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None  # reported when the file is read, with the same on_error policy
+    return stat.st_size, stat.st_mtime_ns
+
+
+def check_image(data: bytes, full_decode: bool) -> None:
+    """Raise ``ValueError`` unless ``data`` is an image Pillow can open (and decode, if asked).
+
+    The header check is cheap and catches non-images and empty files; only a full decode
+    catches truncation. Pillow's decompression-bomb limit stays in force.
+    """
+    from PIL import Image  # ~50 ms, and only needed when converting
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if full_decode:
+                image.load()
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"{exc} (raise PIL.Image.MAX_IMAGE_PIXELS if you trust it)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ValueError(str(exc) or type(exc).__name__) from None
+
+
+def _read_one(listing: Listing, position: int, full_decode: bool) -> ReadResult:
+    path = os.path.join(listing.root, listing.relative_paths[position])
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        return ReadResult(position, None, f"cannot read: {exc.strerror or exc}")
+    if len(data) != listing.sizes[position]:
+        return ReadResult(position, None, f"changed while converting ({listing.sizes[position]}"
+                                          f" bytes listed, {len(data)} read)")
+    try:
+        check_image(data, full_decode)
+    except ValueError as exc:
+        return ReadResult(position, None, f"not a readable image: {exc}")
+    return ReadResult(position, data)
+
+
+def read_in_order(listing: Listing, start: int, *, workers: int, full_decode: bool,
+                  max_inflight_bytes: int = 256 << 20) -> Iterator[ReadResult]:
+    """Yield the files from ``start`` on, in listing order, read by ``workers`` threads."""
+    window = max(4 * workers, 16)
+    pending: collections.deque[tuple[Future[ReadResult], int]] = collections.deque()
+    inflight = 0
+    position = start
+    with ThreadPoolExecutor(workers, thread_name_prefix="lmdbio-read") as pool:
+        try:
+            while position < len(listing) or pending:
+                while position < len(listing) and len(pending) < window and (
+                        inflight < max_inflight_bytes or not pending):
+                    size = listing.sizes[position]
+                    pending.append((pool.submit(_read_one, listing, position, full_decode), size))
+                    inflight += size
+                    position += 1
+                future, size = pending.popleft()
+                inflight -= size
+                yield future.result()
+        finally:
+            for future, _ in pending:
+                future.cancel()
+
+
+def source_error(listing: Listing, result: ReadResult) -> SourceFileError:
+    """The one-line error for a bad file, naming it and the remedies."""
+    path = os.path.join(listing.root, listing.relative_paths[result.position])
+    return SourceFileError(f"{path!r}: {result.error}; fix or remove the file, or convert with "
+                           "--on-error skip to leave it out", path)

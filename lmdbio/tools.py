@@ -1,0 +1,163 @@
+"""``info``, ``verify`` and ``extract``: inspect, check and unpack a database, without torch."""
+
+from __future__ import annotations
+
+import collections
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+from .envs import EnvOptions
+from .errors import CorruptRecordError, DestinationError, FormatError
+from .format import decode_record, encode_key
+from .progress import Progress
+from .reader import Database
+from .sources import check_image
+
+__all__ = ["DatabaseInfo", "VerifyReport", "extract", "info", "verify"]
+
+
+@dataclass(frozen=True)
+class DatabaseInfo:
+    """Counts, classes, sizes and versions of a database."""
+
+    path: str
+    file_bytes: int
+    num_samples: int
+    class_counts: dict[str, int]
+    payload_bytes: int
+    skipped: int
+    format_version: int
+    lmdbio_version: str
+    lmdb_version: str
+    created_utc: str
+    source_root: str
+
+    def __str__(self) -> str:
+        lines = [f"{self.path}: lmdbio format v{self.format_version}, written by lmdbio "
+                 f"{self.lmdbio_version} (liblmdb {self.lmdb_version}) at {self.created_utc}",
+                 f"  samples: {self.num_samples} ({self.payload_bytes / 1e6:.1f} MB of images, "
+                 f"file {self.file_bytes / 1e6:.1f} MB), skipped at conversion: {self.skipped}",
+                 f"  source: {self.source_root}",
+                 f"  classes ({len(self.class_counts)}):"]
+        lines += [f"    {name}: {count}" for name, count in self.class_counts.items()]
+        return "\n".join(lines)
+
+
+def info(path: str | os.PathLike[str]) -> DatabaseInfo:
+    """Describe the database at ``path`` (reads the metadata, not the images)."""
+    with Database(path, EnvOptions(readahead=False)) as db:
+        meta = db.meta
+        counts = collections.Counter(db.targets())
+        return DatabaseInfo(
+            path=db.path, file_bytes=os.path.getsize(db.path), num_samples=meta.num_samples,
+            class_counts={name: counts[i] for i, name in enumerate(meta.classes)},
+            payload_bytes=meta.payload_bytes, skipped=len(meta.skipped),
+            format_version=meta.format_version, lmdbio_version=meta.lmdbio_version,
+            lmdb_version=meta.lmdb_version, created_utc=meta.created_utc,
+            source_root=meta.source_root)
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    path: str
+    checked: int
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def __str__(self) -> str:
+        if self.ok:
+            return f"{self.path}: OK, {self.checked} records verified"
+        shown = self.problems[:20]
+        more = len(self.problems) - len(shown)
+        return "\n".join([f"{self.path}: {len(self.problems)} problems in {self.checked} records"]
+                         + [f"  {p}" for p in shown] + ([f"  ... and {more} more"] if more else []))
+
+
+def verify(path: str | os.PathLike[str], *, decode: bool = False,
+           progress: bool = False) -> VerifyReport:
+    """Check every record: key sequence, header, checksum, label against the stored targets,
+    and (``decode=True``) that Pillow fully decodes the image. Reads the file sequentially."""
+    problems: list[str] = []
+    with Database(path, EnvOptions(readahead=True)) as db:
+        targets = db.targets()
+        try:
+            db.relative_paths()
+        except (FormatError, ValueError, OSError) as exc:  # zlib errors are ValueError-like
+            problems.append(f"path list: {exc}")
+        env, samples, _ = db._handles()
+        bar = Progress(len(db), enabled=progress, unit="rec")
+        expected = 0
+        with env.begin(db=samples, buffers=True) as txn:
+            for key, value in txn.cursor():
+                if bytes(key) != encode_key(expected):
+                    problems.append(f"record {expected}: unexpected key {bytes(key).hex()}")
+                    break
+                try:
+                    label, payload = decode_record(value, expected)
+                    if expected < len(targets) and label != targets[expected]:
+                        raise CorruptRecordError(f"record {expected} has label {label}, the "
+                                                 f"target list says {targets[expected]}")
+                    if decode:
+                        check_image(bytes(payload), full_decode=True)
+                except (CorruptRecordError, ValueError) as exc:
+                    problems.append(f"record {expected}: {exc}")
+                bar.update(len(value))
+                expected += 1
+        bar.close()
+    if expected != len(targets) and not any("unexpected key" in p for p in problems):
+        problems.append(f"found {expected} records, metadata says {len(targets)}")
+    return VerifyReport(os.fspath(path), expected, problems)
+
+
+def _safe_relative(rel: str, outdir: str) -> str:
+    """``outdir/rel``, refusing absolute paths, ``..`` and anything resolving outside."""
+    parts = rel.replace("\\", "/").split("/")
+    if os.path.isabs(rel) or not rel or any(p in ("", ".", "..") for p in parts) or "\0" in rel:
+        raise FormatError(f"stored path {rel!r} would escape {outdir!r}; refusing to extract "
+                          "(the database may be hostile)")
+    target = os.path.join(outdir, *parts)
+    real_out = os.path.realpath(outdir)
+    if os.path.commonpath([real_out, os.path.realpath(target)]) != real_out:
+        raise FormatError(f"stored path {rel!r} resolves outside {outdir!r} (through a symlink);"
+                          " refusing to extract")
+    return target
+
+
+def extract(path: str | os.PathLike[str], outdir: str | os.PathLike[str], *,
+            overwrite: bool = False, progress: bool = False) -> int:
+    """Write the ImageFolder tree back to ``outdir``, byte for byte; returns the file count.
+
+    Each file is written under a temporary name and renamed, so no half-written image is
+    left under its final name.
+    """
+    outdir = os.path.abspath(os.fspath(outdir))
+    with Database(path, EnvOptions(readahead=True)) as db:
+        relative = db.relative_paths()
+        targets = [_safe_relative(rel, outdir) for rel in relative]  # all checked before I/O
+        os.makedirs(outdir, exist_ok=True)
+        bar = Progress(len(db), enabled=progress)
+        for index, target in enumerate(targets):
+            if os.path.lexists(target) and not overwrite:
+                raise DestinationError(f"{target!r} already exists; pass --overwrite or extract "
+                                       "into an empty folder")
+            _, data = db.get(index)
+            folder = os.path.dirname(target)
+            os.makedirs(folder, exist_ok=True)
+            _safe_relative(relative[index], outdir)  # again, now that folders exist
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".lmdbio-")
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide images from other users
+                os.replace(tmp, target)
+            except BaseException:
+                os.unlink(tmp)
+                raise
+            bar.update(len(data))
+        bar.close()
+    return len(targets)
+

@@ -1,0 +1,121 @@
+"""The converter's output side: one LMDB file written append-only in bounded transactions.
+
+Keys arrive in increasing order, so ``putmulti(append=True)`` bulk-loads pages full, without
+B-tree splits. Each commit also stores a progress checkpoint, so a killed conversion resumes
+from its last commit. The map starts near the input size, doubles on ``MapFullError``, and is
+shrunk to the used size before the last commit, so readers never see a 28 GiB guess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import lmdb
+
+from .errors import DestinationError, DiskFullError
+from .format import (KEY_COMPLETE, KEY_HEADER, KEY_PATHS, KEY_PROGRESS, KEY_TARGETS, META_DB,
+                     RECORD_HEADER_SIZE, SAMPLES_DB, Metadata, encode_key, encode_paths,
+                     encode_record, encode_targets)
+
+__all__ = ["Checkpoint", "LmdbWriter", "estimate_map_size"]
+
+_PAGE = 4096
+Checkpoint = dict[str, Any]
+
+
+def estimate_map_size(payload_bytes: int, count: int) -> int:
+    """Room for the payloads, their overflow-page rounding, B-tree pages and metadata."""
+    per_record = RECORD_HEADER_SIZE + 8 + _PAGE  # header, key, worst-case page rounding
+    return int(payload_bytes * 1.05) + count * per_record + (64 << 20)
+
+
+class LmdbWriter:
+    """Append-only writer of one lmdbio file; the caller owns naming and renaming."""
+
+    def __init__(self, path: str, map_size: int) -> None:
+        self.path = path
+        try:
+            self.env = lmdb.open(path, subdir=False, map_size=map_size, max_dbs=2, lock=False,
+                                 readahead=False, meminit=False, sync=True, metasync=True)
+        except lmdb.Error as exc:
+            raise DestinationError(f"cannot create {path!r} ({exc}); check that the folder "
+                                   "exists and is writable") from None
+        self.samples = self.env.open_db(SAMPLES_DB)
+        self.meta = self.env.open_db(META_DB)
+
+    def checkpoint(self) -> Checkpoint | None:
+        """The progress record of an interrupted run, or None for a fresh file."""
+        with self.env.begin(db=self.meta) as txn:
+            blob = txn.get(KEY_PROGRESS)
+            entries = txn.stat(self.samples)["entries"]
+        if blob is None:
+            return None if entries == 0 else {"written": -1}
+        progress: Checkpoint = json.loads(blob)
+        if progress.get("written") != entries:
+            progress["written"] = -1  # records and checkpoint disagree: not resumable
+        return progress
+
+    def commit(self, first_index: int, records: list[tuple[int, bytes]],
+               checkpoint: Checkpoint) -> None:
+        """Append ``records`` as ``(label, payload)`` from ``first_index`` with a checkpoint."""
+        items = [(encode_key(first_index + i), encode_record(label, payload))
+                 for i, (label, payload) in enumerate(records)]
+        self._commit_with_growth(lambda txn: self._append(txn, items, checkpoint),
+                                 sum(len(value) for _, value in items))
+
+    def _append(self, txn: lmdb.Transaction, items: list[tuple[bytes, bytes]],
+                checkpoint: Checkpoint) -> None:
+        with txn.cursor(db=self.samples) as cursor:
+            consumed, added = cursor.putmulti(items, append=True)
+        if added != len(items):
+            raise RuntimeError(f"appended {added} of {len(items)} records: keys out of order")
+        txn.put(KEY_PROGRESS, json.dumps(checkpoint).encode(), db=self.meta)
+
+    def finish(self, meta: Metadata, relative_paths: list[str], targets: list[int]) -> None:
+        """Write the metadata and the completion flag in the last transaction, then close."""
+        paths_blob, targets_blob = encode_paths(relative_paths), encode_targets(targets)
+        info = self.env.info()
+        used = (info["last_pgno"] + 1) * _PAGE
+        extra = 2 * (len(paths_blob) + len(targets_blob)) + (4 << 20)
+        self.env.set_mapsize(used + extra)  # persisted by the commit below: no 28 GiB map
+
+        def write(txn: lmdb.Transaction) -> None:
+            txn.put(KEY_HEADER, meta.to_json(), db=self.meta)
+            txn.put(KEY_PATHS, paths_blob, db=self.meta)
+            txn.put(KEY_TARGETS, targets_blob, db=self.meta)
+            txn.put(KEY_COMPLETE, b"1", db=self.meta)
+            txn.delete(KEY_PROGRESS, db=self.meta)
+
+        self._commit_with_growth(write, extra)
+        self.env.sync(True)
+        self.close()
+
+    def _commit_with_growth(self, body: Any, batch_bytes: int) -> None:
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    body(txn)
+                return
+            except lmdb.MapFullError:
+                # Aborted by the with-block; no transaction is open, so the map may grow.
+                current = self.env.info()["map_size"]
+                self.env.set_mapsize(max(2 * current, current + 4 * batch_bytes))
+            except lmdb.Error as exc:
+                raise self._classify(exc, batch_bytes) from None
+
+    def _classify(self, exc: lmdb.Error, batch_bytes: int) -> OSError:
+        folder = os.path.dirname(os.path.abspath(self.path))
+        try:
+            free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize
+        except OSError:
+            free = -1
+        if "No space" in str(exc) or 0 <= free < batch_bytes + (1 << 20):
+            return DiskFullError(f"disk full while writing {self.path!r} ({free >> 20} MiB "
+                                 f"free in {folder!r}); free space or choose another DST")
+        return DestinationError(f"writing {self.path!r} failed ({exc}); check the disk and "
+                                "the folder's permissions")
+
+    def close(self) -> None:
+        self.env.close()
