@@ -49,6 +49,16 @@ def _extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    return value
+
+
 def register_convert(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("convert", help="convert an ImageFolder tree into one LMDB file",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -61,8 +71,9 @@ def register_convert(commands: argparse._SubParsersAction) -> None:
                    help="what to do with unreadable or non-image files")
     p.add_argument("--verify-images", action="store_true",
                    help="fully decode each image (catches truncated files; slower)")
-    p.add_argument("--workers", type=int, default=16, help="parallel file reads")
-    p.add_argument("--commit-mb", type=int, default=64, help="MB of images per transaction")
+    p.add_argument("--workers", type=_positive_int, default=16, help="parallel file reads")
+    p.add_argument("--commit-mb", type=_positive_int, default=64,
+                   help="MB of images per transaction")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_convert)
 
@@ -105,17 +116,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
-    """Commands of the study side (they import torch only when run)."""
-    try:
-        from .study_cli import COMMANDS
-    except ImportError:
-        return []
+    """Commands of the study side (they import torch and papermill only when run)."""
+    from .study_cli import COMMANDS
+
     return list(COMMANDS)
+
+
+def _printable_output() -> None:
+    """File names need not be valid UTF-8 (Python holds them with surrogate escapes); under a
+    strict UTF-8 stdout, printing one would crash after the work is done. Escape them instead."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .errors import LmdbioError
 
+    _printable_output()
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
     try:

@@ -1,0 +1,45 @@
+# The README's two set-up commands: `make study` and `make test`. Both create .venv if needed.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PIP    := $(BIN)/python -m pip
+# Study knobs (see README, "The study"): STUDY_ARGS="--images 25000 --epochs 10 --repeats 5"
+STUDY_ARGS ?=
+NOTEBOOKS  := $(wildcard notebooks/*.ipynb)
+
+.PHONY: install study test test-unit test-notebooks lab bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+	$(PIP) install -q -e ".[notebooks,test]" 2>&1 | grep -v '^WARNING: Location' || true
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	$(BIN)/python -c "import lmdbio, torch, torchvision, papermill, nbval"
+	touch $@
+
+study: $(STAMP)
+	$(BIN)/lmdbio study $(STUDY_ARGS)
+
+test: test-unit test-notebooks
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+test-notebooks: $(STAMP)
+ifneq ($(NOTEBOOKS),)
+	$(BIN)/python -m pytest --nbval notebooks --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
+else
+	@echo "no notebooks yet: nothing for nbval to compare"
+endif
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks/
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_foundation.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,167 @@
+"""One measured run: iterate a DataLoader for some epochs, timing every batch.
+
+Three modes, as the study needs them:
+
+* ``train``: ResNet-18 (``weights=None``, 2-class head) on the seed's transform, SGD.
+* ``emulate``: the step is a sleep of ``step_ms`` (an accelerator's step time, as MLPerf
+  Storage does), so storage differences are not drowned by CPU training; accelerator
+  utilisation = compute time / wall time.
+* ``load``: the DataLoader alone.
+
+Per batch: data time (waiting for the batch, ``perf_counter``) and batch time (the whole step).
+The first batch of each epoch also pays for worker start-up; it is kept (as time to first
+batch) but left out of the steady-state figures. Nothing is printed per batch.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["MODES", "RunSpec", "measure", "seed_transform"]
+
+MODES = ("train", "emulate", "load")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One condition of the study, plus the knobs that stay fixed across conditions."""
+
+    fmt: str                # "imagefolder" | "lmdb"
+    mode: str               # one of MODES
+    cache: str              # "cold" | "warm"
+    repeat: int
+    epochs: int = 1
+    batch_size: int = 128
+    num_workers: int = 2
+    step_ms: float = 50.0
+    seed: int = 0
+    warmup: bool = False    # discarded warm-up run
+    device: str = "cpu"
+    max_batches: int = 0    # 0: whole epochs
+
+
+def seed_transform(image_size: int = 64) -> Callable[[Any], torch.Tensor]:
+    """The pytorch-lmdb seed's training transform: RandomResizedCrop, flip, normalize."""
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.RandomResizedCrop(image_size),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def _model(num_classes: int, device: str) -> torch.nn.Module:
+    from torchvision.models import resnet18
+
+    return resnet18(weights=None, num_classes=num_classes).to(device)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()  # the clock must not run ahead of queued GPU work
+
+
+def measure(dataset: Dataset, spec: RunSpec, num_classes: int,
+            multiprocessing_context: str | None = None) -> tuple[list[dict[str, Any]],
+                                                                 dict[str, Any]]:
+    """Run ``spec`` on ``dataset``; returns (one row per batch, one summary row)."""
+    if spec.mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {spec.mode!r}")
+    torch.manual_seed(spec.seed)  # a fresh, identically initialised model per condition
+    model = _model(num_classes, spec.device) if spec.mode == "train" else None
+    optimizer = (torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+                 if model is not None else None)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    shuffle = torch.Generator().manual_seed(spec.seed * 1_000_003 + spec.repeat)
+    loader = DataLoader(dataset, batch_size=spec.batch_size, shuffle=True, generator=shuffle,
+                        num_workers=spec.num_workers,
+                        persistent_workers=spec.num_workers > 0 and spec.epochs > 1,
+                        multiprocessing_context=multiprocessing_context if spec.num_workers
+                        else None)
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for epoch in range(spec.epochs):
+        if model is not None:
+            model.train()
+        tick = time.perf_counter()
+        iterator = iter(loader)  # counted in batch 0: worker start-up is part of the wait
+        for batch in range(len(loader)):
+            if spec.max_batches and batch >= spec.max_batches:
+                break
+            images, targets = next(iterator)
+            got = time.perf_counter()
+            loss, correct = _step(spec, model, optimizer, loss_fn, images, targets)
+            _sync(spec.device)
+            done = time.perf_counter()
+            rows.append({"epoch": epoch, "batch": batch, "images": len(targets),
+                         "data_time": got - tick, "step_time": done - got,
+                         "batch_time": done - tick, "loss": loss, "correct": correct})
+            tick = done
+        del iterator
+    wall = time.perf_counter() - started
+    return rows, summarize(rows, wall) | {k: v for k, v in asdict(spec).items()}
+
+
+def _step(spec: RunSpec, model: torch.nn.Module | None, optimizer: Any, loss_fn: Any,
+          images: torch.Tensor, targets: torch.Tensor) -> tuple[float, int]:
+    if spec.mode == "emulate":
+        time.sleep(spec.step_ms / 1000)
+        return float("nan"), -1
+    if model is None:
+        return float("nan"), -1
+    images = images.to(spec.device, non_blocking=True)
+    targets = targets.to(spec.device, non_blocking=True)
+    optimizer.zero_grad(set_to_none=True)
+    logits = model(images)
+    loss = loss_fn(logits, targets)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach()), int((logits.argmax(1) == targets).sum())
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def summarize(rows: list[dict[str, Any]], wall: float) -> dict[str, Any]:
+    """Run-level figures; steady state leaves out each epoch's first batch."""
+    steady = [r for r in rows if r["batch"] > 0]
+    first = [r["data_time"] for r in rows if r["batch"] == 0]
+    images = sum(r["images"] for r in rows)
+    steady_images = sum(r["images"] for r in steady)
+    steady_time = sum(r["batch_time"] for r in steady)
+    data = [r["data_time"] for r in steady]
+    last_epoch = [r for r in rows if r["epoch"] == rows[-1]["epoch"]] if rows else []
+    seen = sum(r["images"] for r in last_epoch)
+    correct = sum(r["correct"] for r in last_epoch)
+    losses = [r["loss"] for r in last_epoch if r["loss"] == r["loss"]]
+    return {
+        "batches": len(rows), "images_total": images, "wall_s": wall,
+        "images_per_s": images / wall if wall else float("nan"),
+        "steady_images_per_s": steady_images / steady_time if steady_time else float("nan"),
+        "ttfb_s": first[0] if first else float("nan"),
+        "ttfb_mean_s": statistics.fmean(first) if first else float("nan"),
+        "data_median_s": statistics.median(data) if data else float("nan"),
+        "data_p95_s": _percentile(data, 0.95),
+        "batch_median_s": (statistics.median(r["batch_time"] for r in steady) if steady
+                           else float("nan")),
+        "data_share": (sum(r["data_time"] for r in rows) / sum(r["batch_time"] for r in rows)
+                       if rows else float("nan")),
+        "utilisation": (sum(r["step_time"] for r in rows) / wall) if wall else float("nan"),
+        "last_epoch_loss": statistics.fmean(losses) if losses else float("nan"),
+        "last_epoch_accuracy": correct / seen if seen and correct >= 0 else float("nan"),
+    }

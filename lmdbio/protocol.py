@@ -1,0 +1,163 @@
+"""The measurement protocol around ``harness.measure``: cache state, order, repeats, rows.
+
+* Cold vs warm is enforced and verified before every run: cold = every reader closed, then the
+  data's pages evicted (``posix_fadvise`` DONTNEED, also on the server side of a network FS);
+  warm = after a full sequential pass. Page-cache residency is recorded in each run's row.
+* Conditions are counterbalanced (ABBA: the order reverses on every repetition), one warm-up
+  run is discarded, and every run gets a fresh seeded model and its own shuffle seed.
+* Results are tidy tables: one row per batch and one per run, each with the run metadata.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from . import pagecache
+from .harness import MODES, RunSpec, measure, seed_transform
+from .machine import run_metadata
+
+__all__ = ["CACHES", "FORMATS", "BenchResult", "run_bench", "schedule"]
+
+FORMATS = ("imagefolder", "lmdb")
+CACHES = ("cold", "warm")
+
+
+def _pandas() -> Any:
+    try:
+        import pandas
+    except ImportError:
+        raise ImportError("the benchmark tables need pandas: pip install 'lmdbio[notebooks]'"
+                          ) from None
+    return pandas
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    batches: Any   # pandas.DataFrame, one row per batch
+    runs: Any      # pandas.DataFrame, one row per run
+    output_dir: str | None
+
+
+def schedule(formats: Sequence[str], caches: Sequence[str],
+             repeats: int) -> list[tuple[str, str, int]]:
+    """ABBA order: A B C D, then D C B A, ... so drift and order effects cancel out."""
+    conditions = [(fmt, cache) for cache in caches for fmt in formats]
+    order = []
+    for repeat in range(repeats):
+        sequence = conditions if repeat % 2 == 0 else conditions[::-1]
+        order += [(fmt, cache, repeat) for fmt, cache in sequence]
+    return order
+
+
+def _data_paths(fmt: str, split_dir: str, lmdb_path: str, data_dir: str,
+                backing_dir: str) -> list[str]:
+    path = split_dir if fmt == "imagefolder" else lmdb_path
+    paths = [path]
+    if backing_dir:  # the same file on the server side of a network file system
+        paths.append(os.path.join(backing_dir, os.path.relpath(path, data_dir)))
+    return paths
+
+
+def _read_through(path: str) -> None:
+    for root, _, files in os.walk(path) if os.path.isdir(path) else [("", [], [path])]:
+        for name in files:
+            with open(os.path.join(root, name), "rb", buffering=0) as handle:
+                while handle.read(1 << 20):
+                    pass
+
+
+def prepare_cache(paths: Sequence[str], cache: str) -> pagecache.Residency:
+    """Evict (cold) or fully read (warm) ``paths``; returns the residency of ``paths[0]``."""
+    if cache not in CACHES:
+        raise ValueError(f"cache must be one of {CACHES}, not {cache!r}")
+    for path in paths:
+        if cache == "cold":
+            pagecache.evict(path)
+        else:
+            _read_through(path)
+    return pagecache.residency(paths[0])
+
+
+def _dataset(fmt: str, split_dir: str, lmdb_path: str, readahead: bool) -> Any:
+    transform = seed_transform()
+    if fmt == "imagefolder":
+        from torchvision.datasets import ImageFolder
+
+        return ImageFolder(split_dir, transform=transform)
+    if fmt == "lmdb":
+        from .dataset import ImageFolderLMDB
+
+        return ImageFolderLMDB(lmdb_path, transform=transform, readahead=readahead)
+    raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
+
+
+def run_bench(*, data_dir: str, split_dir: str, lmdb_path: str, storage: str, mode: str,
+              formats: Sequence[str] = FORMATS, caches: Sequence[str] = CACHES,
+              epochs: int = 1, batch_size: int = 128, num_workers: int = 2, repeats: int = 1,
+              step_ms: float = 50.0, seed: int = 0, threads: int = 0, warmup: bool = True,
+              backing_dir: str = "", readahead: bool = True, max_batches: int = 0,
+              device: str = "cpu", output_dir: str | None = None) -> BenchResult:
+    """Measure every (format, cache) condition ``repeats`` times in ABBA order."""
+    import torch
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    pandas = _pandas()
+    torch.set_num_threads(threads or os.cpu_count() or 1)  # main process; workers use 1
+    common = run_metadata(storage, split_dir)
+    base = RunSpec(fmt=formats[0], mode=mode, cache=caches[0], repeat=0, epochs=epochs,
+                   batch_size=batch_size, num_workers=num_workers, step_ms=step_ms, seed=seed,
+                   device=device, max_batches=max_batches)
+    plan = [replace(base, warmup=True, repeat=-1, epochs=1)] if warmup else []
+    plan += [replace(base, fmt=f, cache=c, repeat=r) for f, c, r in schedule(formats, caches,
+                                                                             repeats)]
+    batch_rows: list[dict[str, Any]] = []
+    run_rows: list[dict[str, Any]] = []
+    for order, spec in enumerate(plan):
+        run_id = uuid.uuid4().hex[:12]
+        resident = prepare_cache(_data_paths(spec.fmt, split_dir, lmdb_path, data_dir,
+                                             backing_dir), spec.cache)
+        opened = time.perf_counter()
+        dataset = _dataset(spec.fmt, split_dir, lmdb_path, readahead)
+        setup_s = time.perf_counter() - opened
+        n_samples = len(dataset)
+        try:
+            batches, summary = measure(dataset, spec, num_classes=len(dataset.classes))
+        finally:
+            if hasattr(dataset, "close"):
+                dataset.close()
+            del dataset
+            gc.collect()  # persistent workers (and their mmaps) must be gone before evicting
+        ids = {"run_id": run_id, "order": order, "storage": storage, "format": spec.fmt,
+               "mode": spec.mode, "cache": spec.cache, "repeat": spec.repeat,
+               "warmup": spec.warmup}
+        batch_rows += [ids | row for row in batches]
+        run_rows.append(common | ids | summary | {
+            "resident_fraction": resident.fraction, "data_bytes": resident.bytes_total,
+            "setup_s": setup_s, "n_samples": n_samples,
+            "readahead": readahead, "threads": torch.get_num_threads()})
+    result = BenchResult(pandas.DataFrame(batch_rows), pandas.DataFrame(run_rows), output_dir)
+    if output_dir:
+        save(result, output_dir)
+    return result
+
+
+def save(result: BenchResult, output_dir: str) -> None:
+    """Write ``batches.parquet``, ``runs.parquet`` and ``runs.csv``, each via a temp name."""
+    os.makedirs(output_dir, exist_ok=True)
+    for name, frame, kind in (("batches.parquet", result.batches, "parquet"),
+                              ("runs.parquet", result.runs, "parquet"),
+                              ("runs.csv", result.runs, "csv")):
+        final = os.path.join(output_dir, name)
+        partial = final + ".partial"
+        if kind == "parquet":
+            frame.to_parquet(partial, index=False)
+        else:
+            frame.to_csv(partial, index=False)
+        os.replace(partial, final)

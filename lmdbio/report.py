@@ -1,0 +1,165 @@
+"""Tables and figures from every benchmark run under a results folder.
+
+Statistics are computed from run-level figures (one value per run), never from pooled
+batches: per-batch data time is a sawtooth with period ``num_workers``. Warm-up runs are
+left out. Each figure labels the storage target with its file-system type.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Any
+
+__all__ = ["cache_check", "describe", "figures", "format_parity", "load_results", "run_counts",
+           "speedups", "summary", "write_tables"]
+
+METRICS = ("images_per_s", "steady_images_per_s", "ttfb_s", "data_median_s", "data_p95_s",
+           "data_share", "utilisation", "batch_median_s")
+KEYS = ["storage", "fs_type", "mode", "cache", "format"]
+
+
+def _pandas() -> Any:
+    try:
+        import pandas
+    except ImportError:
+        raise ImportError("reports need pandas: pip install 'lmdbio[notebooks]'") from None
+    return pandas
+
+
+def load_results(results_dir: str) -> tuple[Any, Any, list[dict[str, str]]]:
+    """All ``runs.parquet`` / ``batches.parquet`` below ``results_dir`` (warm-ups dropped),
+    and the targets the study skipped (``skipped.json``), each with its reason."""
+    pandas = _pandas()
+    run_files = sorted(glob.glob(os.path.join(results_dir, "**", "runs.parquet"),
+                                 recursive=True))
+    if not run_files:
+        raise FileNotFoundError(f"no runs.parquet under {results_dir!r}; run 'make study' or "
+                                "the bench notebook with output_dir set")
+    runs = pandas.concat([pandas.read_parquet(f) for f in run_files], ignore_index=True)
+    batches = pandas.concat([pandas.read_parquet(os.path.join(os.path.dirname(f),
+                                                              "batches.parquet"))
+                             for f in run_files], ignore_index=True)
+    runs = runs[~runs["warmup"]].copy()
+    batches = batches[~batches["warmup"]].copy()
+    skipped_file = os.path.join(results_dir, "skipped.json")
+    skipped = json.load(open(skipped_file)) if os.path.exists(skipped_file) else []
+    return runs, batches, skipped
+
+
+def summary(runs: Any) -> Any:
+    """Median and spread (min, max, n) of each metric per storage x mode x cache x format."""
+    grouped = runs[~runs["warmup"]].groupby(KEYS)
+    table = grouped[list(METRICS)].median()
+    table["runs"] = grouped.size()
+    for metric in ("images_per_s", "data_median_s"):
+        table[f"{metric}_min"] = grouped[metric].min()
+        table[f"{metric}_max"] = grouped[metric].max()
+    return table.reset_index()
+
+
+def speedups(runs: Any) -> Any:
+    """LMDB over ImageFolder, per storage x mode x cache, from the median images/s; also the
+    ratio's range across repetition pairs (ABBA pairs run side by side)."""
+    pandas = _pandas()
+    wide = runs[~runs["warmup"]].pivot_table(index=KEYS[:-1] + ["repeat"], columns="format",
+                            values="images_per_s").dropna()
+    if not {"lmdb", "imagefolder"} <= set(wide.columns):
+        return pandas.DataFrame()
+    wide["ratio"] = wide["lmdb"] / wide["imagefolder"]
+    grouped = wide.groupby(level=KEYS[:-1])
+    table = pandas.DataFrame({
+        "imagefolder_images_per_s": grouped["imagefolder"].median(),
+        "lmdb_images_per_s": grouped["lmdb"].median(),
+        "speedup": grouped["ratio"].median(),
+        "speedup_min": grouped["ratio"].min(),
+        "speedup_max": grouped["ratio"].max(),
+        "pairs": grouped.size(),
+    })
+    return table.reset_index()
+
+
+def write_tables(runs: Any, out_dir: str) -> dict[str, str]:
+    """``summary`` and ``speedups`` as CSV and parquet, plus the tidy run table."""
+    os.makedirs(out_dir, exist_ok=True)
+    written = {}
+    for name, frame in (("summary", summary(runs)), ("speedups", speedups(runs)),
+                        ("runs", runs)):
+        for ext in ("csv", "parquet"):
+            path = os.path.join(out_dir, f"{name}.{ext}")
+            (frame.to_csv(path, index=False) if ext == "csv"
+             else frame.to_parquet(path, index=False))
+            written[f"{name}.{ext}"] = path
+    return written
+
+
+def _label(row: Any) -> str:
+    return f"{row['storage']} ({row['fs_type']})"
+
+
+def figures(runs: Any, out_dir: str) -> list[str]:
+    """Write the study's PNG figures; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .report_plots import PLOTS
+
+    os.makedirs(out_dir, exist_ok=True)
+    runs = runs.assign(target=runs.apply(_label, axis=1))
+    paths = []
+    for name, plot in PLOTS.items():
+        figure = plot(runs, plt)
+        if figure is None:
+            continue
+        path = os.path.join(out_dir, f"{name}.png")
+        figure.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(figure)
+        paths.append(path)
+    return paths
+
+
+def run_counts(runs: Any) -> str:
+    """Measured runs per condition, e.g. for a notebook's deterministic output."""
+    measured = runs[~runs["warmup"]]
+    counts = measured.groupby(["format", "cache"]).size()
+    parts = [f"{fmt}/{cache}: {n}" for (fmt, cache), n in counts.items()]
+    return (f"{len(measured)} measured runs + {int(runs['warmup'].sum())} warm-up "
+            f"({', '.join(parts)})")
+
+
+def cache_check(runs: Any, cold_max: float = 0.05, warm_min: float = 0.95) -> str:
+    """Whether every cold run started evicted and every warm run started cached."""
+    cold = runs[runs["cache"] == "cold"]["resident_fraction"]
+    warm = runs[runs["cache"] == "warm"]["resident_fraction"]
+    return (f"cold runs evicted (residency <= {cold_max:.0%}): {bool((cold <= cold_max).all())};"
+            f" warm runs cached (residency >= {warm_min:.0%}): {bool((warm >= warm_min).all())}")
+
+
+def format_parity(runs: Any) -> str:
+    """In train mode both formats see the same pixels, shuffle and augmentation, so a run's
+    loss must be identical across formats: a check that LMDB is a true drop-in."""
+    train = runs[(runs["mode"] == "train") & ~runs["warmup"]]
+    if train.empty:
+        return "loss parity: n/a (no train-mode runs)"
+    wide = train.pivot_table(index=["cache", "repeat"], columns="format",
+                             values="last_epoch_loss")
+    if not {"lmdb", "imagefolder"} <= set(wide.columns):
+        return "loss parity: n/a (needs both formats)"
+    same = int((wide["lmdb"] == wide["imagefolder"]).sum())
+    return f"training loss identical across formats in {same} of {len(wide)} paired runs"
+
+
+def describe(runs: Any, skipped: list[dict[str, str]]) -> str:
+    """Machine, targets (with file systems), modes, repetitions and skipped targets."""
+    first = runs.iloc[0]
+    lines = [f"machine: {first['cpu']}, {first['cores']} cores, {first['ram_gib']} GiB RAM; "
+             f"torch {first['v_torch']}, lmdb {first['v_lmdb']}, commit {first['git_commit']}"]
+    for (storage, fs_type, options), group in runs.groupby(["storage", "fs_type",
+                                                            "mount_options"]):
+        modes = ", ".join(f"{m} x{n}" for m, n in group.groupby("mode").size().items())
+        lines.append(f"target {storage}: {fs_type} ({options}); runs per mode: {modes}")
+    lines += [f"skipped target {s['target']}: {s['reason']}" for s in skipped]
+    return "\n".join(lines)

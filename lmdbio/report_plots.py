@@ -1,0 +1,115 @@
+"""The study's figures. Each takes the run table (one row per run, ``target`` column added)
+and pyplot, and returns a Figure or None when the runs hold nothing for it. Bars are medians
+across repetitions; whiskers span the fastest and slowest run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy
+
+__all__ = ["PLOTS"]
+
+FORMAT_COLOURS = {"imagefolder": "#8c8c8c", "lmdb": "#1f77b4"}
+
+
+def _bars(ax: Any, runs: Any, metric: str, scale: float, ylabel: str) -> None:
+    groups = sorted({(t, c) for t, c in zip(runs["target"], runs["cache"])})
+    formats = [f for f in FORMAT_COLOURS if f in set(runs["format"])]
+    width = 0.8 / max(len(formats), 1)
+    for k, fmt in enumerate(formats):
+        medians, lows, highs = [], [], []
+        for target, cache in groups:
+            values = runs[(runs["target"] == target) & (runs["cache"] == cache)
+                          & (runs["format"] == fmt)][metric] * scale
+            med = values.median() if len(values) else float("nan")
+            medians.append(med)
+            lows.append(med - values.min() if len(values) else 0)
+            highs.append(values.max() - med if len(values) else 0)
+        xs = [i + (k - (len(formats) - 1) / 2) * width for i in range(len(groups))]
+        ax.bar(xs, medians, width, yerr=[lows, highs], capsize=3, label=fmt,
+               color=FORMAT_COLOURS[fmt])
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([f"{t}\n{c}" for t, c in groups], fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _per_mode(runs: Any, plt: Any, rows: list[tuple[str, float, str]],
+              title: str) -> Any:
+    modes = [m for m in ("train", "emulate", "load") if m in set(runs["mode"])]
+    if not modes:
+        return None
+    figure, axes = plt.subplots(len(rows), len(modes), squeeze=False,
+                                figsize=(4.6 * len(modes), 3.4 * len(rows)))
+    for j, mode in enumerate(modes):
+        subset = runs[runs["mode"] == mode]
+        for i, (metric, scale, label) in enumerate(rows):
+            _bars(axes[i][j], subset, metric, scale, label)
+            axes[i][j].set_title(f"mode: {mode}", fontsize=10)
+    axes[0][0].legend(fontsize=8)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def data_and_batch_time(runs: Any, plt: Any) -> Any:
+    return _per_mode(runs, plt, [("data_median_s", 1e3, "median data wait per batch (ms)"),
+                                 ("batch_median_s", 1e3, "median batch time (ms)")],
+                     "Data time and batch time per storage x format")
+
+
+def throughput(runs: Any, plt: Any) -> Any:
+    return _per_mode(runs, plt, [("images_per_s", 1.0, "images/s (whole run)")],
+                     "Throughput")
+
+
+def time_to_first_batch(runs: Any, plt: Any) -> Any:
+    return _per_mode(runs, plt, [("ttfb_s", 1.0, "time to first batch (s)")],
+                     "Time to first batch (includes worker start-up)")
+
+
+def utilisation(runs: Any, plt: Any) -> Any:
+    emulate = runs[runs["mode"] == "emulate"]
+    if emulate.empty:
+        return None
+    figure, ax = plt.subplots(figsize=(6, 3.6))
+    _bars(ax, emulate, "utilisation", 100.0, "accelerator utilisation (%)")
+    step = ", ".join(sorted({f"{v:g} ms" for v in emulate["step_ms"]}))
+    ax.axhline(90, color="red", lw=0.8, ls="--", label="MLPerf Storage pass (90 %)")
+    ax.set_title(f"Emulated accelerator, step {step}")
+    ax.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def when_lmdb_helps(runs: Any, plt: Any) -> Any:
+    from .report import speedups
+
+    table = speedups(runs)
+    if table.empty:
+        return None
+    table = table.assign(row=table["storage"] + " (" + table["fs_type"] + "), "
+                         + table["cache"])
+    grid = table.pivot_table(index="row", columns="mode", values="speedup")
+    grid = grid[[m for m in ("train", "emulate", "load") if m in grid.columns]]
+    figure, ax = plt.subplots(figsize=(1.8 + 1.6 * grid.shape[1], 0.9 + 0.55 * grid.shape[0]))
+    image = ax.imshow(grid.values, cmap="RdBu", vmin=0, vmax=2, aspect="auto")
+    ax.set_xticks(range(grid.shape[1]), list(grid.columns))
+    ax.set_yticks(range(grid.shape[0]), list(grid.index))
+    for (i, j), value in numpy.ndenumerate(grid.values):
+        ax.text(j, i, f"{value:.2f}x", ha="center", va="center", fontsize=9)
+    figure.colorbar(image, ax=ax, label="LMDB images/s / ImageFolder images/s")
+    ax.set_title("When does LMDB help? (>1: LMDB faster)")
+    figure.tight_layout()
+    return figure
+
+
+PLOTS: dict[str, Callable[[Any, Any], Any]] = {
+    "data_and_batch_time": data_and_batch_time,
+    "throughput": throughput,
+    "time_to_first_batch": time_to_first_batch,
+    "utilisation": utilisation,
+    "when_lmdb_helps": when_lmdb_helps,
+}

@@ -1,0 +1,141 @@
+"""``lmdbio study``: the whole matrix with papermill, into ``results/``.
+
+For each storage target: the convert notebook, then the bench notebook once per mode (each
+runs formats x cache states, repeated in ABBA order); then the report notebook over
+everything. Targets: ``ssd`` (the local work folder) and ``nfs`` (a real mount given as
+``nfs=/mnt/path``, or else a stand-in brought up here: sshd on 127.0.0.1 + an sshfs mount
+of the work folder, torn down afterwards). A target that cannot be had is skipped and the
+report says why. A failed notebook does not stop the batch: it is kept as
+``NAME.failed.ipynb`` (with its error) and listed at the end; the exit status is non-zero.
+Finished notebooks are skipped on a re-run unless ``force``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from . import netfs
+
+__all__ = ["StudyConfig", "run_study"]
+
+NOTEBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "notebooks")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """What ``make study`` runs; the defaults fit in ~30 minutes on 2 cores (see README)."""
+
+    images: int = 3000
+    epochs: int = 1
+    repeats: int = 5
+    modes: tuple[str, ...] = ("train", "emulate", "load")
+    train_batches: int = 6           # batches per train-mode epoch (0: whole epochs)
+    batch_size: int = 128
+    num_workers: int = 2
+    step_ms: float = 100.0
+    seed: int = 0
+    targets: dict[str, str] = field(default_factory=lambda: {"ssd": "", "nfs": ""})
+    work_dir: str = "work"
+    results_dir: str = "results"
+    force: bool = False
+
+
+@dataclass
+class _Outcome:
+    finished: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+
+def _execute(notebook: str, output: str, parameters: dict[str, object], force: bool,
+             outcome: _Outcome) -> bool:
+    """Run one notebook into ``output`` via a temporary name; False if it failed."""
+    import papermill
+
+    if os.path.exists(output) and not force:
+        print(f"[study] {output}: done earlier, skipped (use --force to rerun)", flush=True)
+        return True
+    os.makedirs(os.path.dirname(output), exist_ok=True)
+    partial = output.replace(".ipynb", ".partial.ipynb")
+    failed = output.replace(".ipynb", ".failed.ipynb")
+    started = time.perf_counter()
+    print(f"[study] {output} ...", flush=True)
+    try:
+        papermill.execute_notebook(os.path.join(NOTEBOOKS, notebook), partial,
+                                   parameters=parameters, kernel_name="python3",
+                                   cwd=NOTEBOOKS, progress_bar=False)
+    except Exception as exc:  # papermill raises many types; the notebook keeps the traceback
+        if os.path.exists(partial):
+            os.replace(partial, failed)
+        outcome.failed.append(f"{failed}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+                              if str(exc) else failed)
+        print(f"[study] FAILED {failed}", flush=True)
+        return False
+    os.replace(partial, output)
+    if os.path.exists(failed):
+        os.unlink(failed)
+    outcome.finished.append(output)
+    print(f"[study] {output}: {time.perf_counter() - started:.0f} s", flush=True)
+    return True
+
+
+@contextlib.contextmanager
+def _target(name: str, path: str, work_data: str) -> Iterator[tuple[str, str]]:
+    """(data_dir, backing_dir) for a target; the nfs stand-in lives for the with-block."""
+    if path:
+        yield os.path.abspath(path), ""
+    elif name == "nfs":
+        ok, why = netfs.available()
+        if not ok:
+            raise netfs.NetFSUnavailable(why)
+        with netfs.SshfsMount(work_data) as mount:
+            yield os.fspath(mount.mountpoint), work_data
+    else:
+        yield work_data, ""
+
+
+def run_study(config: StudyConfig) -> int:
+    """Run the matrix; returns the exit status (0: every notebook finished)."""
+    results = os.path.abspath(config.results_dir)
+    work_data = os.path.join(os.path.abspath(config.work_dir), "data")
+    os.makedirs(work_data, exist_ok=True)
+    outcome = _Outcome()
+    for name, path in config.targets.items():
+        try:
+            with _target(name, path, work_data) as (data_dir, backing_dir):
+                _run_target(config, name, data_dir, backing_dir, results, outcome)
+        except (netfs.NetFSUnavailable, netfs.NetFSError) as exc:
+            print(f"[study] target {name} skipped: {exc}", flush=True)
+            outcome.skipped.append({"target": name, "reason": str(exc)})
+    with open(os.path.join(results, "skipped.json"), "w") as handle:
+        json.dump(outcome.skipped, handle, indent=1)
+    _execute("report.ipynb", os.path.join(results, "report.ipynb"),
+             {"results_dir": results, "out_dir": results}, True, outcome)
+    print(f"[study] {len(outcome.finished)} notebooks finished, {len(outcome.failed)} failed, "
+          f"{len(outcome.skipped)} targets skipped", flush=True)
+    for failure in outcome.failed:
+        print(f"[study] failed: {failure}", file=sys.stderr)
+    return 1 if outcome.failed else 0
+
+
+def _run_target(config: StudyConfig, name: str, data_dir: str, backing_dir: str,
+                results: str, outcome: _Outcome) -> None:
+    common = {"data_dir": data_dir, "n_images": config.images, "seed": config.seed}
+    if not _execute("convert.ipynb", os.path.join(results, name, "convert.ipynb"),
+                    common | {"parity_limit": 256}, config.force, outcome):
+        return  # no database to bench
+    for mode in config.modes:
+        _execute("bench.ipynb", os.path.join(results, name, f"bench-{mode}.ipynb"), common | {
+            "storage": name, "backing_dir": backing_dir, "mode": mode,
+            "epochs": config.epochs, "batch_size": config.batch_size,
+            "num_workers": config.num_workers, "repeats": config.repeats,
+            "step_ms": config.step_ms,
+            "max_batches": config.train_batches if mode == "train" else 0,
+            "output_dir": os.path.join(results, name, mode)}, config.force, outcome)

@@ -1,0 +1,76 @@
+"""``lmdbio study`` and ``lmdbio generate``: the study side of the command line."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["COMMANDS"]
+
+FULL = {"images": 25_000, "epochs": 10, "repeats": 5, "train_batches": 0}
+
+
+def _study(args: argparse.Namespace) -> int:
+    from .study import StudyConfig, run_study
+
+    targets = {"ssd": ""} if args.no_nfs else {"ssd": "", "nfs": ""}
+    for item in args.target:
+        name, _, path = item.partition("=")
+        targets[name] = path
+    overrides = FULL if args.full else {}
+    config = StudyConfig(
+        images=overrides.get("images", args.images), epochs=overrides.get("epochs", args.epochs),
+        repeats=overrides.get("repeats", args.repeats), modes=tuple(args.modes.split(",")),
+        train_batches=overrides.get("train_batches", args.train_batches),
+        batch_size=args.batch_size, num_workers=args.num_workers, step_ms=args.step_ms,
+        seed=args.seed, targets=targets, work_dir=args.work_dir,
+        results_dir=args.results_dir, force=args.force)
+    return run_study(config)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .synthetic import ensure_dataset
+
+    split_dir = ensure_dataset(args.data_dir, args.images, seed=args.seed, split=args.split,
+                               progress=not args.quiet)
+    print(f"ImageFolder ready at {split_dir}")
+    return 0
+
+
+def register_study(commands: argparse._SubParsersAction) -> None:
+    from .study import StudyConfig
+
+    d = StudyConfig()
+    p = commands.add_parser("study", help="run the storage study with papermill into results/",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--images", type=int, default=d.images, help="synthetic images to generate")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--repeats", type=int, default=d.repeats, help="repetitions per condition")
+    p.add_argument("--modes", default=",".join(d.modes), help="train,emulate,load")
+    p.add_argument("--train-batches", type=int, default=d.train_batches,
+                   help="batches per train-mode epoch (0: whole epochs)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--num-workers", type=int, default=d.num_workers)
+    p.add_argument("--step-ms", type=float, default=d.step_ms, help="emulated step time")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--target", action="append", default=[], metavar="NAME=PATH",
+                   help="a storage target at a mounted path, e.g. nfs=/mnt/nfs/data")
+    p.add_argument("--no-nfs", action="store_true", help="skip the sshfs network-FS stand-in")
+    p.add_argument("--work-dir", default=d.work_dir, help="generated data goes here")
+    p.add_argument("--results-dir", default=d.results_dir)
+    p.add_argument("--force", action="store_true", help="rerun finished notebooks")
+    p.add_argument("--full", action="store_true",
+                   help="the seed protocol: 25 000 images, 10 epochs, 5 repeats, whole epochs")
+    p.set_defaults(handler=_study)
+
+
+def register_generate(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("generate", help="generate the synthetic cats-vs-dogs ImageFolder")
+    p.add_argument("data_dir")
+    p.add_argument("--images", type=int, default=25_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default="train")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(handler=_generate)
+
+
+COMMANDS = (register_study, register_generate)

@@ -1,0 +1,44 @@
+"""Where a notebook's data lives, and getting it ready: generate if empty, convert if missing.
+
+``papermill notebooks/bench.ipynb out.ipynb -p data_dir DIR`` works for an empty DIR (a
+synthetic cats-vs-dogs set is generated) and for an existing ImageFolder (``DIR/train/<class>``,
+used as is); the LMDB file is converted next to the split folder when missing.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+
+from .convert import convert, default_destination
+from .synthetic import ensure_dataset
+
+__all__ = ["Workspace", "default_data_dir", "prepare"]
+
+
+@dataclass(frozen=True)
+class Workspace:
+    data_dir: str     # holds the split folder and, by default, the .lmdb file
+    split_dir: str    # the ImageFolder root, e.g. DATA/train
+    lmdb_path: str    # e.g. DATA/train.lmdb
+    converted: bool   # True if this call wrote the LMDB file
+
+
+def default_data_dir(n_images: int, seed: int) -> str:
+    """A per-size scratch folder, so the notebooks' tiny default runs need no argument."""
+    return os.path.join(tempfile.gettempdir(), "lmdbio-data", f"synthetic-{n_images}-s{seed}")
+
+
+def prepare(data_dir: str = "", *, split: str = "train", lmdb_path: str = "",
+            n_images: int = 64, seed: int = 0, progress: bool = False) -> Workspace:
+    """Make sure ``data_dir/split`` is an ImageFolder and ``lmdb_path`` its database."""
+    data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir(n_images, seed)))
+    split_dir = os.fspath(ensure_dataset(data_dir, n_images, seed=seed, split=split,
+                                         progress=progress))
+    lmdb_path = os.path.abspath(lmdb_path) if lmdb_path else default_destination(split_dir)
+    converted = False
+    if not os.path.exists(lmdb_path):
+        convert(split_dir, lmdb_path, progress=progress)
+        converted = True
+    return Workspace(data_dir, split_dir, lmdb_path, converted)
