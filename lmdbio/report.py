@@ -32,8 +32,9 @@ def load_results(results_dir: str) -> tuple[Any, Any, list[dict[str, str]]]:
     """All ``runs.parquet`` / ``batches.parquet`` below ``results_dir`` (warm-ups dropped),
     and the targets the study skipped (``skipped.json``), each with its reason."""
     pandas = _pandas()
-    run_files = sorted(glob.glob(os.path.join(results_dir, "**", "runs.parquet"),
-                                 recursive=True))
+    run_files = sorted(f for f in glob.glob(os.path.join(results_dir, "**", "runs.parquet"),
+                                            recursive=True)
+                       if os.path.exists(os.path.join(os.path.dirname(f), "batches.parquet")))
     if not run_files:
         raise FileNotFoundError(f"no runs.parquet under {results_dir!r}; run 'make study' or "
                                 "the bench notebook with output_dir set")
@@ -81,11 +82,11 @@ def speedups(runs: Any) -> Any:
 
 
 def write_tables(runs: Any, out_dir: str) -> dict[str, str]:
-    """``summary`` and ``speedups`` as CSV and parquet, plus the tidy run table."""
+    """``summary`` and ``speedups`` as CSV and parquet, plus every run (``all_runs``)."""
     os.makedirs(out_dir, exist_ok=True)
     written = {}
     for name, frame in (("summary", summary(runs)), ("speedups", speedups(runs)),
-                        ("runs", runs)):
+                        ("all_runs", runs)):
         for ext in ("csv", "parquet"):
             path = os.path.join(out_dir, f"{name}.{ext}")
             (frame.to_csv(path, index=False) if ext == "csv"

@@ -92,7 +92,7 @@ epochs: int = 1                    # epochs per run
 batch_size: int = 32               # the seed protocol uses 128
 num_workers: int = 2               # DataLoader worker processes
 repeats: int = 1                   # measured repetitions per condition (ABBA order)
-step_ms: float = 20.0              # emulated accelerator step (mode=emulate)
+step_ms: float = 20.0              # emulated accelerator step, for mode emulate
 n_images: int = 64                 # images to generate when data_dir is empty
 seed: int = 0                      # model, shuffle and synthetic-data seed
 threads: int = 0                   # main-process torch threads (0: all cores)
