@@ -25,7 +25,7 @@ from .folder import IMG_EXTENSIONS
 from .format import Metadata
 from .progress import Progress
 from .sources import Listing, list_source, read_in_order, source_error
-from .writer import Checkpoint, LmdbWriter, estimate_map_size
+from .writer import Checkpoint, LmdbWriter
 
 __all__ = ["ConvertReport", "convert", "default_destination"]
 
@@ -98,18 +98,21 @@ def convert(
     if workers < 1 or commit_bytes < 1:
         raise ValueError(f"workers and commit_bytes must be >= 1, not {workers}, {commit_bytes}")
     started = time.perf_counter()
-    dst = os.path.abspath(os.fspath(destination)) if destination else default_destination(source)
+    extensions = (extensions,) if isinstance(extensions, str) else tuple(extensions)
+    dst = (os.path.abspath(os.path.expanduser(os.fspath(destination))) if destination
+           else default_destination(source))  # "~" expanded as for the source
     _check_destination(dst, overwrite)
     listing = list_source(source, extensions, workers)
     partial = dst + ".partial"
     guard = _lock_partial(partial, keep=resume)
     writer = None
     try:
-        writer = LmdbWriter(partial, estimate_map_size(sum(listing.sizes), len(listing)))
+        writer = LmdbWriter(partial)  # the map grows with the data (see writer.py)
         state = _start_state(writer, listing, resume, partial)
         meta = _write_records(writer, listing, state, on_error=on_error,
                               verify_images=verify_images, workers=workers,
-                              commit_bytes=commit_bytes, progress=progress)
+                              commit_bytes=commit_bytes, progress=progress,
+                              extensions=extensions)
         writer = None  # finished and closed
         _publish(partial, dst, overwrite)
     except KeyboardInterrupt:
@@ -184,12 +187,11 @@ def _start_state(writer: LmdbWriter, listing: Listing, resume: bool, partial: st
 
 def _write_records(writer: LmdbWriter, listing: Listing, state: Checkpoint, *,
                    on_error: OnError, verify_images: bool, workers: int, commit_bytes: int,
-                   progress: bool) -> Metadata:
+                   progress: bool, extensions: Sequence[str]) -> Metadata:
     skipped: list[list[str]] = [list(item) for item in state["skipped"]]
     written, payload_bytes = state["written"], state["payload_bytes"]
     batch: list[tuple[int, bytes]] = []
     batch_bytes = 0
-    bar = Progress(len(listing), state["position"], enabled=progress)
 
     def commit(position: int) -> None:
         nonlocal batch, batch_bytes, written
@@ -199,27 +201,27 @@ def _write_records(writer: LmdbWriter, listing: Listing, state: Checkpoint, *,
         written += len(batch)
         batch, batch_bytes = [], 0
 
-    for result in read_in_order(listing, state["position"], workers=workers,
-                                full_decode=verify_images):
-        if result.data is None:
-            if on_error == "fail":
-                raise source_error(listing, result)
-            skipped.append([listing.relative_paths[result.position], str(result.error)])
-        else:
-            batch.append((listing.targets[result.position], result.data))
-            batch_bytes += len(result.data)
-            payload_bytes += len(result.data)
-        bar.update(len(result.data or b""))
-        if batch_bytes >= commit_bytes:
-            commit(result.position + 1)
-    if batch:
-        commit(len(listing))
-    bar.close()
+    with Progress(len(listing), state["position"], enabled=progress) as bar:
+        for result in read_in_order(listing, state["position"], workers=workers,
+                                    full_decode=verify_images):
+            if result.data is None:
+                if on_error == "fail":
+                    raise source_error(listing, result)
+                skipped.append([listing.relative_paths[result.position], str(result.error)])
+            else:
+                batch.append((listing.targets[result.position], result.data))
+                batch_bytes += len(result.data)
+                payload_bytes += len(result.data)
+            bar.update(len(result.data or b""))
+            if batch_bytes >= commit_bytes:
+                commit(result.position + 1)
+        if batch:
+            commit(len(listing))
     keep = set(range(len(listing))) - _skipped_positions(listing, skipped)
     positions = sorted(keep)
     meta = Metadata(
         num_samples=written, classes=listing.classes, source_root=listing.root,
-        source_fingerprint=listing.fingerprint, extensions=list(IMG_EXTENSIONS),
+        source_fingerprint=listing.fingerprint, extensions=list(extensions),
         payload_bytes=payload_bytes, skipped=[(p, r) for p, r in skipped],
         lmdbio_version=__version__, lmdb_version=".".join(map(str, lmdb.version())),
         created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))

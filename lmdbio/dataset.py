@@ -43,7 +43,7 @@ class ImageFolderLMDB(Dataset):
                  decode: Callable[[bytes], Any] = decode_pil, readahead: bool = True,
                  lock: bool = False, max_readers: int = 126, verify_checksums: bool = True,
                  allow_pickle: bool = False) -> None:
-        self.root = os.fspath(root)
+        self.root = os.path.expanduser(os.fspath(root))  # as torchvision's VisionDataset
         self.transform = transform
         self.target_transform = target_transform
         self.decode = decode

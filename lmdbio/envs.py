@@ -17,7 +17,7 @@ import lmdb
 
 from .errors import DatabaseNotFoundError, FormatError
 
-__all__ = ["EnvOptions", "SharedEnv", "acquire", "release"]
+__all__ = ["EnvOptions", "SharedEnv", "acquire", "options_for", "release"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,10 @@ def _identity(path: str) -> tuple[int, int]:
 
 
 def _open(path: str, options: EnvOptions) -> lmdb.Environment:
+    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "data.mdb")):
+        # e.g. the ImageFolder itself was passed; LMDB would say "No such file or directory"
+        raise FormatError(f"{path!r} is a folder, not a database; to convert an ImageFolder "
+                          "run 'lmdbio convert SRC', then read the .lmdb file it writes")
     try:
         return lmdb.open(path, subdir=os.path.isdir(path), readonly=True, create=False,
                          lock=options.lock, readahead=options.readahead, max_dbs=2,
@@ -91,6 +95,23 @@ def acquire(path: str, options: EnvOptions) -> SharedEnv:
                               f" open it with the same options, not {options}")
         shared.users += 1
         return shared
+
+
+def options_for(path: str, preferred: EnvOptions) -> EnvOptions:
+    """The options ``path`` is already open with in this process, else ``preferred``.
+
+    For readers that only prefer a setting (``info``, ``verify``, ``extract``): they then share
+    the environment a Dataset holds instead of failing on an option mismatch.
+    """
+    try:
+        key = _identity(os.path.expanduser(path))
+    except DatabaseNotFoundError:
+        return preferred
+    with _lock:
+        shared = _envs.get(key)
+        if shared is not None and shared.pid == os.getpid():
+            return shared.options
+    return preferred
 
 
 def release(shared: SharedEnv) -> None:

@@ -23,8 +23,10 @@ IMG_EXTENSIONS: tuple[str, ...] = (
 
 
 def has_file_allowed_extension(filename: str, extensions: Sequence[str]) -> bool:
-    """True if ``filename`` ends with one of ``extensions`` (compared lower-case)."""
-    return filename.lower().endswith(tuple(extensions))
+    """True if ``filename`` ends with one of ``extensions`` (compared lower-case); a single
+    string is one extension, as in torchvision (not a sequence of one-letter suffixes)."""
+    return filename.lower().endswith(
+        extensions if isinstance(extensions, str) else tuple(extensions))
 
 
 def find_classes(directory: str | os.PathLike[str]) -> tuple[list[str], dict[str, int]]:
@@ -67,6 +69,8 @@ def make_dataset(
     Raises ``SourceError`` naming the classes that hold no file with an allowed extension.
     """
     directory = os.path.expanduser(os.fspath(directory))
+    if isinstance(extensions, str):
+        extensions = (extensions,)
     instances: list[tuple[str, int]] = []
     available: set[str] = set()
     for target_class in sorted(class_to_idx):

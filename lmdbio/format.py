@@ -96,7 +96,10 @@ def encode_paths(paths: Sequence[str]) -> bytes:
 
 def decode_paths(blob: bytes, count: int) -> list[str]:
     """Inverse of ``encode_paths``; checks the count so a damaged list is not half-used."""
-    raw = zlib.decompress(blob)
+    try:
+        raw = zlib.decompress(blob)
+    except zlib.error as exc:  # not a ValueError/OSError: would escape as a traceback
+        raise FormatError(f"path list is damaged ({exc}); re-convert the source") from None
     paths = [os.fsdecode(p) for p in raw.split(b"\0")] if count else []
     if len(paths) != count:
         raise FormatError(f"path list holds {len(paths)} entries, header says {count}; "
@@ -153,7 +156,10 @@ class Metadata:
             raise FormatError(f"{where} is not an lmdbio database; convert an ImageFolder "
                               "with 'lmdbio convert SRC'")
         version = body.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise FormatError(f"{where}: header is malformed (format version {version!r}); "
+                              "re-convert the source")
+        if version > FORMAT_VERSION:
             raise FormatError(f"{where} has format version {version!r}, newer than {FORMAT_VERSION}"
                               " which this lmdbio reads; upgrade: pip install -U lmdbio")
         try:

@@ -3,7 +3,8 @@
 The seed stores ``pickle((image, label))`` under ``str(index)`` keys, plus ``__keys__`` and
 ``__len__``. Unpickling runs code chosen by whoever wrote the file, so this reader is used only
 with ``allow_pickle=True``, and even then through an unpickler that admits nothing but the
-NumPy array types the seed's labels use. Convert such a database once with
+NumPy array types the seed's labels use (and ``_codecs.encode``, how old pickle protocols spell
+bytes). Convert such a database once with
 ``lmdbio convert`` after extracting it, or read it here.
 """
 
@@ -27,6 +28,10 @@ _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
     ("numpy", "ndarray"), ("numpy", "dtype"),
+    # pickle protocol 5 (Python >= 3.14's default) rebuilds arrays with _frombuffer
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    # protocols 0-2 spell bytes as _codecs.encode(str, "latin1")
+    ("_codecs", "encode"),
 }
 
 
@@ -76,7 +81,7 @@ class LegacyDatabase:
 
     def __init__(self, path: str | os.PathLike[str], options: envs.EnvOptions | None = None,
                  **_: Any) -> None:
-        self.path = os.fspath(path)
+        self.path = os.path.expanduser(os.fspath(path))
         self.options = options or envs.EnvOptions()
         self._shared: envs.SharedEnv | None = None
         with self._env().begin() as txn:
@@ -122,6 +127,12 @@ class LegacyDatabase:
         if self._shared is not None:
             envs.release(self._shared)
         self._shared = None
+
+    def __enter__(self) -> LegacyDatabase:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_shared": None}

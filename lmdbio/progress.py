@@ -37,3 +37,12 @@ class Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+            self._bar = None
+
+    # A ``with`` block closes the bar on errors too, so its line ends before the one-line
+    # error message the CLI prints (instead of the message being glued onto the bar).
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

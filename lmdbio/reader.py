@@ -32,7 +32,7 @@ class Database:
 
     def __init__(self, path: str | os.PathLike[str], options: envs.EnvOptions | None = None,
                  *, verify_checksums: bool = True) -> None:
-        self.path = os.fspath(path)
+        self.path = os.path.expanduser(os.fspath(path))  # "~/x.lmdb", as ImageFolder's root
         self.options = options or envs.EnvOptions()
         self.verify_checksums = verify_checksums
         self._shared: envs.SharedEnv | None = None

@@ -84,6 +84,9 @@ def check_image(data: bytes, full_decode: bool) -> None:
         with Image.open(io.BytesIO(data)) as image:
             if full_decode:
                 image.load()
+    except Image.UnidentifiedImageError:  # its message is the repr of our BytesIO: useless
+        raise ValueError("cannot identify image file (empty, or not an image format Pillow "
+                         "reads)") from None
     except Image.DecompressionBombError as exc:
         raise ValueError(f"{exc} (raise PIL.Image.MAX_IMAGE_PIXELS if you trust it)") from None
     except (OSError, SyntaxError, ValueError) as exc:

@@ -7,7 +7,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 
-from .envs import EnvOptions
+from .envs import EnvOptions, options_for
 from .errors import CorruptRecordError, DestinationError, FormatError
 from .format import decode_record, encode_key
 from .progress import Progress
@@ -46,7 +46,7 @@ class DatabaseInfo:
 
 def info(path: str | os.PathLike[str]) -> DatabaseInfo:
     """Describe the database at ``path`` (reads the metadata, not the images)."""
-    with Database(path, EnvOptions(readahead=False)) as db:
+    with Database(path, options_for(os.fspath(path), EnvOptions(readahead=False))) as db:
         meta = db.meta
         counts = collections.Counter(db.targets())
         return DatabaseInfo(
@@ -82,16 +82,16 @@ def verify(path: str | os.PathLike[str], *, decode: bool = False,
     """Check every record: key sequence, header, checksum, label against the stored targets,
     and (``decode=True``) that Pillow fully decodes the image. Reads the file sequentially."""
     problems: list[str] = []
-    with Database(path, EnvOptions(readahead=True)) as db:
+    with Database(path, options_for(os.fspath(path), EnvOptions(readahead=True))) as db:
         targets = db.targets()
         try:
             db.relative_paths()
-        except (FormatError, ValueError, OSError) as exc:  # zlib errors are ValueError-like
+        except (FormatError, ValueError, OSError) as exc:  # decode_paths wraps zlib.error
             problems.append(f"path list: {exc}")
         env, samples, _ = db._handles()
-        bar = Progress(len(db), enabled=progress, unit="rec")
         expected = 0
-        with env.begin(db=samples, buffers=True) as txn:
+        with Progress(len(db), enabled=progress, unit="rec") as bar, \
+                env.begin(db=samples, buffers=True) as txn:
             for key, value in txn.cursor():
                 if bytes(key) != encode_key(expected):
                     problems.append(f"record {expected}: unexpected key {bytes(key).hex()}")
@@ -107,7 +107,6 @@ def verify(path: str | os.PathLike[str], *, decode: bool = False,
                     problems.append(f"record {expected}: {exc}")
                 bar.update(len(value))
                 expected += 1
-        bar.close()
     if expected != len(targets) and not any("unexpected key" in p for p in problems):
         problems.append(f"found {expected} records, metadata says {len(targets)}")
     return VerifyReport(os.fspath(path), expected, problems)
@@ -115,7 +114,9 @@ def verify(path: str | os.PathLike[str], *, decode: bool = False,
 
 def _safe_relative(rel: str, outdir: str) -> str:
     """``outdir/rel``, refusing absolute paths, ``..`` and anything resolving outside."""
-    parts = rel.replace("\\", "/").split("/")
+    # Split on this platform's separators only: on POSIX a backslash is an ordinary file-name
+    # character (ImageFolder lists "a\\b.jpg" as one file), and cannot climb out of outdir.
+    parts = rel.replace(os.altsep, os.sep).split(os.sep) if os.altsep else rel.split(os.sep)
     if os.path.isabs(rel) or not rel or any(p in ("", ".", "..") for p in parts) or "\0" in rel:
         raise FormatError(f"stored path {rel!r} would escape {outdir!r}; refusing to extract "
                           "(the database may be hostile)")
@@ -134,30 +135,29 @@ def extract(path: str | os.PathLike[str], outdir: str | os.PathLike[str], *,
     Each file is written under a temporary name and renamed, so no half-written image is
     left under its final name.
     """
-    outdir = os.path.abspath(os.fspath(outdir))
-    with Database(path, EnvOptions(readahead=True)) as db:
+    outdir = os.path.abspath(os.path.expanduser(os.fspath(outdir)))
+    with Database(path, options_for(os.fspath(path), EnvOptions(readahead=True))) as db:
         relative = db.relative_paths()
         targets = [_safe_relative(rel, outdir) for rel in relative]  # all checked before I/O
         os.makedirs(outdir, exist_ok=True)
-        bar = Progress(len(db), enabled=progress)
-        for index, target in enumerate(targets):
-            if os.path.lexists(target) and not overwrite:
-                raise DestinationError(f"{target!r} already exists; pass --overwrite or extract "
-                                       "into an empty folder")
-            _, data = db.get(index)
-            folder = os.path.dirname(target)
-            os.makedirs(folder, exist_ok=True)
-            _safe_relative(relative[index], outdir)  # again, now that folders exist
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".lmdbio-")
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-                os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide images from other users
-                os.replace(tmp, target)
-            except BaseException:
-                os.unlink(tmp)
-                raise
-            bar.update(len(data))
-        bar.close()
+        with Progress(len(db), enabled=progress) as bar:
+            for index, target in enumerate(targets):
+                if os.path.lexists(target) and not overwrite:
+                    raise DestinationError(f"{target!r} already exists; pass --overwrite or "
+                                           "extract into an empty folder")
+                _, data = db.get(index)
+                folder = os.path.dirname(target)
+                os.makedirs(folder, exist_ok=True)
+                _safe_relative(relative[index], outdir)  # again, now that folders exist
+                fd, tmp = tempfile.mkstemp(dir=folder, prefix=".lmdbio-")
+                try:
+                    with os.fdopen(fd, "wb") as handle:
+                        handle.write(data)
+                    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide images from other users
+                    os.replace(tmp, target)
+                except BaseException:
+                    os.unlink(tmp)
+                    raise
+                bar.update(len(data))
     return len(targets)
 

@@ -2,8 +2,10 @@
 
 Keys arrive in increasing order, so ``putmulti(append=True)`` bulk-loads pages full, without
 B-tree splits. Each commit also stores a progress checkpoint, so a killed conversion resumes
-from its last commit. The map starts near the input size, doubles on ``MapFullError``, and is
-shrunk to the used size before the last commit, so readers never see a 28 GiB guess.
+from its last commit. LMDB records the largest map size ever set in the file and never lowers
+it, so the map starts small and grows before each transaction to what that transaction can
+need (``MapFullError`` stays as the safety net): the recorded map ends within about two
+commits of the file size, and readers never see a 28 GiB guess.
 """
 
 from __future__ import annotations
@@ -22,11 +24,27 @@ from .format import (KEY_COMPLETE, KEY_HEADER, KEY_PATHS, KEY_PROGRESS, KEY_TARG
 __all__ = ["Checkpoint", "LmdbWriter", "estimate_map_size"]
 
 _PAGE = 4096
+_NODE_MAX = 2040  # LMDB's largest node kept inside a 4 KiB leaf page; larger values overflow
+_SLACK = 1 << 20  # B-tree branch pages, pages copied on write, freelist, small meta records
 Checkpoint = dict[str, Any]
 
 
+def _bytes_needed(items: list[tuple[bytes, bytes]]) -> int:
+    """Worst-case new pages for ``items``: overflow values take whole pages; small ones are
+    counted twice, for half-empty leaf pages."""
+    total = 0
+    for key, value in items:
+        node = 8 + len(key) + len(value)  # node header, key, value
+        if node > _NODE_MAX:
+            total += -(-(16 + len(value)) // _PAGE) * _PAGE + 2 * (8 + len(key) + 8)
+        else:
+            total += 2 * (node + 2)
+    return total
+
+
 def estimate_map_size(payload_bytes: int, count: int) -> int:
-    """Room for the payloads, their overflow-page rounding, B-tree pages and metadata."""
+    """An upper bound of the file size: payloads, overflow-page rounding, B-tree pages and
+    metadata. Not a map size to open with: LMDB would record it in the file for good."""
     per_record = RECORD_HEADER_SIZE + 8 + _PAGE  # header, key, worst-case page rounding
     return int(payload_bytes * 1.05) + count * per_record + (64 << 20)
 
@@ -34,7 +52,8 @@ def estimate_map_size(payload_bytes: int, count: int) -> int:
 class LmdbWriter:
     """Append-only writer of one lmdbio file; the caller owns naming and renaming."""
 
-    def __init__(self, path: str, map_size: int) -> None:
+    def __init__(self, path: str, map_size: int = 1 << 20) -> None:
+        """``map_size`` is the initial map; keep it small (see the module docstring)."""
         self.path = path
         try:
             self.env = lmdb.open(path, subdir=False, map_size=map_size, max_dbs=2, lock=False,
@@ -63,7 +82,7 @@ class LmdbWriter:
         items = [(encode_key(first_index + i), encode_record(label, payload))
                  for i, (label, payload) in enumerate(records)]
         self._commit_with_growth(lambda txn: self._append(txn, items, checkpoint),
-                                 sum(len(value) for _, value in items))
+                                 _bytes_needed(items))
 
     def _append(self, txn: lmdb.Transaction, items: list[tuple[bytes, bytes]],
                 checkpoint: Checkpoint) -> None:
@@ -75,24 +94,30 @@ class LmdbWriter:
 
     def finish(self, meta: Metadata, relative_paths: list[str], targets: list[int]) -> None:
         """Write the metadata and the completion flag in the last transaction, then close."""
+        header = meta.to_json()
         paths_blob, targets_blob = encode_paths(relative_paths), encode_targets(targets)
-        info = self.env.info()
-        used = (info["last_pgno"] + 1) * _PAGE
-        extra = 2 * (len(paths_blob) + len(targets_blob)) + (4 << 20)
-        self.env.set_mapsize(used + extra)  # persisted by the commit below: no 28 GiB map
 
         def write(txn: lmdb.Transaction) -> None:
-            txn.put(KEY_HEADER, meta.to_json(), db=self.meta)
+            txn.put(KEY_HEADER, header, db=self.meta)
             txn.put(KEY_PATHS, paths_blob, db=self.meta)
             txn.put(KEY_TARGETS, targets_blob, db=self.meta)
             txn.put(KEY_COMPLETE, b"1", db=self.meta)
             txn.delete(KEY_PROGRESS, db=self.meta)
 
-        self._commit_with_growth(write, extra)
+        blobs = [(KEY_HEADER, header), (KEY_PATHS, paths_blob), (KEY_TARGETS, targets_blob)]
+        self._commit_with_growth(write, _bytes_needed(blobs))
         self.env.sync(True)
         self.close()
 
+    def _reserve(self, batch_bytes: int) -> None:
+        """Grow the map, if needed, to the used size plus what one transaction can add."""
+        info = self.env.info()
+        need = (info["last_pgno"] + 1) * _PAGE + batch_bytes + _SLACK
+        if info["map_size"] < need:
+            self.env.set_mapsize(need)
+
     def _commit_with_growth(self, body: Any, batch_bytes: int) -> None:
+        self._reserve(batch_bytes)  # no transaction is open here
         while True:
             try:
                 with self.env.begin(write=True) as txn:
@@ -101,7 +126,7 @@ class LmdbWriter:
             except lmdb.MapFullError:
                 # Aborted by the with-block; no transaction is open, so the map may grow.
                 current = self.env.info()["map_size"]
-                self.env.set_mapsize(max(2 * current, current + 4 * batch_bytes))
+                self.env.set_mapsize(current + batch_bytes + _SLACK)
             except lmdb.Error as exc:
                 raise self._classify(exc, batch_bytes) from None
 
