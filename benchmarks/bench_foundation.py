@@ -2,12 +2,13 @@
 
     .venv/bin/python benchmarks/bench_foundation.py [--images 5000] [--out results/foundation]
 
-1. Converter, cold source: ``lmdbio.convert`` vs a plain one-file-at-a-time converter in the
-   style of the pytorch-lmdb seed (read, pickle ``(bytes, label)``, ``put(str(i))``, commit
-   every 5 000). Each runs in its own process so peak RSS is its own.
+1. Converter, cold source: ``lmdbio.convert`` vs the pytorch-lmdb seed's converter (ImageFolder
+   + DataLoader, pickled records) and vs a plain one-file-at-a-time loop. Each runs in its own
+   process, so peak RSS is its own; the output always goes to local disk.
 2. Raw random-order reads (no decode), cold and warm: loose files, LMDB with readahead on and
    off (the seed's setting), against the sequential read bandwidth of the same LMDB file.
-Cold = pages evicted with posix_fadvise after every reader closed; verified by residency.
+Both on local disk ("ssd") and through the sshfs network-FS stand-in ("nfs-sshfs").
+Cold = pages evicted with posix_fadvise (both sides of sshfs) after every reader closed.
 """
 
 from __future__ import annotations
@@ -21,11 +22,43 @@ import subprocess
 import sys
 import time
 
-from lmdbio import Database, EnvOptions, pagecache
+import lmdbio
+from lmdbio import Database, EnvOptions, netfs, pagecache
 from lmdbio.folder import find_classes, make_dataset
 from lmdbio.synthetic import ensure_dataset
 
 SEED_CONVERTER = r"""
+# pytorch-lmdb's folder2lmdb: ImageFolder with a raw-bytes loader through a DataLoader
+# (batch size 1, default collate), pickle((image, label)), str keys, commit every 5 000.
+import json, pickle, resource, sys, time, lmdb
+from torch.utils.data import DataLoader
+from torchvision.datasets import ImageFolder
+src, dst = sys.argv[1], sys.argv[2]
+start = time.perf_counter()
+def raw_reader(path):
+    with open(path, "rb") as f:
+        return f.read()
+loader = DataLoader(ImageFolder(src, loader=raw_reader), num_workers=2)
+env = lmdb.open(dst, subdir=False, map_size=int(28.6 * 2**30), readonly=False, meminit=False,
+                map_async=True)
+txn = env.begin(write=True)
+total = n = 0
+for i, (image, label) in enumerate(loader):
+    total += len(image[0]); n += 1
+    txn.put(str(i).encode("ascii"), pickle.dumps((image, label.numpy())))
+    if i % 5000 == 0:
+        txn.commit(); txn = env.begin(write=True)
+txn.commit()
+with env.begin(write=True) as txn:
+    keys = [str(i).encode("ascii") for i in range(n)]
+    txn.put(b"__keys__", pickle.dumps(keys)); txn.put(b"__len__", pickle.dumps(len(keys)))
+env.sync(); env.close()
+print(json.dumps({"seconds": time.perf_counter() - start, "images": n, "bytes": total,
+                  "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+PLAIN_CONVERTER = r"""
+# One file at a time: read, put, commit every 5 000; no threads, no checks.
 import json, os, pickle, resource, sys, time, lmdb
 from lmdbio.folder import find_classes, make_dataset
 src, dst = sys.argv[1], sys.argv[2]
@@ -59,8 +92,9 @@ print(json.dumps({"seconds": r.seconds, "images": r.num_samples, "bytes": r.payl
 """
 
 
-def run_converter(code: str, src: str, dst: str) -> dict:
-    pagecache.evict(src)
+def run_converter(code: str, src: str, dst: str, evict: list[str]) -> dict:
+    for path in evict:
+        pagecache.evict(path)
     out = subprocess.run([sys.executable, "-c", code, src, dst], capture_output=True, text=True,
                          check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -82,13 +116,67 @@ def read_lmdb(path: str, order: list[int], readahead: bool) -> int:
     return total
 
 
-def sequential(path: str) -> float:
-    pagecache.evict(path)
+def sequential(path: str, evict: list[str]) -> float:
+    for p in evict:
+        pagecache.evict(p)
     start = time.perf_counter()
     with open(path, "rb", buffering=0) as handle:
         while handle.read(1 << 20):
             pass
     return os.path.getsize(path) / (time.perf_counter() - start)
+
+
+def bench_converters(storage: str, split: str, backing: list[str], work: str,
+                     repeats: int) -> list[dict]:
+    rows = []
+    variants = [("seed", SEED_CONVERTER), ("plain-loop", PLAIN_CONVERTER),
+                ("lmdbio", LMDBIO_CONVERTER)]
+    for repeat in range(repeats):  # the order reverses every repeat: drift cancels out
+        for name, code in variants if repeat % 2 == 0 else variants[::-1]:
+            dst = os.path.join(work, f"{name}.lmdb")  # always on local disk
+            for leftover in (dst, dst + "-lock"):
+                if os.path.exists(leftover):
+                    os.unlink(leftover)
+            r = run_converter(code, split, dst, [split, *backing])
+            rows.append({"benchmark": "convert", "storage": storage, "variant": name,
+                         "repeat": repeat, "per_s": r["images"] / r["seconds"],
+                         "mb_per_s": r["bytes"] / 1e6 / r["seconds"],
+                         "peak_rss_mb": r["peak_rss"] / 1e6})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def bench_reads(storage: str, split: str, db_path: str, backing: list[str],
+                repeats: int) -> list[dict]:
+    rows = []
+    paths = [p for p, _ in make_dataset(split, find_classes(split)[1])]
+    for repeat in range(repeats):
+        order = list(range(len(paths)))
+        random.Random(repeat).shuffle(order)
+        seq = sequential(db_path, [db_path, *backing])
+        rows.append({"benchmark": "read", "storage": storage, "variant": "sequential-lmdb-file",
+                     "cache": "cold", "repeat": repeat, "mb_per_s": seq / 1e6,
+                     "ratio_to_sequential": 1.0})
+        readers = [("loose-files", split, lambda: read_files([paths[i] for i in order])),
+                   ("lmdb-readahead-on", db_path, lambda: read_lmdb(db_path, order, True)),
+                   ("lmdb-readahead-off", db_path, lambda: read_lmdb(db_path, order, False))]
+        for cache in ("cold", "warm"):
+            for name, target, read in readers if repeat % 2 == 0 else readers[::-1]:
+                if cache == "cold":
+                    for path in (target, *backing):
+                        pagecache.evict(path)
+                else:
+                    read()
+                resident = pagecache.residency(target).fraction
+                start = time.perf_counter()
+                nbytes = read()
+                seconds = time.perf_counter() - start
+                rows.append({"benchmark": "read", "storage": storage, "variant": name,
+                             "cache": cache, "repeat": repeat, "per_s": len(order) / seconds,
+                             "mb_per_s": nbytes / 1e6 / seconds, "resident_before": resident,
+                             "ratio_to_sequential": nbytes / seconds / seq})
+                print(rows[-1], flush=True)
+    return rows
 
 
 def main() -> None:
@@ -98,45 +186,21 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/lmdbio-bench")
     parser.add_argument("--out", default="results/foundation")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-nfs", action="store_true", help="skip the sshfs stand-in")
     args = parser.parse_args()
-    split = os.fspath(ensure_dataset(os.path.join(args.work, f"data-{args.images}"), args.images,
-                                     progress=True))
-    rows = []
-    for repeat in range(args.repeats):  # alternate the order: drift cancels out
-        pair = [("seed-style", SEED_CONVERTER), ("lmdbio", LMDBIO_CONVERTER)]
-        for name, code in pair if repeat % 2 == 0 else pair[::-1]:
-            dst = os.path.join(args.work, f"{name}.lmdb")
-            if os.path.exists(dst):
-                os.unlink(dst)
-            r = run_converter(code, split, dst)
-            rows.append({"benchmark": "convert", "variant": name, "repeat": repeat,
-                         "per_s": r["images"] / r["seconds"],
-                         "mb_per_s": r["bytes"] / 1e6 / r["seconds"],
-                         "peak_rss_mb": r["peak_rss"] / 1e6})
-            print(rows[-1], flush=True)
-    db_path = os.path.join(args.work, "lmdbio.lmdb")
-    paths = [p for p, _ in make_dataset(split, find_classes(split)[1])]
-    for repeat in range(args.repeats):
-        order = list(range(len(paths)))
-        random.Random(repeat).shuffle(order)
-        seq = sequential(db_path)
-        rows.append({"benchmark": "read", "variant": "sequential-lmdb-file", "cache": "cold",
-                     "repeat": repeat, "mb_per_s": seq / 1e6, "ratio_to_sequential": 1.0})
-        readers = [("loose-files", split, lambda: read_files([paths[i] for i in order])),
-                   ("lmdb-readahead-on", db_path, lambda: read_lmdb(db_path, order, True)),
-                   ("lmdb-readahead-off", db_path, lambda: read_lmdb(db_path, order, False))]
-        for cache in ("cold", "warm"):
-            for name, target, read in readers if repeat % 2 == 0 else readers[::-1]:
-                pagecache.evict(target) if cache == "cold" else read()
-                resident = pagecache.residency(target).fraction
-                start = time.perf_counter()
-                nbytes = read()
-                seconds = time.perf_counter() - start
-                rows.append({"benchmark": "read", "variant": name, "cache": cache,
-                             "repeat": repeat, "per_s": len(order) / seconds,
-                             "mb_per_s": nbytes / 1e6 / seconds, "resident_before": resident,
-                             "ratio_to_sequential": nbytes / seconds / seq})
-                print(rows[-1], flush=True)
+    data = os.path.join(args.work, f"data-{args.images}")
+    split = os.fspath(ensure_dataset(data, args.images))
+    db_path = split + ".lmdb"
+    if not os.path.exists(db_path):
+        lmdbio.convert(split, db_path, progress=False)
+    rows = bench_converters("ssd", split, [], args.work, args.repeats)
+    rows += bench_reads("ssd", split, db_path, [], args.repeats)
+    if not args.no_nfs and netfs.available()[0]:
+        with netfs.SshfsMount(data) as mount:
+            remote = os.path.join(mount.mountpoint, "train")
+            rows += bench_converters("nfs-sshfs", remote, [split], args.work, args.repeats)
+            rows += bench_reads("nfs-sshfs", remote, remote + ".lmdb", [split, db_path],
+                                args.repeats)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "bench_foundation.csv"), "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=sorted({k for r in rows for k in r}))
@@ -148,21 +212,29 @@ def main() -> None:
 def summarize(rows: list[dict]) -> None:
     import statistics
 
-    def med(variant: str, key: str, cache: str | None = None) -> float:
-        values = [r[key] for r in rows if r["variant"] == variant and r.get("cache") == cache]
-        return statistics.median(values)
+    def med(storage: str, variant: str, key: str, cache: str | None = None) -> float:
+        return statistics.median(r[key] for r in rows if r["storage"] == storage
+                                 and r["variant"] == variant and r.get("cache") == cache)
 
-    seed, ours = med("seed-style", "per_s"), med("lmdbio", "per_s")
-    print(f"\nconverter: lmdbio {ours:.0f} img/s ({med('lmdbio', 'mb_per_s'):.0f} MB/s, peak RSS "
-          f"{med('lmdbio', 'peak_rss_mb'):.0f} MB) vs seed-style {seed:.0f} img/s "
-          f"({med('seed-style', 'peak_rss_mb'):.0f} MB): {ours / seed:.1f}x")
-    for cache in ("cold", "warm"):
-        files = med("loose-files", "per_s", cache)
-        for variant in ("loose-files", "lmdb-readahead-on", "lmdb-readahead-off"):
-            print(f"{cache} random reads, {variant}: {med(variant, 'per_s', cache):.0f} rec/s, "
-                  f"{med(variant, 'mb_per_s', cache):.0f} MB/s, "
-                  f"{med(variant, 'ratio_to_sequential', cache):.2f}x sequential, "
-                  f"{med(variant, 'per_s', cache) / files:.2f}x loose files")
+    for storage in sorted({r["storage"] for r in rows}):
+        ours = med(storage, "lmdbio", "per_s")
+        print(f"\n[{storage}] converter, cold source: lmdbio {ours:.0f} img/s "
+              f"({med(storage, 'lmdbio', 'mb_per_s'):.0f} MB/s, peak RSS "
+              f"{med(storage, 'lmdbio', 'peak_rss_mb'):.0f} MB)")
+        for base in ("seed", "plain-loop"):
+            other = med(storage, base, "per_s")
+            print(f"  vs {base}: {other:.0f} img/s (peak RSS "
+                  f"{med(storage, base, 'peak_rss_mb'):.0f} MB): lmdbio is {ours / other:.1f}x")
+        seq = med(storage, "sequential-lmdb-file", "mb_per_s", "cold")
+        print(f"[{storage}] sequential read of the LMDB file, cold: {seq:.0f} MB/s")
+        for cache in ("cold", "warm"):
+            files = med(storage, "loose-files", "per_s", cache)
+            for variant in ("loose-files", "lmdb-readahead-on", "lmdb-readahead-off"):
+                rate = med(storage, variant, "per_s", cache)
+                print(f"  {cache} random reads, {variant}: {rate:.0f} rec/s, "
+                      f"{med(storage, variant, 'mb_per_s', cache):.0f} MB/s = "
+                      f"{med(storage, variant, 'ratio_to_sequential', cache):.2f}x sequential, "
+                      f"{rate / files:.2f}x loose files")
 
 
 if __name__ == "__main__":

@@ -60,6 +60,10 @@ __all__ = [
 ]
 
 
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"ImageFolderLMDB"})
+
+
 def __getattr__(name: str) -> Any:
     if name == "ImageFolderLMDB":  # imports torch (~3 s): only when asked for
         from .dataset import ImageFolderLMDB

@@ -141,8 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LmdbioError as exc:
         print(f"lmdbio: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("lmdbio: interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # convert has said how to resume; nothing to add
         return 130
     except OSError as exc:  # an I/O failure lmdbio did not anticipate: still one line
         print(f"lmdbio: error: {exc}", file=sys.stderr)

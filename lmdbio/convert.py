@@ -108,11 +108,17 @@ def convert(
     writer = None
     try:
         writer = LmdbWriter(partial)  # the map grows with the data (see writer.py)
-        state = _start_state(writer, listing, resume, partial)
-        meta = _write_records(writer, listing, state, on_error=on_error,
-                              verify_images=verify_images, workers=workers,
-                              commit_bytes=commit_bytes, progress=progress,
-                              extensions=extensions)
+        finished = writer.finished_metadata() if resume else None
+        if finished is not None and finished.source_fingerprint == listing.fingerprint:
+            # killed after the last commit, before the rename: nothing left but publishing
+            writer.close()
+            state, meta = {"written": finished.num_samples}, finished
+        else:
+            state = _start_state(writer, listing, resume, partial)
+            meta = _write_records(writer, listing, state, on_error=on_error,
+                                  verify_images=verify_images, workers=workers,
+                                  commit_bytes=commit_bytes, progress=progress,
+                                  extensions=extensions)
         writer = None  # finished and closed
         _publish(partial, dst, overwrite)
     except KeyboardInterrupt:
@@ -121,10 +127,11 @@ def convert(
         print(f"lmdbio: interrupted; continue with --resume (partial output: {partial})",
               file=sys.stderr)
         raise
-    except BaseException:
+    except BaseException as exc:
         if writer is not None:
             writer.close()
-        _remove(partial)
+        if not isinstance(exc, ResumeError):  # keep resumable work the user may still want
+            _remove(partial)
         raise
     finally:
         os.close(guard)

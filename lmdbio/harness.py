@@ -155,8 +155,11 @@ def summarize(rows: list[dict[str, Any]], wall: float) -> dict[str, Any]:
         "steady_images_per_s": steady_images / steady_time if steady_time else float("nan"),
         "ttfb_s": first[0] if first else float("nan"),
         "ttfb_mean_s": statistics.fmean(first) if first else float("nan"),
+        # mean wait per batch: robust to the sawtooth (period num_workers) a median can flip on
+        "data_mean_s": statistics.fmean(data) if data else float("nan"),
         "data_median_s": statistics.median(data) if data else float("nan"),
         "data_p95_s": _percentile(data, 0.95),
+        "batch_mean_s": steady_time / len(steady) if steady else float("nan"),
         "batch_median_s": (statistics.median(r["batch_time"] for r in steady) if steady
                            else float("nan")),
         "data_share": (sum(r["data_time"] for r in rows) / sum(r["batch_time"] for r in rows)

@@ -15,8 +15,8 @@ from typing import Any
 __all__ = ["cache_check", "describe", "figures", "format_parity", "load_results", "run_counts",
            "speedups", "summary", "write_tables"]
 
-METRICS = ("images_per_s", "steady_images_per_s", "ttfb_s", "data_median_s", "data_p95_s",
-           "data_share", "utilisation", "batch_median_s")
+METRICS = ("images_per_s", "steady_images_per_s", "ttfb_s", "data_mean_s", "data_median_s",
+           "data_p95_s", "data_share", "utilisation", "batch_mean_s", "batch_median_s")
 KEYS = ["storage", "fs_type", "mode", "cache", "format"]
 
 
@@ -54,7 +54,7 @@ def summary(runs: Any) -> Any:
     grouped = runs[~runs["warmup"]].groupby(KEYS)
     table = grouped[list(METRICS)].median()
     table["runs"] = grouped.size()
-    for metric in ("images_per_s", "data_median_s"):
+    for metric in ("images_per_s", "data_mean_s"):
         table[f"{metric}_min"] = grouped[metric].min()
         table[f"{metric}_max"] = grouped[metric].max()
     return table.reset_index()

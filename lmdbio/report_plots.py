@@ -55,8 +55,8 @@ def _per_mode(runs: Any, plt: Any, rows: list[tuple[str, float, str]],
 
 
 def data_and_batch_time(runs: Any, plt: Any) -> Any:
-    return _per_mode(runs, plt, [("data_median_s", 1e3, "median data wait per batch (ms)"),
-                                 ("batch_median_s", 1e3, "median batch time (ms)")],
+    return _per_mode(runs, plt, [("data_mean_s", 1e3, "data wait per batch (ms, mean)"),
+                                 ("batch_mean_s", 1e3, "batch time (ms, mean)")],
                      "Data time and batch time per storage x format")
 
 

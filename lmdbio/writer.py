@@ -76,6 +76,14 @@ class LmdbWriter:
             progress["written"] = -1  # records and checkpoint disagree: not resumable
         return progress
 
+    def finished_metadata(self) -> Metadata | None:
+        """The header of a file whose last commit already happened (killed before the
+        rename), else None."""
+        with self.env.begin(db=self.meta) as txn:
+            if txn.get(KEY_COMPLETE) != b"1":
+                return None
+            return Metadata.from_json(txn.get(KEY_HEADER) or b"", self.path)
+
     def commit(self, first_index: int, records: list[tuple[int, bytes]],
                checkpoint: Checkpoint) -> None:
         """Append ``records`` as ``(label, payload)`` from ``first_index`` with a checkpoint."""

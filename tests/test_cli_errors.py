@@ -115,18 +115,37 @@ def test_the_error_line_stands_alone_after_a_progress_bar(tmp_path: Path) -> Non
     assert_no_output(dst)
 
 
-def test_truncated_jpeg_needs_verify_images(tree: Path, tmp_path: Path) -> None:
+def test_truncated_jpeg_is_caught_by_its_missing_end_marker(tree: Path, tmp_path: Path) -> None:
     victim = tree / "cat" / "00001.jpg"
     whole = jpeg_bytes(77, (64, 64), noise=30)
     victim.write_bytes(whole[: len(whole) // 2])
     dst = tmp_path / "out.lmdb"
-    line = assert_one_line_error(run_cli("convert", tree, dst, "-q", "--verify-images"),
-                                 repr(str(victim)), "truncated")
-    assert_no_output(dst)
-    proc = run_cli("convert", tree, dst, "-q")  # the header check alone lets it through
+    for extra in ((), ("--verify-images",)):
+        line = assert_one_line_error(run_cli("convert", tree, dst, "-q", *extra),
+                                     repr(str(victim)), "truncated")
+        assert_no_output(dst)
+        assert "truncated" in line
+
+
+def test_damage_inside_a_jpeg_needs_verify_images(tree: Path, tmp_path: Path) -> None:
+    victim = tree / "cat" / "00001.jpg"
+    whole = bytearray(jpeg_bytes(77, (64, 64), noise=30))
+    table = whole.index(b"\xff\xc4")
+    whole[table + 5:table + 21] = b"\xff" * 16  # a bogus Huffman table: headers still parse
+    victim.write_bytes(bytes(whole))
+    dst = tmp_path / "out.lmdb"
+    proc = run_cli("convert", tree, dst, "-q")  # sound structure and end marker: passes
     assert proc.returncode == 0, proc.stderr
     assert lmdbio.info(dst).num_samples == 6
-    assert "truncated" in line
+    assert_one_line_error(run_cli("convert", tree, tmp_path / "v.lmdb", "-q",
+                                  "--verify-images"), repr(str(victim)))
+
+
+def test_jpeg_magic_around_garbage_is_refused(tree: Path, tmp_path: Path) -> None:
+    victim = tree / "cat" / "00001.jpg"
+    victim.write_bytes(b"\xff\xd8\xff" + b"garbage" * 50 + b"\xff\xd9")
+    assert_one_line_error(run_cli("convert", tree, tmp_path / "out.lmdb", "-q"),
+                          repr(str(victim)))
 
 
 # -- the destination ------------------------------------------------------------------------------

@@ -146,6 +146,20 @@ def test_resume_after_the_source_changed_is_refused(killed: Killed, tmp_path: Pa
     finally:
         os.utime(victim, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert not dst.exists()
+    assert Path(f"{dst}.partial").exists()  # kept: restoring the source makes it resumable again
+    resumed = run_cli("convert", killed.tree, dst, "--resume", "-q", "--on-error", "skip")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_database(dst, killed.reference)
+
+
+def test_resume_publishes_a_partial_killed_before_its_rename(killed: Killed,
+                                                             tmp_path: Path) -> None:
+    dst = tmp_path / "out.lmdb"
+    shutil.copyfile(killed.reference, f"{dst}.partial")  # complete, but never renamed
+    proc = run_cli("convert", killed.tree, dst, "--resume", "-q", "--on-error", "skip")
+    assert proc.returncode == 0, proc.stderr
+    assert not Path(f"{dst}.partial").exists()
+    assert_same_database(dst, killed.reference)
 
 
 def test_a_new_conversion_discards_a_stale_partial(killed: Killed, tmp_path: Path) -> None:

@@ -167,15 +167,18 @@ def test_one_flipped_bit_is_caught_everywhere(damaged_copy, where: str) -> None:
             assert handle.get(index) == (label ^ 1, payload)
 
 
-def test_verify_decode_catches_a_truncated_image(tmp_path: Path) -> None:
+def test_verify_decode_catches_an_image_that_only_a_decode_rejects(tmp_path: Path) -> None:
     tree = build_simple_tree(tmp_path / "tree", per_class=2, size=(64, 64), noise=30)
     victim = tree / "b" / "00001.jpg"
-    victim.write_bytes(victim.read_bytes()[:-200])  # Pillow opens it; only a decode fails
+    data = bytearray(victim.read_bytes())
+    table = data.index(b"\xff\xc4")
+    data[table + 5:table + 21] = b"\xff" * 16  # bogus Huffman table: headers still parse
+    victim.write_bytes(bytes(data))
     db = lmdbio.convert(tree, tmp_path / "db.lmdb", progress=False).destination
     assert lmdbio.verify(db).ok
     report = lmdbio.verify(db, decode=True)
     assert [p.split(":")[0] for p in report.problems] == ["record 3"]
-    assert "truncated" in report.problems[0]
+    assert "broken data stream" in report.problems[0]
 
 
 def test_copy_of_a_database_reads_the_same(odd_db, tmp_path: Path) -> None:

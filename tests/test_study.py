@@ -131,3 +131,37 @@ def test_study_keeps_failed_notebook_and_exits_nonzero(tmp_path):
     assert failed.exists() and "mode must be one of" in failed.read_text()
     assert not (tmp_path / "r" / "ssd" / "bench-bogus.ipynb").exists()
     assert "failed:" in done.stderr
+
+
+def _papermill(tmp_path, *params):
+    papermill = os.path.join(os.path.dirname(sys.executable), "papermill")
+    out = tmp_path / "out.ipynb"
+    cmd = [papermill, "notebooks/bench.ipynb", os.fspath(out), *params,
+           "-p", "mode", "load", "-p", "cache", "warm"]  # keep it short; defaults otherwise
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out.read_text()
+
+
+def test_bench_notebook_as_documented_on_an_empty_dir(tmp_path):
+    data = tmp_path / "empty"
+    data.mkdir()
+    text = _papermill(tmp_path, "-p", "data_dir", os.fspath(data))
+    assert sorted(os.listdir(data / "train")) == ["cat", "dog"]
+    assert (data / "train.lmdb").exists()
+    assert "64 samples" in text and "lmdb/warm: 1" in text
+
+
+def test_bench_notebook_uses_an_existing_imagefolder_as_is(tmp_path):
+    from PIL import Image
+
+    data = tmp_path / "mine"
+    for name, colour in (("apple", "red"), ("pear", "green")):
+        (data / "train" / name).mkdir(parents=True)
+        for i in range(5):
+            Image.new("RGB", (40 + i, 30), colour).save(data / "train" / name / f"{i}.png")
+    before = sorted(p.relative_to(data) for p in (data / "train").rglob("*"))
+    text = _papermill(tmp_path, "-p", "data_dir", os.fspath(data))
+    assert sorted(p.relative_to(data) for p in (data / "train").rglob("*")) == before
+    assert "10 samples, classes {'apple': 5, 'pear': 5}" in text
