@@ -137,14 +137,15 @@ repetitions, spread = fastest to slowest run.
 """),
     code("""
 results_dir: str = "../results"   # searched recursively for runs.parquet
-out_dir: str = ""                  # tables/ and figures/ go here; empty: results_dir
+out_dir: str = ""                  # tables/ and figures/ go here; empty: a temporary folder
 """, ["parameters"]),
     code("""
 import os
+import tempfile
 from lmdbio import report
 
 runs, batches, skipped = report.load_results(results_dir)
-out = out_dir or results_dir
+out = out_dir or tempfile.mkdtemp(prefix="lmdbio-report-")
 tables = report.write_tables(runs, os.path.join(out, "tables"))
 figures = report.figures(runs, os.path.join(out, "figures"))
 print("tables:", sorted(tables))
