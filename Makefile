@@ -8,7 +8,7 @@ PIP    := $(BIN)/python -m pip
 STUDY_ARGS ?=
 NOTEBOOKS  := $(wildcard notebooks/*.ipynb)
 
-.PHONY: install study test test-unit test-notebooks lab bench clean
+.PHONY: install study test test-unit test-notebooks torture lab bench bench-shards clean
 
 install: $(STAMP)
 
@@ -35,11 +35,19 @@ else
 	@echo "no notebooks yet: nothing for nbval to compare"
 endif
 
+# The long fault-injection runs (kill -9, disk full, fuzzing, 16 readers): ~5 min on 2 cores,
+# root for the mounts; summary in work/torture/summary.json (see docs/RELIABILITY.md).
+torture: $(STAMP)
+	$(BIN)/python torture/run.py --trials 100 --examples 3000
+
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_foundation.py
+
+bench-shards: $(STAMP)
+	$(BIN)/python benchmarks/bench_shards.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -19,9 +19,12 @@ from .decode import decode_pil
 from .envs import EnvOptions
 from .errors import (ConcurrentWriteError, CorruptRecordError, DatabaseNotFoundError,
                      DestinationError, DiskFullError, FormatError, LegacyFormatError,
-                     LmdbioError, OutputExistsError, ResumeError, SourceError, SourceFileError)
+                     LmdbioError, OutputExistsError, ResumeError, ShardSetError, ShardSpecError,
+                     SourceError, SourceFileError)
 from .folder import IMG_EXTENSIONS, find_classes, make_dataset
 from .reader import Database, open_database
+from .sharded import ShardedDatabase
+from .shards import convert_shards
 from .tools import DatabaseInfo, VerifyReport, extract, info, verify
 
 if TYPE_CHECKING:
@@ -44,11 +47,15 @@ __all__ = [
     "LmdbioError",
     "OutputExistsError",
     "ResumeError",
+    "ShardSetError",
+    "ShardSpecError",
+    "ShardedDatabase",
     "SourceError",
     "SourceFileError",
     "VerifyReport",
     "__version__",
     "convert",
+    "convert_shards",
     "decode_pil",
     "default_destination",
     "extract",

@@ -16,20 +16,41 @@ Handler = Callable[[argparse.Namespace], int]
 
 def _convert(args: argparse.Namespace) -> int:
     from .convert import convert
+    from .errors import ShardSpecError
+    from .shards import convert_shards, parse_shard
 
-    report = convert(args.src, args.dst, overwrite=args.overwrite, resume=args.resume,
-                     on_error=args.on_error, verify_images=args.verify_images,
-                     workers=args.workers, commit_bytes=args.commit_mb << 20,
-                     progress=not args.quiet)
-    print(report)
+    options = dict(overwrite=args.overwrite, resume=args.resume, on_error=args.on_error,
+                   verify_images=args.verify_images, workers=args.workers,
+                   commit_bytes=args.commit_mb << 20, progress=not args.quiet)
+    shard = parse_shard(args.shard) if args.shard else None
+    if args.jobs > 1 and not args.num_shards:
+        raise ShardSpecError(f"--jobs {args.jobs} needs --num-shards N; to convert one shard "
+                             "per process, run one 'convert --shard I/N' each")
+    if shard and args.num_shards and args.num_shards != shard[1]:
+        raise ShardSpecError(f"--shard {args.shard} contradicts --num-shards "
+                             f"{args.num_shards}; give one of them")
+    if args.num_shards and not shard:
+        reports = convert_shards(args.src, args.dst, args.num_shards, jobs=args.jobs, **options)
+        print("\n".join(map(str, reports)) or "every shard was complete already")
+        return 0
+    print(convert(args.src, args.dst, shard=shard, **options))
     return 0
 
 
 def _info(args: argparse.Namespace) -> int:
+    from .sharded import ShardedDatabase, expand_paths
+    from .shards import is_glob
     from .tools import info
 
-    result = info(args.db)
-    print(json.dumps(asdict(result), indent=2) if args.json else result)
+    results = [info(path) for path in expand_paths(args.db)]
+    if len(args.db) == 1 and not is_glob(args.db[0]):  # one file, even one shard of several
+        print(json.dumps(asdict(results[0]), indent=2) if args.json else results[0])
+        return 0
+    with ShardedDatabase([r.path for r in results]) as shards:  # checks the set
+        summary = (f"shard set: {len(results)} files, {len(shards)} samples of "
+                   f"{len(shards.meta.classes)} classes, complete")
+    print(json.dumps([asdict(r) for r in results], indent=2) if args.json
+          else "\n".join(map(str, results + [summary])))  # type: ignore[operator]
     return 0
 
 
@@ -74,13 +95,20 @@ def register_convert(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=_positive_int, default=16, help="parallel file reads")
     p.add_argument("--commit-mb", type=_positive_int, default=64,
                    help="MB of images per transaction")
+    p.add_argument("--shard", metavar="I/N",
+                   help="write only shard I of N (0-based) as DST-0000I-of-0000N.lmdb; the "
+                   "shards can be converted by different processes or nodes")
+    p.add_argument("--num-shards", type=_positive_int, metavar="N",
+                   help="write all N shards (with --resume: the unfinished ones)")
+    p.add_argument("--jobs", type=_positive_int, default=1,
+                   help="with --num-shards: shards converted at once, in separate processes")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_convert)
 
 
 def register_info(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("info", help="counts, classes, sizes and versions of a database")
-    p.add_argument("db")
+    p.add_argument("db", nargs="+", help="a database, or the shards of one (files or a glob)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=_info)
 

@@ -24,6 +24,7 @@ from .errors import (ConcurrentWriteError, DestinationError, OutputExistsError, 
 from .folder import IMG_EXTENSIONS
 from .format import Metadata
 from .progress import Progress
+from .shards import ShardSpec, plan, shard_path, slice_listing
 from .sources import Listing, list_source, read_in_order, source_error
 from .writer import Checkpoint, LmdbWriter
 
@@ -85,6 +86,7 @@ def convert(
     commit_bytes: int = 64 << 20,
     extensions: Sequence[str] = IMG_EXTENSIONS,
     progress: bool = True,
+    shard: tuple[int, int] | None = None,
 ) -> ConvertReport:
     """Convert the ImageFolder at ``source`` into the LMDB file ``destination``.
 
@@ -92,6 +94,8 @@ def convert(
     Files are read by ``workers`` threads; records are committed every ``commit_bytes``.
     ``on_error="skip"`` leaves out unreadable or non-image files and lists them in the report
     and the metadata; ``verify_images`` fully decodes each image (catches truncated JPEGs).
+    ``shard=(i, n)`` writes only shard ``i`` of ``n`` (a contiguous block of the listing) to
+    ``destination`` with ``-0000i-of-0000n`` before ``.lmdb`` (see ``lmdbio.shards``).
     """
     if on_error not in ("fail", "skip"):
         raise ValueError(f"on_error must be 'fail' or 'skip', not {on_error!r}")
@@ -101,21 +105,25 @@ def convert(
     extensions = (extensions,) if isinstance(extensions, str) else tuple(extensions)
     dst = (os.path.abspath(os.path.expanduser(os.fspath(destination))) if destination
            else default_destination(source))  # "~" expanded as for the source
+    dst = shard_path(dst, *shard) if shard else dst
     _check_destination(dst, overwrite)
     listing = list_source(source, extensions, workers)
+    spec = plan(*shard, len(listing)) if shard else ShardSpec(0, 1, 0, len(listing), len(listing))
+    listing = slice_listing(listing, spec)  # the fingerprint stays the whole source's
     partial = dst + ".partial"
     guard = _lock_partial(partial, keep=resume)
     writer = None
     try:
         writer = LmdbWriter(partial)  # the map grows with the data (see writer.py)
         finished = writer.finished_metadata() if resume else None
-        if finished is not None and finished.source_fingerprint == listing.fingerprint:
+        if finished is not None and finished.source_fingerprint == listing.fingerprint and (
+                finished.shard_index, finished.shard_count) == (spec.index, spec.count):
             # killed after the last commit, before the rename: nothing left but publishing
             writer.close()
             state, meta = {"written": finished.num_samples}, finished
         else:
-            state = _start_state(writer, listing, resume, partial)
-            meta = _write_records(writer, listing, state, on_error=on_error,
+            state = _start_state(writer, listing, resume, partial, spec)
+            meta = _write_records(writer, listing, spec, state, on_error=on_error,
                                   verify_images=verify_images, workers=workers,
                                   commit_bytes=commit_bytes, progress=progress,
                                   extensions=extensions)
@@ -172,14 +180,21 @@ def _lock_partial(partial: str, keep: bool) -> int:
         os.close(fd)
         raise ConcurrentWriteError(f"another conversion is writing {partial!r}; wait for it "
                                    "or stop it") from None
+    if os.fstat(fd).st_nlink > 1:
+        # A run killed between _publish's link() and unlink() left DST.partial as a second
+        # name of the complete DST: never write through it (tests/test_reliability_kill.py).
+        os.unlink(partial)
+        os.close(fd)
+        return _lock_partial(partial, keep)
     if not keep:
         os.ftruncate(fd, 0)
     return fd
 
 
-def _start_state(writer: LmdbWriter, listing: Listing, resume: bool, partial: str) -> Checkpoint:
+def _start_state(writer: LmdbWriter, listing: Listing, resume: bool, partial: str,
+                 spec: ShardSpec) -> Checkpoint:
     fresh: Checkpoint = {"fingerprint": listing.fingerprint, "position": 0, "written": 0,
-                         "payload_bytes": 0, "skipped": []}
+                         "payload_bytes": 0, "skipped": [], "shard": [spec.index, spec.count]}
     checkpoint = writer.checkpoint()
     if checkpoint is None:
         return fresh
@@ -189,10 +204,14 @@ def _start_state(writer: LmdbWriter, listing: Listing, resume: bool, partial: st
     if checkpoint.get("fingerprint") != listing.fingerprint:
         raise ResumeError(f"the source {listing.root!r} changed since {partial!r} was written "
                           "(file list, sizes or times differ); convert again without --resume")
+    if checkpoint.get("shard", [0, 1]) != fresh["shard"]:
+        raise ResumeError(f"{partial!r} holds shard {checkpoint['shard'][0]} of "
+                          f"{checkpoint['shard'][1]}, not {spec.index} of {spec.count}; resume "
+                          "with the matching --shard, or convert again without --resume")
     return checkpoint
 
 
-def _write_records(writer: LmdbWriter, listing: Listing, state: Checkpoint, *,
+def _write_records(writer: LmdbWriter, listing: Listing, spec: ShardSpec, state: Checkpoint, *,
                    on_error: OnError, verify_images: bool, workers: int, commit_bytes: int,
                    progress: bool, extensions: Sequence[str]) -> Metadata:
     skipped: list[list[str]] = [list(item) for item in state["skipped"]]
@@ -204,7 +223,8 @@ def _write_records(writer: LmdbWriter, listing: Listing, state: Checkpoint, *,
         nonlocal batch, batch_bytes, written
         writer.commit(written, batch, {"fingerprint": listing.fingerprint, "position": position,
                                        "written": written + len(batch),
-                                       "payload_bytes": payload_bytes, "skipped": skipped})
+                                       "payload_bytes": payload_bytes, "skipped": skipped,
+                                       "shard": [spec.index, spec.count]})
         written += len(batch)
         batch, batch_bytes = [], 0
 
@@ -231,7 +251,9 @@ def _write_records(writer: LmdbWriter, listing: Listing, state: Checkpoint, *,
         source_fingerprint=listing.fingerprint, extensions=list(extensions),
         payload_bytes=payload_bytes, skipped=[(p, r) for p, r in skipped],
         lmdbio_version=__version__, lmdb_version=".".join(map(str, lmdb.version())),
-        created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+        created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        shard_index=spec.index, shard_count=spec.count, shard_start=spec.start,
+        shard_stop=spec.stop, listing_total=spec.total)
     writer.finish(meta, [listing.relative_paths[i] for i in positions],
                   [listing.targets[i] for i in positions])
     return meta

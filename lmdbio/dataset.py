@@ -1,16 +1,17 @@
-"""``ImageFolderLMDB``: a drop-in for ``torchvision.datasets.ImageFolder`` over one LMDB file."""
+"""``ImageFolderLMDB``: a drop-in for ``torchvision.datasets.ImageFolder`` over one LMDB file
+(or a set of shard files read as one dataset)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch.utils.data import Dataset
 
 from .decode import decode_pil
 from .envs import EnvOptions
-from .reader import open_database
+from .sharded import open_source
 
 __all__ = ["ImageFolderLMDB"]
 
@@ -19,7 +20,9 @@ class ImageFolderLMDB(Dataset):
     """Samples of an lmdbio database, indexed exactly like ``ImageFolder`` on the source tree.
 
     Args:
-        root: the ``.lmdb`` file written by ``lmdbio convert``.
+        root: the ``.lmdb`` file written by ``lmdbio convert``; or the shards of one
+            conversion (``--num-shards``) as a glob pattern (``"train-*-of-00004.lmdb"``) or a
+            list of files, read as one dataset with global indices.
         transform: applied to the decoded image (as in ImageFolder).
         target_transform: applied to the integer target.
         decode: bytes -> image; default ``decode_pil`` (RGB PIL image, like ImageFolder).
@@ -38,16 +41,19 @@ class ImageFolderLMDB(Dataset):
     forkserver) and is not pickled.
     """
 
-    def __init__(self, root: str | os.PathLike[str], transform: Callable[[Any], Any] | None = None,
+    def __init__(self, root: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+                 transform: Callable[[Any], Any] | None = None,
                  target_transform: Callable[[int], Any] | None = None, *,
                  decode: Callable[[bytes], Any] = decode_pil, readahead: bool = True,
                  lock: bool = False, max_readers: int = 126, verify_checksums: bool = True,
                  allow_pickle: bool = False) -> None:
-        self.root = os.path.expanduser(os.fspath(root))  # as torchvision's VisionDataset
+        self.root: str | list[str] = (  # expanded as torchvision's VisionDataset does
+            os.path.expanduser(os.fspath(root)) if isinstance(root, (str, os.PathLike))
+            else [os.path.expanduser(os.fspath(p)) for p in root])
         self.transform = transform
         self.target_transform = target_transform
         self.decode = decode
-        self.database = open_database(
+        self.database = open_source(
             self.root, EnvOptions(readahead=readahead, lock=lock, max_readers=max_readers),
             verify_checksums=verify_checksums, allow_pickle=allow_pickle)
         self._samples: list[tuple[str, int]] | None = None

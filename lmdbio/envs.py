@@ -65,16 +65,46 @@ def _open(path: str, options: EnvOptions) -> lmdb.Environment:
         # e.g. the ImageFolder itself was passed; LMDB would say "No such file or directory"
         raise FormatError(f"{path!r} is a folder, not a database; to convert an ImageFolder "
                           "run 'lmdbio convert SRC', then read the .lmdb file it writes")
+    # With a lock file, a spare read transaction owns a slot of the reader table, which is
+    # shared memory: a forked DataLoader worker that closes its inherited copy (as acquire()
+    # does) would abort that transaction and free the parent's slot, which a sibling then
+    # takes (MDB_BAD_RSLOT; tests/test_reliability_concurrency.py). So no spares with a lock.
+    spare = 0 if options.lock else options.max_spare_txns
     try:
-        return lmdb.open(path, subdir=os.path.isdir(path), readonly=True, create=False,
-                         lock=options.lock, readahead=options.readahead, max_dbs=2,
-                         max_readers=options.max_readers, max_spare_txns=options.max_spare_txns)
+        env = lmdb.open(path, subdir=os.path.isdir(path), readonly=True, create=False,
+                        lock=options.lock, readahead=options.readahead, max_dbs=2,
+                        max_readers=options.max_readers, max_spare_txns=spare)
     except lmdb.InvalidError:
         raise FormatError(f"{path!r} is not an LMDB file; convert an ImageFolder with "
                           "'lmdbio convert SRC'") from None
+    except lmdb.ReadersFullError:
+        raise FormatError(f"{path!r}: all {options.max_readers} LMDB reader slots are taken "
+                          "(lock=True); pass a larger max_readers, or lock=False (the default: "
+                          "a finished lmdbio file never changes and needs no lock)") from None
     except lmdb.Error as exc:
+        hint = (" (lock=True must create a lock file next to it: on a read-only folder use "
+                "lock=False, the default)") if options.lock else ""
         raise FormatError(f"cannot open {path!r} as LMDB ({exc}); check the path and its "
-                          "permissions") from None
+                          f"permissions{hint}") from None
+    try:
+        _check_length(env, path)
+        if options.lock:
+            env.reader_check()  # free the slots of readers killed with -9 (DataLoader workers)
+    except BaseException:
+        env.close()
+        raise
+    return env
+
+
+def _check_length(env: lmdb.Environment, path: str) -> None:
+    """A file shorter than its last used page (an interrupted copy or download) would be
+    mapped beyond its end, and reading there kills the process with SIGBUS: refuse it."""
+    data = os.path.join(path, "data.mdb") if os.path.isdir(path) else path
+    need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    size = os.path.getsize(data)
+    if size < need:
+        raise FormatError(f"{path!r} is truncated ({size} bytes, its pages end at {need}); "
+                          "copy it again or re-convert the source")
 
 
 def acquire(path: str, options: EnvOptions) -> SharedEnv:

@@ -18,6 +18,8 @@ __all__ = [
     "LmdbioError",
     "OutputExistsError",
     "ResumeError",
+    "ShardSetError",
+    "ShardSpecError",
     "SourceError",
     "SourceFileError",
 ]
@@ -76,3 +78,12 @@ class LegacyFormatError(FormatError):
 
 class CorruptRecordError(FormatError):
     """A record's header or checksum does not match its payload."""
+
+
+class ShardSpecError(LmdbioError, ValueError):
+    """A shard request that cannot be met (``--shard 2/2``, more shards than images...)."""
+
+
+class ShardSetError(FormatError):
+    """Shard files that do not form one complete set (one missing, duplicated, or from
+    another source)."""

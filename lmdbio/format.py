@@ -94,12 +94,25 @@ def encode_paths(paths: Sequence[str]) -> bytes:
     return zlib.compress(b"\0".join(os.fsencode(p) for p in paths), 6)
 
 
+_PATH_MAX = 4096  # Linux's PATH_MAX: no stored relative path is longer
+
+
 def decode_paths(blob: bytes, count: int) -> list[str]:
-    """Inverse of ``encode_paths``; checks the count so a damaged list is not half-used."""
+    """Inverse of ``encode_paths``; checks the count so a damaged list is not half-used.
+
+    Inflates at most what ``count`` paths can take, so a hostile file cannot make a small blob
+    expand into gigabytes (a zlib bomb)."""
+    limit = count * (_PATH_MAX + 1)
+    inflater = zlib.decompressobj()
     try:
-        raw = zlib.decompress(blob)
+        raw = inflater.decompress(blob, limit + 1)
     except zlib.error as exc:  # not a ValueError/OSError: would escape as a traceback
         raise FormatError(f"path list is damaged ({exc}); re-convert the source") from None
+    if len(raw) > limit:
+        raise FormatError(f"path list inflates beyond what {count} paths can take; the file is "
+                          "damaged or hostile: re-convert the source")
+    if not inflater.eof:
+        raise FormatError("path list is damaged (truncated); re-convert the source")
     paths = [os.fsdecode(p) for p in raw.split(b"\0")] if count else []
     if len(paths) != count:
         raise FormatError(f"path list holds {len(paths)} entries, header says {count}; "
@@ -135,6 +148,21 @@ class Metadata:
     lmdb_version: str = ""
     created_utc: str = ""
     format_version: int = FORMAT_VERSION
+    # Sharding (docs/FORMAT.md, "Shards"): this file holds positions [shard_start, shard_stop)
+    # of the source listing of ``listing_total`` files. Headers without these fields (a single
+    # database) read as shard 0 of 1 covering the whole listing; -1 means "derive that".
+    shard_index: int = 0
+    shard_count: int = 1
+    shard_start: int = 0
+    shard_stop: int = -1
+    listing_total: int = -1
+
+    def __post_init__(self) -> None:
+        listed = self.num_samples + len(self.skipped) if isinstance(self.num_samples, int) else -1
+        if self.shard_stop == -1:
+            object.__setattr__(self, "shard_stop", self.shard_start + listed)
+        if self.listing_total == -1:
+            object.__setattr__(self, "listing_total", self.shard_stop)
 
     @property
     def class_to_idx(self) -> dict[str, int]:
@@ -149,7 +177,7 @@ class Metadata:
     def from_json(cls, blob: bytes, where: str) -> Metadata:
         try:
             body = json.loads(blob)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested deep
             raise FormatError(f"{where}: header is not valid JSON ({exc}); re-convert the "
                               "source") from None
         if not isinstance(body, dict) or body.get("format") != FORMAT_NAME:
@@ -164,11 +192,43 @@ class Metadata:
                               " which this lmdbio reads; upgrade: pip install -U lmdbio")
         try:
             fields = {k: body[k] for k in cls.__dataclass_fields__ if k in body}
+            _check_types(fields)
             fields["skipped"] = [tuple(item) for item in fields.get("skipped", [])]
             meta = cls(**fields)
             if len(meta.classes) != len(set(meta.classes)) or meta.num_samples < 0:
                 raise ValueError("duplicate classes or negative count")
+            if "class_to_idx" in body and body["class_to_idx"] != meta.class_to_idx:
+                # written beside "classes" by to_json: a damaged class name or order shows
+                raise ValueError("classes and class_to_idx disagree")
+            if not (0 <= meta.shard_index < meta.shard_count and 0 <= meta.shard_start
+                    <= meta.shard_stop <= meta.listing_total):
+                raise ValueError(f"shard {meta.shard_index} of {meta.shard_count}, positions "
+                                 f"{meta.shard_start}..{meta.shard_stop} of "
+                                 f"{meta.listing_total}")
         except (TypeError, ValueError, KeyError) as exc:
             raise FormatError(f"{where}: header is malformed ({exc}); re-convert the "
                               "source") from None
         return meta
+
+
+_FIELD_TYPES: dict[str, type] = {
+    "num_samples": int, "classes": list, "source_root": str, "source_fingerprint": str,
+    "extensions": list, "payload_bytes": int, "skipped": list, "lmdbio_version": str,
+    "lmdb_version": str, "created_utc": str, "format_version": int, "shard_index": int,
+    "shard_count": int, "shard_start": int, "shard_stop": int, "listing_total": int,
+}
+
+
+def _check_types(fields: dict[str, Any]) -> None:
+    """JSON types of the header fields, so a damaged header fails here, as a FormatError,
+    rather than later as a TypeError deep in a DataLoader worker."""
+    for name, value in fields.items():
+        kind = _FIELD_TYPES.get(name)
+        if kind is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise ValueError(f"{name} is {type(value).__name__}, not {kind.__name__}")
+    for name in ("classes", "extensions"):
+        if not all(isinstance(item, str) for item in fields.get(name, [])):
+            raise ValueError(f"{name} must be a list of strings")
+    if not all(isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item)
+               for item in fields.get("skipped", [])):
+        raise ValueError("skipped must be a list of [path, reason] pairs")

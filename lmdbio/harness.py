@@ -8,6 +8,10 @@ Three modes, as the study needs them:
   utilisation = compute time / wall time.
 * ``load``: the DataLoader alone.
 
+Under torchrun (a ``DistContext`` with world size > 1) each rank reads its part of every epoch
+through ``DistributedSampler`` (``drop_last=True``: equal epoch lengths on every rank) and the
+model is wrapped in ``DistributedDataParallel``; rows are per rank.
+
 Per batch: data time (waiting for the batch, ``perf_counter``) and batch time (the whole step).
 The first batch of each epoch also pays for worker start-up; it is kept (as time to first
 batch) but left out of the steady-state figures. Nothing is printed per batch.
@@ -22,7 +26,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from .distributed import DistContext
 
 __all__ = ["MODES", "RunSpec", "measure", "seed_transform"]
 
@@ -47,6 +53,7 @@ class RunSpec:
     warmup: bool = False    # discarded warm-up run
     device: str = "cpu"
     max_batches: int = 0    # 0: whole epochs
+    record_indices: bool = False  # distributed runs: each batch row lists its sample indices
 
 
 def seed_transform(image_size: int = 64) -> Callable[[Any], torch.Tensor]:
@@ -73,19 +80,29 @@ def _sync(device: str) -> None:
 
 
 def measure(dataset: Dataset, spec: RunSpec, num_classes: int,
-            multiprocessing_context: str | None = None) -> tuple[list[dict[str, Any]],
-                                                                 dict[str, Any]]:
-    """Run ``spec`` on ``dataset``; returns (one row per batch, one summary row)."""
+            multiprocessing_context: str | None = None,
+            dist: DistContext | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run ``spec`` on ``dataset`` (this rank's share of it under ``dist``); returns (one row
+    per batch, one summary row)."""
     if spec.mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {spec.mode!r}")
     torch.manual_seed(spec.seed)  # a fresh, identically initialised model per condition
+    dist = dist or DistContext()
     model = _model(num_classes, spec.device) if spec.mode == "train" else None
+    if model is not None and dist.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dist.local_rank] if spec.device.startswith("cuda") else None)
     optimizer = (torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
                  if model is not None else None)
     loss_fn = torch.nn.CrossEntropyLoss()
-    shuffle = torch.Generator().manual_seed(spec.seed * 1_000_003 + spec.repeat)
-    loader = DataLoader(dataset, batch_size=spec.batch_size, shuffle=True, generator=shuffle,
-                        num_workers=spec.num_workers,
+    shuffle_seed = spec.seed * 1_000_003 + spec.repeat
+    sampler = (DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank,
+                                  shuffle=True, seed=shuffle_seed, drop_last=True)
+               if dist.enabled else None)
+    # the generator also seeds the workers' augmentation: its own stream per rank
+    shuffle = torch.Generator().manual_seed(shuffle_seed + 7919 * dist.rank)
+    loader = DataLoader(dataset, batch_size=spec.batch_size, shuffle=sampler is None,
+                        sampler=sampler, generator=shuffle, num_workers=spec.num_workers,
                         persistent_workers=spec.num_workers > 0 and spec.epochs > 1,
                         multiprocessing_context=multiprocessing_context if spec.num_workers
                         else None)
@@ -94,6 +111,9 @@ def measure(dataset: Dataset, spec: RunSpec, num_classes: int,
     for epoch in range(spec.epochs):
         if model is not None:
             model.train()
+        if sampler is not None:
+            sampler.set_epoch(epoch)  # a new shuffle per epoch, the same on every rank
+        order = list(sampler) if sampler is not None and spec.record_indices else None
         tick = time.perf_counter()
         iterator = iter(loader)  # counted in batch 0: worker start-up is part of the wait
         for batch in range(len(loader)):
@@ -107,6 +127,9 @@ def measure(dataset: Dataset, spec: RunSpec, num_classes: int,
             rows.append({"epoch": epoch, "batch": batch, "images": len(targets),
                          "data_time": got - tick, "step_time": done - got,
                          "batch_time": done - tick, "loss": loss, "correct": correct})
+            if order is not None:
+                rows[-1]["indices"] = order[batch * spec.batch_size:
+                                            (batch + 1) * spec.batch_size]
             tick = done
         del iterator
     wall = time.perf_counter() - started

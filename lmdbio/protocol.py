@@ -6,6 +6,10 @@
 * Conditions are counterbalanced (ABBA: the order reverses on every repetition), one warm-up
   run is discarded, and every run gets a fresh seeded model and its own shuffle seed.
 * Results are tidy tables: one row per batch and one per run, each with the run metadata.
+* Under torchrun every rank runs the same plan in lock-step: before each run, local rank 0
+  prepares its node's cache while the others wait at a barrier, every rank records the
+  residency it sees, and all start together; rows carry ``rank`` and ``world_size`` and are
+  gathered to rank 0, which writes the tables.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from . import pagecache
+from .distributed import DistContext, setup
 from .harness import MODES, RunSpec, measure, seed_transform
 from .machine import run_metadata
 
@@ -84,6 +89,20 @@ def prepare_cache(paths: Sequence[str], cache: str) -> pagecache.Residency:
     return pagecache.residency(paths[0])
 
 
+def _prepare(ctx: DistContext, paths: Sequence[str], cache: str) -> pagecache.Residency:
+    """``prepare_cache`` once per node, with every rank's readers closed and none reading
+    before all have measured the residency they start from."""
+    if not ctx.enabled:
+        return prepare_cache(paths, cache)
+    ctx.barrier()  # every rank has closed its readers: eviction can drop every page
+    if ctx.is_local_main:
+        prepare_cache(paths, cache)
+    ctx.barrier()
+    resident = pagecache.residency(paths[0])
+    ctx.barrier()
+    return resident
+
+
 def _dataset(fmt: str, split_dir: str, lmdb_path: str, readahead: bool) -> Any:
     transform = seed_transform()
     if fmt == "imagefolder":
@@ -102,33 +121,41 @@ def run_bench(*, data_dir: str, split_dir: str, lmdb_path: str, storage: str, mo
               epochs: int = 1, batch_size: int = 128, num_workers: int = 2, repeats: int = 1,
               step_ms: float = 50.0, seed: int = 0, threads: int = 0, warmup: bool = True,
               backing_dir: str = "", readahead: bool = True, max_batches: int = 0,
-              device: str = "cpu", output_dir: str | None = None) -> BenchResult:
-    """Measure every (format, cache) condition ``repeats`` times in ABBA order."""
+              device: str = "cpu", output_dir: str | None = None,
+              record_indices: bool = False) -> BenchResult:
+    """Measure every (format, cache) condition ``repeats`` times in ABBA order.
+
+    Under torchrun (``WORLD_SIZE`` > 1) this is one rank's part of a distributed run: rank 0
+    returns (and saves) every rank's rows, the other ranks their own and save nothing."""
     import torch
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     pandas = _pandas()
-    torch.set_num_threads(threads or os.cpu_count() or 1)  # main process; workers use 1
-    common = run_metadata(storage, split_dir)
+    ctx = setup()
+    cores = max(1, (os.cpu_count() or 1) // ctx.local_world_size)
+    torch.set_num_threads(threads or cores)  # main process; workers use 1
+    common = run_metadata(storage, split_dir) | {"backend": ctx.backend or "none"}
     base = RunSpec(fmt=formats[0], mode=mode, cache=caches[0], repeat=0, epochs=epochs,
                    batch_size=batch_size, num_workers=num_workers, step_ms=step_ms, seed=seed,
-                   device=device, max_batches=max_batches)
+                   device=ctx.device(device), max_batches=max_batches,
+                   record_indices=record_indices)
     plan = [replace(base, warmup=True, repeat=-1, epochs=1)] if warmup else []
     plan += [replace(base, fmt=f, cache=c, repeat=r) for f, c, r in schedule(formats, caches,
                                                                              repeats)]
     batch_rows: list[dict[str, Any]] = []
     run_rows: list[dict[str, Any]] = []
     for order, spec in enumerate(plan):
-        run_id = uuid.uuid4().hex[:12]
-        resident = prepare_cache(_data_paths(spec.fmt, split_dir, lmdb_path, data_dir,
+        run_id = ctx.broadcast(uuid.uuid4().hex[:12])  # one id for all ranks' rows of a run
+        resident = _prepare(ctx, _data_paths(spec.fmt, split_dir, lmdb_path, data_dir,
                                              backing_dir), spec.cache)
         opened = time.perf_counter()
         dataset = _dataset(spec.fmt, split_dir, lmdb_path, readahead)
         setup_s = time.perf_counter() - opened
         n_samples = len(dataset)
         try:
-            batches, summary = measure(dataset, spec, num_classes=len(dataset.classes))
+            batches, summary = measure(dataset, spec, num_classes=len(dataset.classes),
+                                       dist=ctx)
         finally:
             if hasattr(dataset, "close"):
                 dataset.close()
@@ -136,12 +163,17 @@ def run_bench(*, data_dir: str, split_dir: str, lmdb_path: str, storage: str, mo
             gc.collect()  # persistent workers (and their mmaps) must be gone before evicting
         ids = {"run_id": run_id, "order": order, "storage": storage, "format": spec.fmt,
                "mode": spec.mode, "cache": spec.cache, "repeat": spec.repeat,
-               "warmup": spec.warmup}
+               "warmup": spec.warmup, "rank": ctx.rank, "world_size": ctx.world_size}
         batch_rows += [ids | row for row in batches]
         run_rows.append(common | ids | summary | {
             "resident_fraction": resident.fraction, "data_bytes": resident.bytes_total,
             "setup_s": setup_s, "n_samples": n_samples,
             "readahead": readahead, "threads": torch.get_num_threads()})
+    gathered = ctx.gather((batch_rows, run_rows))
+    if gathered is None:  # not rank 0: rank 0 writes every rank's rows
+        return BenchResult(pandas.DataFrame(batch_rows), pandas.DataFrame(run_rows), None)
+    batch_rows = [row for rank_batches, _ in gathered for row in rank_batches]
+    run_rows = [row for _, rank_runs in gathered for row in rank_runs]
     result = BenchResult(pandas.DataFrame(batch_rows), pandas.DataFrame(run_rows), output_dir)
     if output_dir:
         save(result, output_dir)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import lmdb
@@ -62,10 +64,26 @@ class Database:
                     "or re-convert the source with 'lmdbio convert'") from None
             raise FormatError(f"{self.path!r} is an LMDB file but not an lmdbio database; "
                               "convert an ImageFolder with 'lmdbio convert SRC'") from None
+        except lmdb.Error as exc:  # a damaged page: typed, one line (docs/RELIABILITY.md)
+            self.close()
+            raise FormatError(f"{self.path!r} is damaged ({exc}); re-convert the source or "
+                              "restore a copy") from None
+
+    @contextlib.contextmanager
+    def _lmdb_errors(self, what: str, error: type[FormatError] = FormatError) -> Iterator[None]:
+        """liblmdb's own errors on a damaged file, as lmdbio's typed one-line errors."""
+        try:
+            yield
+        except lmdb.ReadersFullError as exc:
+            raise FormatError(f"{self.path!r}: no free LMDB reader slot ({exc}); open it with "
+                              "lock=False (the default) or a larger max_readers") from None
+        except lmdb.Error as exc:
+            raise error(f"{self.path!r}: {what} cannot be read ({exc}); the file is damaged: "
+                        "re-convert the source or restore a copy") from None
 
     def _read_meta(self, key: bytes) -> bytes | None:
         env, _, meta = self._handles()
-        with env.begin(db=meta) as txn:
+        with self._lmdb_errors("the metadata"), env.begin(db=meta) as txn:
             return txn.get(key)
 
     def _read_header(self) -> Metadata:
@@ -76,7 +94,8 @@ class Database:
             raise FormatError(f"{self.path!r} holds an unfinished conversion; {hint}")
         blob = self._read_meta(KEY_HEADER)
         meta = Metadata.from_json(blob or b"", self.path)
-        with self._handles()[0].begin(db=self._dbs[0]) as txn:  # type: ignore[index]
+        with self._lmdb_errors("the record count"), \
+                self._handles()[0].begin(db=self._dbs[0]) as txn:  # type: ignore[index]
             stored = txn.stat(self._dbs[0])["entries"]  # type: ignore[index]
         if stored != meta.num_samples:
             self.close()
@@ -94,7 +113,8 @@ class Database:
             raise IndexError(f"sample index {index} out of range for {self.meta.num_samples} "
                              f"samples in {self.path!r}")
         env, samples, _ = self._handles()
-        with env.begin(db=samples, buffers=True) as txn:
+        with self._lmdb_errors(f"record {index}", CorruptRecordError), \
+                env.begin(db=samples, buffers=True) as txn:
             value = txn.get(encode_key(index))
             if value is None:
                 raise CorruptRecordError(f"record {index} is missing from {self.path!r}; "

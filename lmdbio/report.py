@@ -3,6 +3,10 @@
 Statistics are computed from run-level figures (one value per run), never from pooled
 batches: per-batch data time is a sawtooth with period ``num_workers``. Warm-up runs are
 left out. Each figure labels the storage target with its file-system type.
+
+A distributed run (torchrun) has one row per rank; ``per_run`` folds them into one row per run
+(images/s = all ranks' images / the slowest rank's wall time; waits averaged over ranks) with
+the mode labelled ``ddpN-MODE``, and ``ranks`` keeps the per-rank data wait.
 """
 
 from __future__ import annotations
@@ -12,8 +16,8 @@ import json
 import os
 from typing import Any
 
-__all__ = ["cache_check", "describe", "figures", "format_parity", "load_results", "run_counts",
-           "speedups", "summary", "write_tables"]
+__all__ = ["cache_check", "describe", "figures", "format_parity", "load_results", "per_run",
+           "ranks", "run_counts", "speedups", "summary", "write_tables"]
 
 METRICS = ("images_per_s", "steady_images_per_s", "ttfb_s", "data_mean_s", "data_median_s",
            "data_p95_s", "data_share", "utilisation", "batch_mean_s", "batch_median_s")
@@ -49,9 +53,63 @@ def load_results(results_dir: str) -> tuple[Any, Any, list[dict[str, str]]]:
     return runs, batches, skipped
 
 
+# How a run's per-rank figures combine; anything else keeps rank 0's value.
+_RANK_AGG = {"images_total": "sum", "batches": "sum", "steady_images_per_s": "sum",
+             "wall_s": "max", "ttfb_s": "max", "ttfb_mean_s": "max", "data_p95_s": "max",
+             "setup_s": "max", "data_mean_s": "mean", "data_median_s": "mean",
+             "batch_mean_s": "mean", "batch_median_s": "mean", "data_share": "mean",
+             "utilisation": "mean", "last_epoch_loss": "mean", "last_epoch_accuracy": "mean"}
+
+
+def per_run(runs: Any) -> Any:
+    """One row per run: the ranks of a distributed run folded together (see the module
+    docstring), its mode relabelled ``ddpN-MODE``; single-process rows unchanged."""
+    pandas = _pandas()
+    if "world_size" not in runs.columns:  # results written before distributed runs existed
+        runs = runs.assign(world_size=1, rank=0)
+    ranked = (runs["world_size"] > 1) & (runs["rank"] >= 0)
+    if not ranked.any():
+        return runs
+    ddp = runs[ranked]
+    agg = {c: _RANK_AGG.get(c, "first") for c in ddp.columns if c != "run_id"}
+    grouped = ddp.groupby("run_id", sort=False)
+    merged = grouped.agg(agg).reset_index()
+    merged["images_per_s"] = merged["images_total"] / merged["wall_s"]
+    merged["data_mean_worst_rank_s"] = grouped["data_mean_s"].max().to_numpy()
+    cold = merged["cache"] == "cold"  # the least favourable rank's start
+    merged["resident_fraction"] = _where(cold, grouped["resident_fraction"].max(),
+                                         grouped["resident_fraction"].min())
+    merged["rank"] = -1
+    merged["mode"] = "ddp" + merged["world_size"].astype(str) + "-" + merged["mode"]
+    return pandas.concat([runs[~ranked], merged[runs.columns.tolist() + [
+        "data_mean_worst_rank_s"]]], ignore_index=True)
+
+
+def _where(mask: Any, yes: Any, no: Any) -> Any:
+    import numpy
+
+    return numpy.where(mask.to_numpy(), yes.to_numpy(), no.to_numpy())
+
+
+def ranks(runs: Any) -> Any:
+    """Per rank of each distributed condition: median data wait (mean, p95 per batch) and
+    images/s across repetitions; empty without distributed runs."""
+    pandas = _pandas()
+    if "world_size" not in runs.columns:
+        return pandas.DataFrame()
+    ddp = runs[(runs["world_size"] > 1) & (runs["rank"] >= 0) & ~runs["warmup"]]
+    if ddp.empty:
+        return pandas.DataFrame()
+    ddp = ddp.assign(mode="ddp" + ddp["world_size"].astype(str) + "-" + ddp["mode"])
+    grouped = ddp.groupby(KEYS + ["rank"])
+    table = grouped[["data_mean_s", "data_p95_s", "images_per_s", "batches"]].median()
+    table["runs"] = grouped.size()
+    return table.reset_index()
+
+
 def summary(runs: Any) -> Any:
     """Median and spread (min, max, n) of each metric per storage x mode x cache x format."""
-    grouped = runs[~runs["warmup"]].groupby(KEYS)
+    grouped = per_run(runs[~runs["warmup"]]).groupby(KEYS)
     table = grouped[list(METRICS)].median()
     table["runs"] = grouped.size()
     for metric in ("images_per_s", "data_mean_s"):
@@ -64,8 +122,8 @@ def speedups(runs: Any) -> Any:
     """LMDB over ImageFolder, per storage x mode x cache, from the median images/s; also the
     ratio's range across repetition pairs (ABBA pairs run side by side)."""
     pandas = _pandas()
-    wide = runs[~runs["warmup"]].pivot_table(index=KEYS[:-1] + ["repeat"], columns="format",
-                            values="images_per_s").dropna()
+    wide = per_run(runs[~runs["warmup"]]).pivot_table(
+        index=KEYS[:-1] + ["repeat"], columns="format", values="images_per_s").dropna()
     if not {"lmdb", "imagefolder"} <= set(wide.columns):
         return pandas.DataFrame()
     wide["ratio"] = wide["lmdb"] / wide["imagefolder"]
@@ -82,11 +140,15 @@ def speedups(runs: Any) -> Any:
 
 
 def write_tables(runs: Any, out_dir: str) -> dict[str, str]:
-    """``summary`` and ``speedups`` as CSV and parquet, plus every run (``all_runs``)."""
+    """``summary`` and ``speedups`` as CSV and parquet, plus every run (``all_runs``, one row
+    per rank) and, with distributed runs, the per-rank table (``ddp_ranks``)."""
     os.makedirs(out_dir, exist_ok=True)
     written = {}
-    for name, frame in (("summary", summary(runs)), ("speedups", speedups(runs)),
-                        ("all_runs", runs)):
+    tables = [("summary", summary(runs)), ("speedups", speedups(runs)), ("all_runs", runs)]
+    per_rank = ranks(runs)
+    if not per_rank.empty:
+        tables.append(("ddp_ranks", per_rank))
+    for name, frame in tables:
         for ext in ("csv", "parquet"):
             path = os.path.join(out_dir, f"{name}.{ext}")
             (frame.to_csv(path, index=False) if ext == "csv"
@@ -124,6 +186,7 @@ def figures(runs: Any, out_dir: str) -> list[str]:
 
 def run_counts(runs: Any) -> str:
     """Measured runs per condition, e.g. for a notebook's deterministic output."""
+    runs = per_run(runs)
     measured = runs[~runs["warmup"]]
     counts = measured.groupby(["format", "cache"]).size()
     parts = [f"{fmt}/{cache}: {n}" for (fmt, cache), n in counts.items()]
@@ -145,8 +208,8 @@ def format_parity(runs: Any) -> str:
     train = runs[(runs["mode"] == "train") & ~runs["warmup"]]
     if train.empty:
         return "loss parity: n/a (no train-mode runs)"
-    wide = train.pivot_table(index=["cache", "repeat"], columns="format",
-                             values="last_epoch_loss")
+    index = ["cache", "repeat"] + (["rank"] if "rank" in train.columns else [])
+    wide = train.pivot_table(index=index, columns="format", values="last_epoch_loss")
     if not {"lmdb", "imagefolder"} <= set(wide.columns):
         return "loss parity: n/a (needs both formats)"
     same = int((wide["lmdb"] == wide["imagefolder"]).sum())
@@ -155,6 +218,7 @@ def format_parity(runs: Any) -> str:
 
 def describe(runs: Any, skipped: list[dict[str, str]]) -> str:
     """Machine, targets (with file systems), modes, repetitions and skipped targets."""
+    runs = per_run(runs)
     first = runs.iloc[0]
     lines = [f"machine: {first['cpu']}, {first['cores']} cores, {first['ram_gib']} GiB RAM; "
              f"torch {first['v_torch']}, lmdb {first['v_lmdb']}, commit {first['git_commit']}"]

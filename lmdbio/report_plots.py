@@ -36,9 +36,19 @@ def _bars(ax: Any, runs: Any, metric: str, scale: float, ylabel: str) -> None:
     ax.grid(axis="y", alpha=0.3)
 
 
+def _modes(present: Any) -> list[str]:
+    """The study's modes in their order, then distributed ones (``ddp2-load``...)."""
+    present = set(present)
+    return ([m for m in ("train", "emulate", "load") if m in present]
+            + sorted(m for m in present if str(m).startswith("ddp")))
+
+
 def _per_mode(runs: Any, plt: Any, rows: list[tuple[str, float, str]],
               title: str) -> Any:
-    modes = [m for m in ("train", "emulate", "load") if m in set(runs["mode"])]
+    from .report import per_run
+
+    runs = per_run(runs)
+    modes = _modes(runs["mode"])
     if not modes:
         return None
     figure, axes = plt.subplots(len(rows), len(modes), squeeze=False,
@@ -93,7 +103,7 @@ def when_lmdb_helps(runs: Any, plt: Any) -> Any:
     table = table.assign(row=table["storage"] + " (" + table["fs_type"] + "), "
                          + table["cache"])
     grid = table.pivot_table(index="row", columns="mode", values="speedup")
-    grid = grid[[m for m in ("train", "emulate", "load") if m in grid.columns]]
+    grid = grid[_modes(grid.columns)]
     figure, ax = plt.subplots(figsize=(1.8 + 1.6 * grid.shape[1], 0.9 + 0.55 * grid.shape[0]))
     image = ax.imshow(grid.values, cmap="RdBu", vmin=0, vmax=2, aspect="auto")
     ax.set_xticks(range(grid.shape[1]), list(grid.columns))
@@ -106,7 +116,30 @@ def when_lmdb_helps(runs: Any, plt: Any) -> Any:
     return figure
 
 
+def ddp_ranks(runs: Any, plt: Any) -> Any:
+    """Data wait per batch seen by each rank of the distributed runs (one panel per rank)."""
+    if "world_size" not in runs.columns:
+        return None
+    ddp = runs[(runs["world_size"] > 1) & (runs["rank"] >= 0)]
+    if ddp.empty:
+        return None
+    ranks = sorted(set(ddp["rank"]))
+    figure, axes = plt.subplots(1, len(ranks), squeeze=False, sharey=True,
+                                figsize=(4.6 * len(ranks), 3.6))
+    for j, rank in enumerate(ranks):
+        _bars(axes[0][j], ddp[ddp["rank"] == rank], "data_mean_s", 1e3,
+              "data wait per batch (ms, mean)")
+        axes[0][j].set_title(f"rank {rank}", fontsize=10)
+    axes[0][0].legend(fontsize=8)
+    modes = ", ".join(sorted(set(ddp["mode"])))
+    figure.suptitle(f"torchrun, {int(ddp['world_size'].max())} ranks ({modes}): data wait "
+                    "per rank")
+    figure.tight_layout()
+    return figure
+
+
 PLOTS: dict[str, Callable[[Any, Any], Any]] = {
+    "ddp_ranks": ddp_ranks,
     "data_and_batch_time": data_and_batch_time,
     "throughput": throughput,
     "time_to_first_batch": time_to_first_batch,

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import fcntl
 import io
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -141,7 +143,13 @@ def check_image(data: bytes, full_decode: bool) -> None:
 def _read_one(listing: Listing, position: int, full_decode: bool) -> ReadResult:
     path = os.path.join(listing.root, listing.relative_paths[position])
     try:
-        with open(path, "rb") as handle:
+        # O_NONBLOCK: a FIFO named like an image would block open() forever, and a device
+        # (a link to /dev/zero) would never end: only regular files are read (blocking again).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with open(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return ReadResult(position, None, "cannot read: not a regular file")
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
             data = handle.read()
     except OSError as exc:
         return ReadResult(position, None, f"cannot read: {exc.strerror or exc}")

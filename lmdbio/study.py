@@ -1,7 +1,8 @@
 """``lmdbio study``: the whole matrix with papermill, into ``results/``.
 
 For each storage target: the convert notebook, then the bench notebook once per mode (each
-runs formats x cache states, repeated in ABBA order); then the report notebook over
+runs formats x cache states, repeated in ABBA order), then the ddp notebook (the same under
+torchrun, ``ddp_procs`` ranks reading the same files); then the report notebook over
 everything. Targets: ``ssd`` (the local work folder) and ``nfs`` (a real mount given as
 ``nfs=/mnt/path``, or else a stand-in brought up here: sshd on 127.0.0.1 + an sshfs mount
 of the work folder, torn down afterwards). A target that cannot be had is skipped and the
@@ -41,6 +42,8 @@ class StudyConfig:
     num_workers: int = 2
     step_ms: float = 100.0
     seed: int = 0
+    ddp_procs: int = 2               # torchrun ranks of the ddp cell (< 2: no ddp cell)
+    ddp_mode: str = "load"           # the storage-bound mode (see README, "Scale out")
     targets: dict[str, str] = field(default_factory=lambda: {"ssd": "", "nfs": ""})
     work_dir: str = "work"
     results_dir: str = "results"
@@ -139,3 +142,11 @@ def _run_target(config: StudyConfig, name: str, data_dir: str, backing_dir: str,
             "step_ms": config.step_ms,
             "max_batches": config.train_batches if mode == "train" else 0,
             "output_dir": os.path.join(results, name, mode)}, config.force, outcome)
+    if config.ddp_procs > 1:  # as many DataLoader workers in all as the single-process runs
+        _execute("ddp.ipynb", os.path.join(results, name, "ddp.ipynb"), common | {
+            "storage": name, "backing_dir": backing_dir, "mode": config.ddp_mode,
+            "nproc": config.ddp_procs, "epochs": config.epochs, "batch_size": config.batch_size,
+            "num_workers": max(1, config.num_workers // config.ddp_procs),
+            "repeats": config.repeats, "step_ms": config.step_ms,
+            "max_batches": config.train_batches if config.ddp_mode == "train" else 0,
+            "output_dir": os.path.join(results, name, "ddp")}, config.force, outcome)

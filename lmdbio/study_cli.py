@@ -22,7 +22,8 @@ def _study(args: argparse.Namespace) -> int:
         repeats=overrides.get("repeats", args.repeats), modes=tuple(args.modes.split(",")),
         train_batches=overrides.get("train_batches", args.train_batches),
         batch_size=args.batch_size, num_workers=args.num_workers, step_ms=args.step_ms,
-        seed=args.seed, targets=targets, work_dir=args.work_dir,
+        seed=args.seed, ddp_procs=args.ddp_procs, ddp_mode=args.ddp_mode,
+        targets=targets, work_dir=args.work_dir,
         results_dir=args.results_dir, force=args.force)
     return run_study(config)
 
@@ -52,6 +53,10 @@ def register_study(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--num-workers", type=int, default=d.num_workers)
     p.add_argument("--step-ms", type=float, default=d.step_ms, help="emulated step time")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--ddp-procs", type=int, default=d.ddp_procs,
+                   help="torchrun ranks of the ddp cell per target (0: no ddp cell)")
+    p.add_argument("--ddp-mode", default=d.ddp_mode, choices=("load", "emulate", "train"),
+                   help="what each rank of the ddp cell runs")
     p.add_argument("--target", action="append", default=[], metavar="NAME=PATH",
                    help="a storage target at a mounted path, e.g. nfs=/mnt/nfs/data")
     p.add_argument("--no-nfs", action="store_true", help="skip the sshfs network-FS stand-in")

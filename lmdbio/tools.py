@@ -5,11 +5,16 @@ from __future__ import annotations
 import collections
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
+
+import lmdb
 
 from .envs import EnvOptions, options_for
 from .errors import CorruptRecordError, DestinationError, FormatError
-from .format import decode_record, encode_key
+from .format import RECORD_HEADER_SIZE, decode_record, encode_key
+from .lmdbcheck import check_structure
 from .progress import Progress
 from .reader import Database
 from .sources import check_image
@@ -32,9 +37,13 @@ class DatabaseInfo:
     lmdb_version: str
     created_utc: str
     source_root: str
+    shard_index: int = 0
+    shard_count: int = 1
 
     def __str__(self) -> str:
-        lines = [f"{self.path}: lmdbio format v{self.format_version}, written by lmdbio "
+        shard = (f", shard {self.shard_index} of {self.shard_count}" if self.shard_count > 1
+                 else "")
+        lines = [f"{self.path}: lmdbio format v{self.format_version}{shard}, written by lmdbio "
                  f"{self.lmdbio_version} (liblmdb {self.lmdb_version}) at {self.created_utc}",
                  f"  samples: {self.num_samples} ({self.payload_bytes / 1e6:.1f} MB of images, "
                  f"file {self.file_bytes / 1e6:.1f} MB), skipped at conversion: {self.skipped}",
@@ -55,7 +64,8 @@ def info(path: str | os.PathLike[str]) -> DatabaseInfo:
             payload_bytes=meta.payload_bytes, skipped=len(meta.skipped),
             format_version=meta.format_version, lmdbio_version=meta.lmdbio_version,
             lmdb_version=meta.lmdb_version, created_utc=meta.created_utc,
-            source_root=meta.source_root)
+            source_root=meta.source_root, shard_index=meta.shard_index,
+            shard_count=meta.shard_count)
 
 
 @dataclass(frozen=True)
@@ -81,7 +91,9 @@ def verify(path: str | os.PathLike[str], *, decode: bool = False,
            progress: bool = False) -> VerifyReport:
     """Check every record: key sequence, header, checksum, label against the stored targets,
     and (``decode=True``) that Pillow fully decodes the image. Reads the file sequentially."""
-    problems: list[str] = []
+    problems = [f"LMDB structure: {p}" for p in check_structure(os.path.expanduser(path))]
+    if problems:  # reading such a file through liblmdb could crash this process: stop here
+        return VerifyReport(os.fspath(path), 0, problems)
     with Database(path, options_for(os.fspath(path), EnvOptions(readahead=True))) as db:
         targets = db.targets()
         try:
@@ -89,10 +101,10 @@ def verify(path: str | os.PathLike[str], *, decode: bool = False,
         except (FormatError, ValueError, OSError) as exc:  # decode_paths wraps zlib.error
             problems.append(f"path list: {exc}")
         env, samples, _ = db._handles()
-        expected = 0
+        expected = stored_payload = 0
         with Progress(len(db), enabled=progress, unit="rec") as bar, \
                 env.begin(db=samples, buffers=True) as txn:
-            for key, value in txn.cursor():
+            for key, value in _walk(txn, problems):
                 if bytes(key) != encode_key(expected):
                     problems.append(f"record {expected}: unexpected key {bytes(key).hex()}")
                     break
@@ -106,10 +118,27 @@ def verify(path: str | os.PathLike[str], *, decode: bool = False,
                 except (CorruptRecordError, ValueError) as exc:
                     problems.append(f"record {expected}: {exc}")
                 bar.update(len(value))
+                stored_payload += len(value) - RECORD_HEADER_SIZE
                 expected += 1
+        if stored_payload != db.meta.payload_bytes and not problems:  # a record that points
+            # at another's data passes its checksum; the total size rarely still adds up
+            problems.append(f"records hold {stored_payload} payload bytes, the header says "
+                            f"{db.meta.payload_bytes}")
     if expected != len(targets) and not any("unexpected key" in p for p in problems):
         problems.append(f"found {expected} records, metadata says {len(targets)}")
     return VerifyReport(os.fspath(path), expected, problems)
+
+
+def _walk(txn: lmdb.Transaction, problems: list[str]) -> Iterator[tuple[Any, Any]]:
+    """The records in key order; liblmdb's error on a damaged page ends the walk as a problem
+    instead of escaping as an lmdb exception."""
+    count = 0
+    try:
+        for item in txn.cursor():
+            yield item
+            count += 1
+    except lmdb.Error as exc:
+        problems.append(f"record {count}: the LMDB structure is damaged ({exc})")
 
 
 def _safe_relative(rel: str, outdir: str) -> str:

@@ -61,8 +61,12 @@ class LmdbWriter:
         except lmdb.Error as exc:
             raise DestinationError(f"cannot create {path!r} ({exc}); check that the folder "
                                    "exists and is writable") from None
-        self.samples = self.env.open_db(SAMPLES_DB)
-        self.meta = self.env.open_db(META_DB)
+        try:  # creating the two databases is a commit: the disk may fill up right here
+            self.samples = self.env.open_db(SAMPLES_DB)
+            self.meta = self.env.open_db(META_DB)
+        except lmdb.Error as exc:
+            self.env.close()
+            raise self._classify(exc, 0) from None
 
     def checkpoint(self) -> Checkpoint | None:
         """The progress record of an interrupted run, or None for a fresh file."""
@@ -114,7 +118,10 @@ class LmdbWriter:
 
         blobs = [(KEY_HEADER, header), (KEY_PATHS, paths_blob), (KEY_TARGETS, targets_blob)]
         self._commit_with_growth(write, _bytes_needed(blobs))
-        self.env.sync(True)
+        try:
+            self.env.sync(True)
+        except lmdb.Error as exc:
+            raise self._classify(exc, 0) from None
         self.close()
 
     def _reserve(self, batch_bytes: int) -> None:

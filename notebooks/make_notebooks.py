@@ -1,6 +1,7 @@
 """Build the study's notebooks from the cell sources below and execute their default run.
 
-    .venv/bin/python notebooks/make_notebooks.py          # rewrite + execute all three
+    .venv/bin/python notebooks/make_notebooks.py            # rewrite + execute all four
+    .venv/bin/python notebooks/make_notebooks.py ddp.ipynb  # only the named one(s)
 
 The notebooks are committed *with* the outputs of their default run, so that
 ``pytest --nbval`` compares something; cells whose output is a timing are tagged
@@ -165,6 +166,89 @@ for figure in figures:
 ]
 
 
+DDP = [
+    md("""
+# 4. Distributed: torchrun ranks reading one database
+
+Runs the benchmark under `torchrun --standalone --nproc_per_node nproc` (PyTorch's own launcher;
+backend gloo on CPU, nccl on GPUs): every rank reads the same LMDB file (read-only, no lock
+file) and the same ImageFolder through `DistributedSampler` (`drop_last=True`, so every rank's
+epoch has the same length); local rank 0 prepares the page cache (cold / warm) while the others
+wait at a barrier, and rank 0 gathers every rank's rows (with a `rank` column) into the parquet
+tables. The report folds a run's ranks together (images/s of all ranks) and shows each rank's
+data wait. Several nodes: see the README, "Scale out".
+"""),
+    code("""
+data_dir: str = ""                 # holds <split>/; empty: a synthetic set in a temp folder
+split: str = "train"               # the ImageFolder split folder
+lmdb_path: str = ""                # empty: <data_dir>/<split>.lmdb (converted if missing)
+storage: str = "local"             # label of the storage target in every row
+backing_dir: str = ""              # server-side copy of data_dir, evicted too (network FS)
+mode: str = "load"                 # load | emulate | train, on every rank
+nproc: int = 2                     # ranks (processes) on this machine
+formats: str = "imagefolder,lmdb"  # comma-separated storage strategies
+cache: str = "cold,warm"           # comma-separated cache states
+epochs: int = 1                    # epochs per run
+batch_size: int = 8                # per rank
+num_workers: int = 1               # DataLoader workers per rank
+repeats: int = 1                   # measured repetitions per condition (ABBA order)
+step_ms: float = 20.0              # emulated accelerator step, for mode emulate
+n_images: int = 64                 # images to generate when data_dir is empty
+seed: int = 0                      # shuffle and synthetic-data seed
+max_batches: int = 0               # stop each rank's epoch early (0: whole epochs)
+output_dir: str = ""               # batches.parquet / runs.parquet; empty: a temp folder
+""", ["parameters"]),
+    code("""
+import os
+import subprocess
+import sys
+import tempfile
+
+import pandas
+import lmdbio
+from lmdbio import report
+from lmdbio.workspace import prepare
+
+workspace = prepare(data_dir, split=split, lmdb_path=lmdb_path, n_images=n_images, seed=seed)
+out = output_dir or tempfile.mkdtemp(prefix="lmdbio-ddp-")
+print(f"{len(lmdbio.Database(workspace.lmdb_path))} samples; {nproc} ranks x {num_workers} "
+      f"worker(s), batch {batch_size} per rank")
+"""),
+    code("""
+args = ["--standalone", "--nproc_per_node", str(nproc), "-m", "lmdbio.ddp_bench",
+        "--data-dir", workspace.data_dir, "--split", split, "--lmdb-path", workspace.lmdb_path,
+        "--storage", storage, "--backing-dir", backing_dir, "--mode", mode,
+        "--formats", formats, "--cache", cache, "--epochs", str(epochs),
+        "--batch-size", str(batch_size), "--num-workers", str(num_workers),
+        "--repeats", str(repeats), "--step-ms", str(step_ms), "--seed", str(seed),
+        "--n-images", str(n_images),
+        "--max-batches", str(max_batches), "--output-dir", out]
+env = dict(os.environ, OMP_NUM_THREADS="1")  # torchrun's advice; each rank sets its threads
+done = subprocess.run([sys.executable, "-m", "torch.distributed.run", *args], env=env,
+                      capture_output=True, text=True)
+if done.returncode != 0:
+    raise RuntimeError(f"torchrun failed ({done.returncode}):\\n{done.stderr[-4000:]}")
+print(done.stdout.strip().splitlines()[-1])
+"""),
+    code("""
+runs = pandas.read_parquet(os.path.join(out, "runs.parquet"))
+measured = runs[~runs["warmup"]]
+print(report.run_counts(runs))
+print("ranks per run:", sorted(set(measured.groupby("run_id")["rank"].nunique())))
+equal = bool(measured.groupby("run_id")["batches"].nunique().eq(1).all())
+print(f"batches per rank and run: {sorted(set(measured['batches']))} (equal on every rank: "
+      f"{equal})")
+print(report.cache_check(runs))
+"""),
+    code("""
+report.summary(runs).drop(columns=["storage", "fs_type"]).round(4)
+""", IGNORE),
+    code("""
+report.ranks(runs).drop(columns=["storage", "fs_type"]).round(4)
+""", IGNORE),
+]
+
+
 def build(name: str, cells: list[nbformat.NotebookNode], execute: bool) -> None:
     notebook = nbformat.v4.new_notebook(cells=cells)
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
@@ -183,6 +267,6 @@ if __name__ == "__main__":
     run = "--no-execute" not in sys.argv
     only = [a for a in sys.argv[1:] if not a.startswith("--")]
     for filename, cells in (("convert.ipynb", CONVERT), ("bench.ipynb", BENCH),
-                            ("report.ipynb", REPORT)):
+                            ("report.ipynb", REPORT), ("ddp.ipynb", DDP)):
         if not only or filename in only:
             build(filename, cells, run)

@@ -112,9 +112,17 @@ def test_study_runs_both_targets_and_tears_down(tmp_path):
         assert (results / target / "bench-load.ipynb").exists()
         runs = pandas.read_parquet(results / target / "load" / "runs.parquet")
         assert set(runs["storage"]) == {target}
+        assert (results / target / "ddp.ipynb").exists()  # the torchrun cell, 2 ranks
+        ddp = pandas.read_parquet(results / target / "ddp" / "runs.parquet")
+        assert set(ddp["storage"]) == {target} and set(ddp["rank"]) == {0, 1}
+        assert set(ddp["world_size"]) == {2} and set(ddp["mode"]) == {"load"}
     nfs_runs = pandas.read_parquet(results / "nfs" / "load" / "runs.parquet")
     assert set(nfs_runs["fs_type"]) == {"fuse.sshfs"}
     assert (results / "figures" / "when_lmdb_helps.png").exists()
+    assert (results / "figures" / "ddp_ranks.png").exists()
+    speedups = pandas.read_csv(results / "tables" / "speedups.csv")
+    assert set(speedups["mode"]) == {"load", "ddp2-load"}
+    assert len(pandas.read_csv(results / "tables" / "ddp_ranks.csv")) == 2 * 2 * 2 * 2
     assert (results / "tables" / "speedups.csv").exists()
     assert json.loads((results / "skipped.json").read_text()) == []
     with open("/proc/self/mountinfo") as handle:
@@ -125,7 +133,7 @@ def test_study_runs_both_targets_and_tears_down(tmp_path):
 
 
 def test_study_keeps_failed_notebook_and_exits_nonzero(tmp_path):
-    done = _study(tmp_path, "--modes", "bogus", "--no-nfs")
+    done = _study(tmp_path, "--modes", "bogus", "--no-nfs", "--ddp-procs", "0")
     assert done.returncode == 1
     failed = tmp_path / "r" / "ssd" / "bench-bogus.failed.ipynb"
     assert failed.exists() and "mode must be one of" in failed.read_text()

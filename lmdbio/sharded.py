@@ -1,0 +1,200 @@
+"""Read a set of shard files as one database with global indices (no torch here).
+
+``ShardedDatabase`` has the interface of ``reader.Database`` (``get``, ``len``, ``meta``,
+``targets()``, ``relative_paths()``, ``close()``), so ``ImageFolderLMDB`` reads shards exactly as
+it reads one file. The set is checked when opened: every shard from the same source listing
+(fingerprint, classes, size), every index ``0..N-1`` present once, the listing ranges
+contiguous. Each shard's LMDB environment opens lazily, per process, on first read.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import glob
+import os
+from collections.abc import Sequence
+
+from .envs import EnvOptions
+from .errors import DatabaseNotFoundError, ShardSetError
+from .format import Metadata
+from .legacy import LegacyDatabase
+from .reader import Database, open_database
+from .shards import is_glob, shard_glob, shard_path
+
+__all__ = ["ShardedDatabase", "expand_paths", "open_source"]
+
+PathInput = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+
+
+def expand_paths(paths: PathInput) -> list[str]:
+    """A path, a glob pattern (``*``, ``?``, ``[``) or a list of either -> sorted file list."""
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    found: list[str] = []
+    for item in items:
+        path = os.path.expanduser(os.fspath(item))
+        if is_glob(path) and not os.path.exists(path):
+            matches = sorted(glob.glob(path))
+            if not matches:
+                raise DatabaseNotFoundError(f"no database matches {path!r}; check the pattern "
+                                            "or create the shards with 'lmdbio convert "
+                                            "--num-shards N'")
+            found += matches
+        else:
+            found.append(path)
+    if not found:
+        raise DatabaseNotFoundError("an empty list of databases was given; pass a path, a "
+                                    "glob such as 'train-*.lmdb' or a list of shard files")
+    return found
+
+
+class ShardedDatabase:
+    """The shards of one source listing, read as one database.
+
+    Args:
+        paths: the shard files (any order; a glob pattern or one path is expanded).
+        options: LMDB knobs, as for ``reader.Database``.
+        verify_checksums: check each record's CRC32 on read.
+    """
+
+    def __init__(self, paths: PathInput, options: EnvOptions | None = None, *,
+                 verify_checksums: bool = True) -> None:
+        files = expand_paths(paths)
+        self.shards: list[Database] = []
+        try:
+            for path in files:
+                db = Database(path, options, verify_checksums=verify_checksums)
+                db.close()  # reopened lazily by whichever process reads
+                self.shards.append(db)
+            self.shards = _check_set(self.shards)
+        except BaseException:
+            self.close()
+            raise
+        self.paths = [db.path for db in self.shards]
+        self.path = self.paths[0] if len(self.paths) == 1 else ", ".join(self.paths)
+        self.offsets = [0]
+        for db in self.shards:
+            self.offsets.append(self.offsets[-1] + len(db))
+        first = self.shards[0].meta
+        self.meta: Metadata = dataclasses.replace(
+            first, num_samples=self.offsets[-1], shard_index=0, shard_start=0,
+            shard_stop=first.listing_total,
+            payload_bytes=sum(db.meta.payload_bytes for db in self.shards),
+            skipped=[item for db in self.shards for item in db.meta.skipped])
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """Global ``index`` -> (shard number, index within that shard)."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample index {index} out of range for {len(self)} samples in "
+                             f"{len(self.shards)} shards")
+        shard = bisect.bisect_right(self.offsets, index) - 1
+        return shard, index - self.offsets[shard]
+
+    def get(self, index: int) -> tuple[int, bytes]:
+        """``(label, original file bytes)`` of global sample ``index``."""
+        if not 0 <= index < self.offsets[-1]:
+            self.locate(index)  # raises the IndexError
+        shard = bisect.bisect_right(self.offsets, index) - 1  # inlined: ~1 us per sample
+        return self.shards[shard].get(index - self.offsets[shard])
+
+    def targets(self) -> list[int]:
+        return [t for db in self.shards for t in db.targets()]
+
+    def relative_paths(self) -> list[str]:
+        return [p for db in self.shards for p in db.relative_paths()]
+
+    def lib_version(self) -> str:
+        return self.shards[0].lib_version()
+
+    def close(self) -> None:
+        """Release every shard's environment in this process."""
+        for db in self.shards:
+            db.close()
+
+    def __enter__(self) -> ShardedDatabase:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _check_set(shards: list[Database]) -> list[Database]:
+    """The shards in index order, or ``ShardSetError`` naming the odd, duplicate or missing
+    file."""
+    keys = [(db.meta.source_fingerprint, db.meta.shard_count, db.meta.listing_total)
+            for db in shards]
+    common = max(keys, key=lambda k: (keys.count(k), -keys.index(k)))  # the majority's
+    odd = next((db for db, key in zip(shards, keys) if key != common), None)
+    if odd is not None:
+        reference = shards[keys.index(common)]
+        raise ShardSetError(
+            f"{odd.path!r} does not belong with {reference.path!r}: {_describe(odd.meta)} vs "
+            f"{_describe(reference.meta)}; pass only the shards of one conversion (re-convert "
+            "the odd one from the same source with the same shard count)")
+    count = shards[0].meta.shard_count
+    seen: dict[int, Database] = {}
+    for db in shards:
+        if db.meta.classes != shards[0].meta.classes:  # the fingerprint covers them: damage
+            raise ShardSetError(f"{db.path!r} lists other classes than {shards[0].path!r}; "
+                                "re-convert it")
+        if db.meta.shard_index in seen:
+            raise ShardSetError(f"{db.path!r} and {seen[db.meta.shard_index].path!r} are both "
+                                f"shard {db.meta.shard_index} of {count}; pass each shard once")
+        seen[db.meta.shard_index] = db
+    missing = [i for i in range(count) if i not in seen]
+    if missing:
+        template = shards[0].path
+        names = [shard_path(_set_name(template), i, count) for i in missing]
+        raise ShardSetError(f"{len(missing)} of {count} shards missing: "
+                            f"{', '.join(repr(n) for n in names[:3])}"
+                            f"{' ...' if len(names) > 3 else ''}; convert them with 'lmdbio "
+                            f"convert SRC DST --shard I/{count}' or open all of "
+                            f"{shard_glob(_set_name(template), count)!r}")
+    ordered = [seen[i] for i in range(count)]
+    position = 0
+    for db in ordered:
+        m = db.meta
+        if m.shard_start != position or m.shard_stop - m.shard_start != m.num_samples + len(
+                m.skipped):
+            raise ShardSetError(f"{db.path!r} covers listing positions {m.shard_start}.."
+                                f"{m.shard_stop} with {m.num_samples} samples, expected to "
+                                f"start at {position}; re-convert it")
+        position = m.shard_stop
+    if position != ordered[0].meta.listing_total:
+        raise ShardSetError(f"the shards cover {position} of {ordered[0].meta.listing_total} "
+                            f"listed files; re-convert {ordered[-1].path!r}")
+    return ordered
+
+
+def _describe(meta: Metadata) -> str:
+    return (f"shard {meta.shard_index} of {meta.shard_count} of a listing of "
+            f"{meta.listing_total} files, fingerprint {meta.source_fingerprint[:12]}")
+
+
+def _set_name(shard_file: str) -> str:
+    """``train-00001-of-00004.lmdb`` -> ``train.lmdb`` (a name not so formed is kept)."""
+    stem, ext = os.path.splitext(shard_file)
+    parts = stem.rsplit("-", 3)
+    if len(parts) == 4 and parts[1].isdigit() and parts[2] == "of" and parts[3].isdigit():
+        return parts[0] + ext
+    return shard_file
+
+
+def open_source(paths: PathInput, options: EnvOptions | None = None, *,
+                verify_checksums: bool = True,
+                allow_pickle: bool = False) -> Database | LegacyDatabase | ShardedDatabase:
+    """One database file as ``reader.open_database`` does; a list, a glob, or a file that is
+    one shard of several as a ``ShardedDatabase`` (checked to be a complete set)."""
+    files = expand_paths(paths)
+    if len(files) > 1 or not isinstance(paths, (str, os.PathLike)) or files[0] != \
+            os.path.expanduser(os.fspath(paths)):
+        return ShardedDatabase(files, options, verify_checksums=verify_checksums)
+    db = open_database(files[0], options, verify_checksums=verify_checksums,
+                       allow_pickle=allow_pickle)
+    if isinstance(db, Database) and db.meta.shard_count > 1:
+        db.close()
+        return ShardedDatabase(files, options, verify_checksums=verify_checksums)
+    return db
