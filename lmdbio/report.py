@@ -48,6 +48,10 @@ def load_results(results_dir: str) -> tuple[Any, Any, list[dict[str, str]]]:
                              for f in run_files], ignore_index=True)
     runs = runs[~runs["warmup"]].copy()
     batches = batches[~batches["warmup"]].copy()
+    for frame in (runs, batches):  # rows from before distributed runs lack these columns
+        for column, default in (("world_size", 1), ("rank", 0)):
+            if column in frame.columns:
+                frame[column] = frame[column].fillna(default).astype(int)
     skipped_file = os.path.join(results_dir, "skipped.json")
     skipped = json.load(open(skipped_file)) if os.path.exists(skipped_file) else []
     return runs, batches, skipped
