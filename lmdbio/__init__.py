@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 from .convert import ConvertReport, convert, default_destination
-from .decode import decode_pil
+from .decode import DraftDecoder, decode_pil, decode_tensor
 from .envs import EnvOptions
 from .errors import (ConcurrentWriteError, CorruptRecordError, DatabaseNotFoundError,
                      DestinationError, DiskFullError, FormatError, LegacyFormatError,
@@ -40,6 +40,7 @@ __all__ = [
     "DatabaseNotFoundError",
     "DestinationError",
     "DiskFullError",
+    "DraftDecoder",
     "EnvOptions",
     "FormatError",
     "ImageFolderLMDB",
@@ -57,6 +58,7 @@ __all__ = [
     "convert",
     "convert_shards",
     "decode_pil",
+    "decode_tensor",
     "default_destination",
     "extract",
     "find_classes",

@@ -1,16 +1,30 @@
 """Decoders from stored file bytes to what the transform expects.
 
 ``decode_pil`` matches ``torchvision.datasets.folder.pil_loader`` pixel for pixel (RGB PIL
-image), so ``ImageFolderLMDB`` is a drop-in. Pass another callable as ``decode=`` to compare
-decoders (the study does).
+image), so ``ImageFolderLMDB`` is a drop-in. Pass another callable as ``decode=`` to trade
+exactness for speed:
+
+* ``DraftDecoder(min_size)``: RGB PIL image, JPEGs decoded at a reduced DCT scale (1/2, 1/4,
+  1/8) that keeps both sides >= ``min_size``; for the seed's PIL transform.
+* ``decode_tensor``: uint8 CHW RGB tensor decoded by torchvision (libjpeg-turbo / libpng),
+  for ``torchvision.transforms.v2`` pipelines on tensors.
+
+Nothing here imports torch, torchvision or Pillow before a decoder is called.
 """
 
 from __future__ import annotations
 
 import io
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["decode_pil"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["DraftDecoder", "decode_pil", "decode_tensor", "seed_transform_tensor"]
+
+_JPEG_START, _PNG_START = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
 
 
 def decode_pil(data: bytes) -> Any:
@@ -19,3 +33,103 @@ def decode_pil(data: bytes) -> Any:
 
     with Image.open(io.BytesIO(data)) as image:
         return image.convert("RGB")
+
+
+@dataclass(frozen=True)
+class DraftDecoder:
+    """Bytes -> RGB ``PIL.Image.Image``, JPEGs decoded at reduced size (``Image.draft``).
+
+    libjpeg can run its inverse DCT at 1/2, 1/4 or 1/8 scale, which skips most of the decode
+    work. For a JPEG of ``W x H``, Pillow's ``draft("RGB", (m, m))`` (m = ``min_size``) takes
+    ``s`` = the largest of 8, 4, 2, 1 with ``s <= min(W // m, H // m)`` and decodes at
+    ``ceil(W / s) x ceil(H / s)``; since ``s * m <= W`` and ``s * m <= H``, both sides stay
+    >= ``min_size`` whenever the original's are (an image already smaller than ``min_size``
+    is decoded at full size). Other formats (PNG, ...) decode exactly as ``decode_pil``;
+    grayscale and CMYK JPEGs are reduced too, then converted to RGB.
+
+    Trade-off: ``RandomResizedCrop(size)`` (scale 0.08-1) crops a region of the *decoded*
+    image, so from a reduced image a small crop is upsampled from fewer source pixels
+    (blurrier; a crop covering the whole image loses nothing as long as ``min_size >=
+    size``). ``min_size = size`` is the fastest; ``min_size = 2 * size`` upsamples only crops
+    under 1/4 of the image's area; ``min_size >= 4 * size`` (``size / sqrt(0.08)`` = 3.5x)
+    never upsamples, but reduces only images at least 8x the crop size. Measured on one core,
+    decode + the seed transform (``RandomResizedCrop(64)``, flip, ToTensor, Normalize) of the
+    synthetic ~450 x 340 px JPEGs: ``decode_pil`` 830 images/s, ``DraftDecoder(64)`` 1 500
+    (1.8x, decoded at 1/4 scale), ``DraftDecoder(128)`` 1 190 (1.4x, 1/2 scale). Recommended:
+    ``2 * size`` for training; ``size`` when decoding is the bottleneck and blurrier small
+    crops are acceptable.
+    Not pixel-identical to ``ImageFolder``: use ``decode_pil`` where that matters.
+
+    Picklable (a frozen dataclass), so it works in DataLoader workers under spawn.
+    """
+
+    min_size: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.min_size, int) or isinstance(self.min_size, bool) or \
+                self.min_size < 1:
+            raise ValueError(f"min_size must be an int >= 1, not {self.min_size!r}")
+
+    def __call__(self, data: bytes) -> Any:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format == "JPEG":
+                image.draft("RGB", (self.min_size, self.min_size))
+            return image.convert("RGB")
+
+
+def decode_tensor(data: bytes) -> torch.Tensor:
+    """Bytes -> ``torch.uint8`` tensor ``[3, H, W]``, RGB, decoded by torchvision.
+
+    JPEG (RGB, grayscale, CMYK) and 8-bit PNG go through ``torchvision.io.decode_jpeg`` /
+    ``decode_png`` with ``ImageReadMode.RGB`` (~1.3x faster than Pillow for JPEG, and no PIL
+    image is built); other formats, 16-bit PNGs and JPEGs libjpeg-turbo refuses are decoded
+    with ``decode_pil``. Pixels equal ``np.asarray(decode_pil(data))`` transposed to CHW, up
+    to rounding differences between JPEG decoders (a few levels at most); EXIF orientation is
+    ignored, as ``decode_pil`` ignores it. The tensor is a CHW view of HWC memory
+    (channels-last strides, as torchvision's decoders return it; its uint8 antialiased resize
+    is fast on that layout): call ``.contiguous()`` if something needs it packed.
+
+    torchvision 0.29 deprecates its image decoders in favour of TorchCodec and warns
+    (``DeprecationWarning``, hidden by default) on each call; they still work.
+
+    Pairs with ``torchvision.transforms.v2`` on tensors, e.g. the seed's transform as
+    ``seed_transform_tensor(64)``: ``RandomResizedCrop(64, antialias=True)``,
+    ``RandomHorizontalFlip()``, ``ToDtype(torch.float32, scale=True)``, ``Normalize(...)``.
+    The classic ``transforms.ToTensor`` expects a PIL image and must not be used on it.
+    """
+    import numpy as np
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg, decode_png
+
+    head = bytes(data[:8])
+    decoder = (decode_jpeg if head.startswith(_JPEG_START)
+               else decode_png if head.startswith(_PNG_START) else None)
+    if decoder is not None:
+        # bytearray: torch.frombuffer warns on read-only buffers (bytes, LMDB memoryviews)
+        encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        try:
+            image = decoder(encoded, mode=ImageReadMode.RGB)
+        except RuntimeError:  # e.g. arithmetic-coded JPEG: let Pillow decide
+            image = None
+        if image is not None and image.dtype == torch.uint8:
+            return image
+    return torch.from_numpy(np.array(decode_pil(data))).permute(2, 0, 1)
+
+
+def seed_transform_tensor(image_size: int = 64) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The seed's training transform (``lmdbio.harness.seed_transform``) for the uint8 CHW
+    tensors of ``decode_tensor``, in ``torchvision.transforms.v2``: the same crop, flip and
+    ImageNet normalisation, resizing with antialiasing as the PIL path does."""
+    import torch
+    from torchvision.transforms import v2
+
+    from .harness import IMAGENET_MEAN, IMAGENET_STD
+
+    return v2.Compose([
+        v2.RandomResizedCrop(image_size, antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
