@@ -12,6 +12,11 @@ Under torchrun (a ``DistContext`` with world size > 1) each rank reads its part 
 through ``DistributedSampler`` (``drop_last=True``: equal epoch lengths on every rank) and the
 model is wrapped in ``DistributedDataParallel``; rows are per rank.
 
+Map-style datasets are shuffled by the DataLoader (a seeded ``RandomSampler``); an
+``IterableDataset`` (the WebDataset and LitData peers) shuffles itself: it gets no sampler, its
+workers are never persistent (each epoch's workers receive the dataset after ``set_epoch``,
+so every epoch is reshuffled), and an epoch is whatever the loader yields.
+
 Per batch: data time (waiting for the batch, ``perf_counter``) and batch time (the whole step).
 The first batch of each epoch also pays for worker start-up; it is kept (as time to first
 batch) but left out of the steady-state figures. Nothing is printed per batch.
@@ -26,11 +31,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 
 from .distributed import DistContext
 
-__all__ = ["MODES", "RunSpec", "measure", "seed_transform"]
+__all__ = ["MODES", "RunSpec", "measure", "seed_transform", "shuffle_seed"]
 
 MODES = ("train", "emulate", "load")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -41,7 +46,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class RunSpec:
     """One condition of the study, plus the knobs that stay fixed across conditions."""
 
-    fmt: str                # "imagefolder" | "lmdb"
+    fmt: str                # "imagefolder" | "lmdb" | a peer ("webdataset" | "litdata")
     mode: str               # one of MODES
     cache: str              # "cold" | "warm"
     repeat: int
@@ -66,6 +71,11 @@ def seed_transform(image_size: int = 64) -> Callable[[Any], torch.Tensor]:
         transforms.ToTensor(),
         transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])
+
+
+def shuffle_seed(spec: RunSpec) -> int:
+    """The run's shuffle seed: its own per repetition, the same for every format."""
+    return spec.seed * 1_000_003 + spec.repeat
 
 
 def _model(num_classes: int, device: str) -> torch.nn.Module:
@@ -95,15 +105,21 @@ def measure(dataset: Dataset, spec: RunSpec, num_classes: int,
     optimizer = (torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
                  if model is not None else None)
     loss_fn = torch.nn.CrossEntropyLoss()
-    shuffle_seed = spec.seed * 1_000_003 + spec.repeat
+    seed = shuffle_seed(spec)
+    iterable = isinstance(dataset, IterableDataset)  # shuffles itself (the peer formats)
+    if iterable and dist.enabled:
+        raise ValueError("distributed runs take map-style datasets (imagefolder, lmdb); "
+                         f"{type(dataset).__name__} is iterable")
     sampler = (DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank,
-                                  shuffle=True, seed=shuffle_seed, drop_last=True)
+                                  shuffle=True, seed=seed, drop_last=True)
                if dist.enabled else None)
     # the generator also seeds the workers' augmentation: its own stream per rank
-    shuffle = torch.Generator().manual_seed(shuffle_seed + 7919 * dist.rank)
-    loader = DataLoader(dataset, batch_size=spec.batch_size, shuffle=sampler is None,
-                        sampler=sampler, generator=shuffle, num_workers=spec.num_workers,
-                        persistent_workers=spec.num_workers > 0 and spec.epochs > 1,
+    shuffle = torch.Generator().manual_seed(seed + 7919 * dist.rank)
+    loader = DataLoader(dataset, batch_size=spec.batch_size,
+                        shuffle=sampler is None and not iterable, sampler=sampler,
+                        generator=shuffle, num_workers=spec.num_workers,
+                        persistent_workers=(spec.num_workers > 0 and spec.epochs > 1
+                                            and not iterable),
                         multiprocessing_context=multiprocessing_context if spec.num_workers
                         else None)
     rows: list[dict[str, Any]] = []
@@ -113,13 +129,17 @@ def measure(dataset: Dataset, spec: RunSpec, num_classes: int,
             model.train()
         if sampler is not None:
             sampler.set_epoch(epoch)  # a new shuffle per epoch, the same on every rank
+        if iterable and hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)  # reaches the workers: they are started after this
         order = list(sampler) if sampler is not None and spec.record_indices else None
         tick = time.perf_counter()
         iterator = iter(loader)  # counted in batch 0: worker start-up is part of the wait
-        for batch in range(len(loader)):
-            if spec.max_batches and batch >= spec.max_batches:
+        batch = 0
+        while not spec.max_batches or batch < spec.max_batches:
+            try:  # an epoch is what the loader yields (an iterable's length is its own)
+                images, targets = next(iterator)
+            except StopIteration:
                 break
-            images, targets = next(iterator)
             got = time.perf_counter()
             loss, correct = _step(spec, model, optimizer, loss_fn, images, targets)
             _sync(spec.device)
@@ -131,6 +151,7 @@ def measure(dataset: Dataset, spec: RunSpec, num_classes: int,
                 rows[-1]["indices"] = order[batch * spec.batch_size:
                                             (batch + 1) * spec.batch_size]
             tick = done
+            batch += 1
         del iterator
     wall = time.perf_counter() - started
     return rows, summarize(rows, wall) | {k: v for k, v in asdict(spec).items()}

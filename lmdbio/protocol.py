@@ -18,18 +18,20 @@ import gc
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from . import pagecache
+from . import pagecache, peers
 from .distributed import DistContext, setup
-from .harness import MODES, RunSpec, measure, seed_transform
+from .harness import MODES, RunSpec, measure, seed_transform, shuffle_seed
 from .machine import run_metadata
 
-__all__ = ["CACHES", "FORMATS", "BenchResult", "run_bench", "schedule"]
+__all__ = ["BASE_FORMATS", "CACHES", "FORMATS", "BenchResult", "run_bench", "schedule"]
 
-FORMATS = ("imagefolder", "lmdb")
+BASE_FORMATS = ("imagefolder", "lmdb")
+# + the peers (webdataset, litdata) whose extra is installed: pip install -e ".[peers]"
+FORMATS = BASE_FORMATS + peers.available()
 CACHES = ("cold", "warm")
 
 
@@ -60,9 +62,16 @@ def schedule(formats: Sequence[str], caches: Sequence[str],
     return order
 
 
+def _peer_path(fmt: str, split_dir: str, peer_paths: Mapping[str, str] | None) -> str:
+    return (peer_paths or {}).get(fmt) or peers.default_destination(split_dir, fmt)
+
+
 def _data_paths(fmt: str, split_dir: str, lmdb_path: str, data_dir: str,
-                backing_dir: str) -> list[str]:
-    path = split_dir if fmt == "imagefolder" else lmdb_path
+                backing_dir: str, peer_paths: Mapping[str, str] | None = None) -> list[str]:
+    """What a run of ``fmt`` reads: evicted before a cold run, read through before a warm one
+    (a peer format's folder of shards/chunks, as the ImageFolder tree, walked whole)."""
+    path = {"imagefolder": split_dir, "lmdb": lmdb_path}.get(fmt) or _peer_path(
+        fmt, split_dir, peer_paths)
     paths = [path]
     if backing_dir:  # the same file on the server side of a network file system
         paths.append(os.path.join(backing_dir, os.path.relpath(path, data_dir)))
@@ -103,7 +112,10 @@ def _prepare(ctx: DistContext, paths: Sequence[str], cache: str) -> pagecache.Re
     return resident
 
 
-def _dataset(fmt: str, split_dir: str, lmdb_path: str, readahead: bool) -> Any:
+def _dataset(fmt: str, split_dir: str, lmdb_path: str, readahead: bool, *, seed: int = 0,
+             batch_size: int = 1, peer_paths: Mapping[str, str] | None = None) -> Any:
+    """The dataset of one run; ``seed`` is the run's shuffle seed, used by the peers, which
+    shuffle themselves (ImageFolder and LMDB are shuffled by the DataLoader's sampler)."""
     transform = seed_transform()
     if fmt == "imagefolder":
         from torchvision.datasets import ImageFolder
@@ -113,17 +125,26 @@ def _dataset(fmt: str, split_dir: str, lmdb_path: str, readahead: bool) -> Any:
         from .dataset import ImageFolderLMDB
 
         return ImageFolderLMDB(lmdb_path, transform=transform, readahead=readahead)
-    raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
+    if fmt in peers.PEER_FORMATS:
+        from .peer_readers import open_peer
+
+        return open_peer(fmt, _peer_path(fmt, split_dir, peer_paths), transform, seed=seed,
+                         batch_size=batch_size)
+    raise ValueError(f"format must be one of {BASE_FORMATS + peers.PEER_FORMATS}, not {fmt!r}")
 
 
 def run_bench(*, data_dir: str, split_dir: str, lmdb_path: str, storage: str, mode: str,
-              formats: Sequence[str] = FORMATS, caches: Sequence[str] = CACHES,
+              formats: Sequence[str] = BASE_FORMATS, caches: Sequence[str] = CACHES,
               epochs: int = 1, batch_size: int = 128, num_workers: int = 2, repeats: int = 1,
               step_ms: float = 50.0, seed: int = 0, threads: int = 0, warmup: bool = True,
               backing_dir: str = "", readahead: bool = True, max_batches: int = 0,
               device: str = "cpu", output_dir: str | None = None,
-              record_indices: bool = False) -> BenchResult:
+              record_indices: bool = False,
+              peer_paths: Mapping[str, str] | None = None) -> BenchResult:
     """Measure every (format, cache) condition ``repeats`` times in ABBA order.
+
+    ``formats`` may name the peers (``FORMATS`` lists the installed ones); they are read from
+    ``peer_paths[fmt]``, by default next to ``split_dir`` (``train.wds``, ``train.litdata``).
 
     Under torchrun (``WORLD_SIZE`` > 1) this is one rank's part of a distributed run: rank 0
     returns (and saves) every rank's rows, the other ranks their own and save nothing."""
@@ -148,9 +169,10 @@ def run_bench(*, data_dir: str, split_dir: str, lmdb_path: str, storage: str, mo
     for order, spec in enumerate(plan):
         run_id = ctx.broadcast(uuid.uuid4().hex[:12])  # one id for all ranks' rows of a run
         resident = _prepare(ctx, _data_paths(spec.fmt, split_dir, lmdb_path, data_dir,
-                                             backing_dir), spec.cache)
+                                             backing_dir, peer_paths), spec.cache)
         opened = time.perf_counter()
-        dataset = _dataset(spec.fmt, split_dir, lmdb_path, readahead)
+        dataset = _dataset(spec.fmt, split_dir, lmdb_path, readahead, seed=shuffle_seed(spec),
+                           batch_size=batch_size, peer_paths=peer_paths)
         setup_s = time.perf_counter() - opened
         n_samples = len(dataset)
         try:

@@ -2,15 +2,18 @@
 
 ``papermill notebooks/bench.ipynb out.ipynb -p data_dir DIR`` works for an empty DIR (a
 synthetic cats-vs-dogs set is generated) and for an existing ImageFolder (``DIR/train/<class>``,
-used as is); the LMDB file is converted next to the split folder when missing.
+used as is); the LMDB file is converted next to the split folder when missing, and so are the
+peer formats named in ``formats`` (``train.wds``, ``train.litdata``; the ``peers`` extra).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
+from . import peers
 from .convert import convert, default_destination
 from .synthetic import ensure_dataset
 
@@ -23,6 +26,7 @@ class Workspace:
     split_dir: str    # the ImageFolder root, e.g. DATA/train
     lmdb_path: str    # e.g. DATA/train.lmdb
     converted: bool   # True if this call wrote the LMDB file
+    peer_paths: dict[str, str] = field(default_factory=dict)  # format -> its folder
 
 
 def default_data_dir(n_images: int, seed: int) -> str:
@@ -31,8 +35,10 @@ def default_data_dir(n_images: int, seed: int) -> str:
 
 
 def prepare(data_dir: str = "", *, split: str = "train", lmdb_path: str = "",
-            n_images: int = 64, seed: int = 0, progress: bool = False) -> Workspace:
-    """Make sure ``data_dir/split`` is an ImageFolder and ``lmdb_path`` its database."""
+            n_images: int = 64, seed: int = 0, progress: bool = False,
+            formats: Sequence[str] = ()) -> Workspace:
+    """Make sure ``data_dir/split`` is an ImageFolder, ``lmdb_path`` its database and each
+    peer format in ``formats`` written next to it (others in ``formats`` need nothing)."""
     data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir(n_images, seed)))
     split_dir = os.fspath(ensure_dataset(data_dir, n_images, seed=seed, split=split,
                                          progress=progress))
@@ -41,4 +47,9 @@ def prepare(data_dir: str = "", *, split: str = "train", lmdb_path: str = "",
     if not os.path.exists(lmdb_path):
         convert(split_dir, lmdb_path, progress=progress)
         converted = True
-    return Workspace(data_dir, split_dir, lmdb_path, converted)
+    peer_paths = {}
+    for fmt in (f for f in formats if f in peers.PEER_FORMATS):
+        peer_paths[fmt] = peers.default_destination(split_dir, fmt)
+        if not os.path.exists(peer_paths[fmt]):
+            peers.write(fmt, split_dir, peer_paths[fmt])
+    return Workspace(data_dir, split_dir, lmdb_path, converted, peer_paths)

@@ -1,0 +1,115 @@
+"""Conversion cost of every storage strategy, measured the same way: seconds, bytes on disk
+and peak memory of lmdbio's converter beside the WebDataset and LitData writers.
+
+Each writer runs in a fresh interpreter (``python -m lmdbio.conversions FMT SRC DST``), so
+its imports, threads and worker processes are its own, from a cold source (the ImageFolder's
+pages evicted, on the server side of a network FS too), into a scratch name next to its
+destination on the same storage. Peak memory is ``ru_maxrss`` from ``wait4``: the largest
+single process of the writer's tree (litdata's optimize forks workers; lmdbio uses threads).
+The scratch output then becomes the destination if that is missing, else it is removed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from . import pagecache, peers
+
+__all__ = ["destination", "measure_writer", "measure_writers"]
+
+COLUMNS = ("format", "images", "seconds", "images_per_s", "bytes_on_disk", "peak_rss_mb",
+           "source_cache")
+
+
+def destination(fmt: str, split_dir: str, lmdb_path: str = "") -> str:
+    """Where ``fmt``'s data lives: ``lmdb_path`` (default ``SPLIT.lmdb``) or ``SPLIT.wds`` ..."""
+    if fmt == "lmdb":
+        from .convert import default_destination
+
+        return lmdb_path or default_destination(split_dir)
+    return peers.default_destination(split_dir, fmt)
+
+
+def _write(fmt: str, source: str, target: str) -> int:
+    """In the child: write ``target``; returns the number of samples."""
+    if fmt == "lmdb":
+        from .convert import convert
+
+        return convert(source, target, progress=False).num_samples
+    peers.write(fmt, source, target)
+    return int(peers.read_manifest(target)["num_samples"])
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.unlink(path)
+
+
+def measure_writer(fmt: str, split_dir: str, target: str, *, backing_dir: str = "",
+                   data_dir: str = "") -> dict[str, Any]:
+    """Convert ``split_dir`` to ``target`` (a scratch name is used, then published or dropped)
+    in a child process; returns one row of ``COLUMNS``."""
+    if fmt != "lmdb":
+        peers.require(fmt)  # the install hint here, not a traceback from the child
+    for path in [split_dir] + ([os.path.join(backing_dir, os.path.relpath(split_dir, data_dir))]
+                               if backing_dir else []):
+        pagecache.evict(path)  # a cold source, as a first conversion meets it
+    scratch = target + ".measure"
+    _remove(scratch)
+    # output to files, not pipes: a chatty child must not block on a full pipe
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        child = subprocess.Popen([sys.executable, "-m", "lmdbio.conversions", fmt, split_dir,
+                                  scratch], stdout=out, stderr=err)
+        # wait4, not wait: it returns this child's own rusage (largest process of its tree)
+        _, status, usage = os.wait4(child.pid, 0)
+        seconds = time.perf_counter() - started
+        child.returncode = code = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    if code != 0:
+        _remove(scratch)
+        raise RuntimeError(f"{fmt} writer failed ({code}): {stderr[-2000:]}")
+    images = int(json.loads(stdout.strip().splitlines()[-1])["images"])
+    row = {"format": fmt, "images": images, "seconds": seconds,
+           "images_per_s": images / seconds, "bytes_on_disk": peers.sizes([scratch]),
+           "peak_rss_mb": usage.ru_maxrss / 1024, "source_cache": "cold"}
+    if os.path.exists(target):
+        _remove(scratch)
+    else:
+        os.replace(scratch, target)
+    return row
+
+
+def measure_writers(split_dir: str, formats: Sequence[str], *, lmdb_path: str = "",
+                    backing_dir: str = "", data_dir: str = "", csv_path: str = "",
+                    storage: str = "") -> list[dict[str, Any]]:
+    """``measure_writer`` for each of ``formats``; the rows also go to ``csv_path`` if given."""
+    rows = [measure_writer(fmt, split_dir, destination(fmt, split_dir, lmdb_path),
+                           backing_dir=backing_dir, data_dir=data_dir) | {"storage": storage}
+            for fmt in formats]
+    if csv_path:
+        os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
+        with open(csv_path + ".partial", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["storage", *COLUMNS])
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(csv_path + ".partial", csv_path)
+    return rows
+
+
+if __name__ == "__main__":  # the child: python -m lmdbio.conversions FMT SRC DST
+    fmt_arg, source_arg, target_arg = sys.argv[1:4]
+    print(json.dumps({"images": _write(fmt_arg, source_arg, target_arg)}), flush=True)
