@@ -19,8 +19,8 @@ from .decode import DraftDecoder, decode_pil, decode_tensor
 from .envs import EnvOptions
 from .errors import (ConcurrentWriteError, CorruptRecordError, DatabaseNotFoundError,
                      DestinationError, DiskFullError, FormatError, LegacyFormatError,
-                     LmdbioError, OutputExistsError, ResumeError, ShardSetError, ShardSpecError,
-                     SourceError, SourceFileError)
+                     LmdbioError, OutputExistsError, ResizeOptionError, ResumeError,
+                     ShardSetError, ShardSpecError, SourceError, SourceFileError)
 from .folder import IMG_EXTENSIONS, find_classes, make_dataset
 from .reader import Database, open_database
 from .sharded import ShardedDatabase
@@ -47,6 +47,7 @@ __all__ = [
     "LegacyFormatError",
     "LmdbioError",
     "OutputExistsError",
+    "ResizeOptionError",
     "ResumeError",
     "ShardSetError",
     "ShardSpecError",

@@ -21,7 +21,8 @@ def _convert(args: argparse.Namespace) -> int:
 
     options = dict(overwrite=args.overwrite, resume=args.resume, on_error=args.on_error,
                    verify_images=args.verify_images, workers=args.workers,
-                   commit_bytes=args.commit_mb << 20, progress=not args.quiet)
+                   commit_bytes=args.commit_mb << 20, progress=not args.quiet,
+                   max_size=args.max_size, quality=args.quality)
     shard = parse_shard(args.shard) if args.shard else None
     if args.jobs > 1 and not args.num_shards:
         raise ShardSpecError(f"--jobs {args.jobs} needs --num-shards N; to convert one shard "
@@ -80,6 +81,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _quality(text: str) -> int:
+    value = _positive_int(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"must be from 1 to 100, not {value}")
+    return value
+
+
 def register_convert(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("convert", help="convert an ImageFolder tree into one LMDB file",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -102,6 +110,12 @@ def register_convert(commands: argparse._SubParsersAction) -> None:
                    help="write all N shards (with --resume: the unfinished ones)")
     p.add_argument("--jobs", type=_positive_int, default=1,
                    help="with --num-shards: shards converted at once, in separate processes")
+    p.add_argument("--max-size", type=_positive_int, metavar="N",
+                   help="downscale images whose longer side exceeds N px to N (aspect kept) "
+                   "and re-encode them (JPEG stays JPEG, other formats become PNG); smaller "
+                   "images keep their bytes. Recorded in the metadata")
+    p.add_argument("--quality", type=_quality, metavar="Q",
+                   help="with --max-size: JPEG quality (1-100) of re-encoded images; None means 90")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_convert)
 

@@ -24,6 +24,7 @@ from .errors import (ConcurrentWriteError, DestinationError, OutputExistsError, 
 from .folder import IMG_EXTENSIONS
 from .format import Metadata
 from .progress import Progress
+from .resize import Resizer, check_resume_setting, make_resizer
 from .shards import ShardSpec, plan, shard_path, slice_listing
 from .sources import Listing, list_source, read_in_order, source_error
 from .writer import Checkpoint, LmdbWriter
@@ -87,6 +88,8 @@ def convert(
     extensions: Sequence[str] = IMG_EXTENSIONS,
     progress: bool = True,
     shard: tuple[int, int] | None = None,
+    max_size: int | None = None,
+    quality: int | None = None,
 ) -> ConvertReport:
     """Convert the ImageFolder at ``source`` into the LMDB file ``destination``.
 
@@ -96,11 +99,15 @@ def convert(
     and the metadata; ``verify_images`` fully decodes each image (catches truncated JPEGs).
     ``shard=(i, n)`` writes only shard ``i`` of ``n`` (a contiguous block of the listing) to
     ``destination`` with ``-0000i-of-0000n`` before ``.lmdb`` (see ``lmdbio.shards``).
+    ``max_size`` downscales images longer than that many pixels and re-encodes them (JPEGs
+    at JPEG ``quality``, default 90); others keep their bytes (see ``lmdbio.resize``).
     """
     if on_error not in ("fail", "skip"):
         raise ValueError(f"on_error must be 'fail' or 'skip', not {on_error!r}")
     if workers < 1 or commit_bytes < 1:
         raise ValueError(f"workers and commit_bytes must be >= 1, not {workers}, {commit_bytes}")
+    resizer = make_resizer(max_size, quality)
+    setting = resizer.setting if resizer else [None, None]
     started = time.perf_counter()
     extensions = (extensions,) if isinstance(extensions, str) else tuple(extensions)
     dst = (os.path.abspath(os.path.expanduser(os.fspath(destination))) if destination
@@ -119,14 +126,15 @@ def convert(
         if finished is not None and finished.source_fingerprint == listing.fingerprint and (
                 finished.shard_index, finished.shard_count) == (spec.index, spec.count):
             # killed after the last commit, before the rename: nothing left but publishing
+            check_resume_setting([finished.max_size, finished.quality], setting, partial)
             writer.close()
             state, meta = {"written": finished.num_samples}, finished
         else:
-            state = _start_state(writer, listing, resume, partial, spec)
+            state = _start_state(writer, listing, resume, partial, spec, setting)
             meta = _write_records(writer, listing, spec, state, on_error=on_error,
                                   verify_images=verify_images, workers=workers,
                                   commit_bytes=commit_bytes, progress=progress,
-                                  extensions=extensions)
+                                  extensions=extensions, resizer=resizer)
         writer = None  # finished and closed
         _publish(partial, dst, overwrite)
     except KeyboardInterrupt:
@@ -192,9 +200,10 @@ def _lock_partial(partial: str, keep: bool) -> int:
 
 
 def _start_state(writer: LmdbWriter, listing: Listing, resume: bool, partial: str,
-                 spec: ShardSpec) -> Checkpoint:
+                 spec: ShardSpec, setting: list[int | None]) -> Checkpoint:
     fresh: Checkpoint = {"fingerprint": listing.fingerprint, "position": 0, "written": 0,
-                         "payload_bytes": 0, "skipped": [], "shard": [spec.index, spec.count]}
+                         "payload_bytes": 0, "skipped": [], "shard": [spec.index, spec.count],
+                         "resize": setting}
     checkpoint = writer.checkpoint()
     if checkpoint is None:
         return fresh
@@ -208,12 +217,14 @@ def _start_state(writer: LmdbWriter, listing: Listing, resume: bool, partial: st
         raise ResumeError(f"{partial!r} holds shard {checkpoint['shard'][0]} of "
                           f"{checkpoint['shard'][1]}, not {spec.index} of {spec.count}; resume "
                           "with the matching --shard, or convert again without --resume")
+    check_resume_setting(checkpoint.get("resize", [None, None]), setting, partial)
     return checkpoint
 
 
 def _write_records(writer: LmdbWriter, listing: Listing, spec: ShardSpec, state: Checkpoint, *,
                    on_error: OnError, verify_images: bool, workers: int, commit_bytes: int,
-                   progress: bool, extensions: Sequence[str]) -> Metadata:
+                   progress: bool, extensions: Sequence[str],
+                   resizer: Resizer | None) -> Metadata:
     skipped: list[list[str]] = [list(item) for item in state["skipped"]]
     written, payload_bytes = state["written"], state["payload_bytes"]
     batch: list[tuple[int, bytes]] = []
@@ -224,13 +235,14 @@ def _write_records(writer: LmdbWriter, listing: Listing, spec: ShardSpec, state:
         writer.commit(written, batch, {"fingerprint": listing.fingerprint, "position": position,
                                        "written": written + len(batch),
                                        "payload_bytes": payload_bytes, "skipped": skipped,
-                                       "shard": [spec.index, spec.count]})
+                                       "shard": [spec.index, spec.count],
+                                       "resize": resizer.setting if resizer else [None, None]})
         written += len(batch)
         batch, batch_bytes = [], 0
 
     with Progress(len(listing), state["position"], enabled=progress) as bar:
         for result in read_in_order(listing, state["position"], workers=workers,
-                                    full_decode=verify_images):
+                                    full_decode=verify_images, transform=resizer):
             if result.data is None:
                 if on_error == "fail":
                     raise source_error(listing, result)
@@ -253,7 +265,9 @@ def _write_records(writer: LmdbWriter, listing: Listing, spec: ShardSpec, state:
         lmdbio_version=__version__, lmdb_version=".".join(map(str, lmdb.version())),
         created_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         shard_index=spec.index, shard_count=spec.count, shard_start=spec.start,
-        shard_stop=spec.stop, listing_total=spec.total)
+        shard_stop=spec.stop, listing_total=spec.total,
+        max_size=resizer.max_size if resizer else None,
+        quality=resizer.quality if resizer else None)
     writer.finish(meta, [listing.relative_paths[i] for i in positions],
                   [listing.targets[i] for i in positions])
     return meta

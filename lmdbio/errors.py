@@ -17,6 +17,7 @@ __all__ = [
     "LegacyFormatError",
     "LmdbioError",
     "OutputExistsError",
+    "ResizeOptionError",
     "ResumeError",
     "ShardSetError",
     "ShardSpecError",
@@ -50,6 +51,11 @@ class OutputExistsError(LmdbioError, FileExistsError):
 
 class ConcurrentWriteError(LmdbioError, RuntimeError):
     """Another conversion is writing the same destination right now."""
+
+
+class ResizeOptionError(LmdbioError, ValueError):
+    """Resize options that cannot work (``--max-size 0``, ``--quality`` without
+    ``--max-size``...)."""
 
 
 class ResumeError(LmdbioError, ValueError):

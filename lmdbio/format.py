@@ -156,6 +156,10 @@ class Metadata:
     shard_start: int = 0
     shard_stop: int = -1
     listing_total: int = -1
+    # Resize at conversion (docs/FORMAT.md): images longer than max_size px were downscaled
+    # and re-encoded (JPEGs at JPEG quality ``quality``); None: the source files' bytes.
+    max_size: int | None = None
+    quality: int | None = None
 
     def __post_init__(self) -> None:
         listed = self.num_samples + len(self.skipped) if isinstance(self.num_samples, int) else -1
@@ -200,6 +204,9 @@ class Metadata:
             if "class_to_idx" in body and body["class_to_idx"] != meta.class_to_idx:
                 # written beside "classes" by to_json: a damaged class name or order shows
                 raise ValueError("classes and class_to_idx disagree")
+            if (meta.max_size is not None and meta.max_size < 1) or (
+                    meta.quality is not None and not 1 <= meta.quality <= 100):
+                raise ValueError(f"max_size {meta.max_size}, quality {meta.quality}")
             if not (0 <= meta.shard_index < meta.shard_count and 0 <= meta.shard_start
                     <= meta.shard_stop <= meta.listing_total):
                 raise ValueError(f"shard {meta.shard_index} of {meta.shard_count}, positions "
@@ -216,7 +223,9 @@ _FIELD_TYPES: dict[str, type] = {
     "extensions": list, "payload_bytes": int, "skipped": list, "lmdbio_version": str,
     "lmdb_version": str, "created_utc": str, "format_version": int, "shard_index": int,
     "shard_count": int, "shard_start": int, "shard_stop": int, "listing_total": int,
+    "max_size": int, "quality": int,
 }
+_NULLABLE = frozenset({"max_size", "quality"})
 
 
 def _check_types(fields: dict[str, Any]) -> None:
@@ -224,6 +233,8 @@ def _check_types(fields: dict[str, Any]) -> None:
     rather than later as a TypeError deep in a DataLoader worker."""
     for name, value in fields.items():
         kind = _FIELD_TYPES.get(name)
+        if value is None and name in _NULLABLE:
+            continue
         if kind is not None and (not isinstance(value, kind) or isinstance(value, bool)):
             raise ValueError(f"{name} is {type(value).__name__}, not {kind.__name__}")
     for name in ("classes", "extensions"):

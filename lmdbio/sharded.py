@@ -20,6 +20,7 @@ from .errors import DatabaseNotFoundError, ShardSetError
 from .format import Metadata
 from .legacy import LegacyDatabase
 from .reader import Database, open_database
+from .resize import describe
 from .shards import is_glob, shard_glob, shard_path
 
 __all__ = ["ShardedDatabase", "expand_paths", "open_source"]
@@ -140,6 +141,12 @@ def _check_set(shards: list[Database]) -> list[Database]:
         if db.meta.classes != shards[0].meta.classes:  # the fingerprint covers them: damage
             raise ShardSetError(f"{db.path!r} lists other classes than {shards[0].path!r}; "
                                 "re-convert it")
+        setting = [db.meta.max_size, db.meta.quality]
+        expected = [shards[0].meta.max_size, shards[0].meta.quality]
+        if setting != expected:
+            raise ShardSetError(f"{db.path!r} was converted with {describe(setting)}, "
+                                f"{shards[0].path!r} with {describe(expected)}; re-convert "
+                                "one so that all shards match")
         if db.meta.shard_index in seen:
             raise ShardSetError(f"{db.path!r} and {seen[db.meta.shard_index].path!r} are both "
                                 f"shard {db.meta.shard_index} of {count}; pass each shard once")

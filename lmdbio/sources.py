@@ -13,7 +13,7 @@ import fcntl
 import io
 import os
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -140,7 +140,8 @@ def check_image(data: bytes, full_decode: bool) -> None:
         raise ValueError(str(exc) or type(exc).__name__) from None
 
 
-def _read_one(listing: Listing, position: int, full_decode: bool) -> ReadResult:
+def _read_one(listing: Listing, position: int, full_decode: bool,
+              transform: Callable[[bytes], bytes] | None) -> ReadResult:
     path = os.path.join(listing.root, listing.relative_paths[position])
     try:
         # O_NONBLOCK: a FIFO named like an image would block open() forever, and a device
@@ -158,20 +159,27 @@ def _read_one(listing: Listing, position: int, full_decode: bool) -> ReadResult:
                                           f" bytes listed, {len(data)} read)")
     try:
         check_image(data, full_decode)
+        if transform is not None:  # e.g. lmdbio.resize.Resizer, here in the read threads
+            data = transform(data)
     except ValueError as exc:
         return ReadResult(position, None, f"not a readable image: {exc}")
     return ReadResult(position, data)
 
 
-def _read_chunk(listing: Listing, start: int, stop: int,
-                full_decode: bool) -> list[ReadResult]:
-    return [_read_one(listing, position, full_decode) for position in range(start, stop)]
+def _read_chunk(listing: Listing, start: int, stop: int, full_decode: bool,
+                transform: Callable[[bytes], bytes] | None) -> list[ReadResult]:
+    return [_read_one(listing, position, full_decode, transform)
+            for position in range(start, stop)]
 
 
 def read_in_order(listing: Listing, start: int, *, workers: int, full_decode: bool,
+                  transform: Callable[[bytes], bytes] | None = None,
                   max_inflight_bytes: int = 256 << 20, chunk_files: int = 16,
                   chunk_bytes: int = 4 << 20) -> Iterator[ReadResult]:
     """Yield the files from ``start`` on, in listing order, read by ``workers`` threads.
+
+    ``transform`` (bytes -> bytes, ``ValueError`` for a bad image) runs in the same threads
+    on each checked file, e.g. the optional resize; the window bounds its memory too.
 
     Each task reads a run of neighbouring files (at most ``chunk_files`` / ``chunk_bytes``):
     one future per file costs more than reading a small file from a local disk, while
@@ -192,7 +200,7 @@ def read_in_order(listing: Listing, start: int, *, workers: int, full_decode: bo
                         size += listing.sizes[stop]
                         stop += 1
                     pending.append((pool.submit(_read_chunk, listing, position, stop,
-                                                full_decode), size))
+                                                full_decode, transform), size))
                     inflight += size
                     position = stop
                 future, size = pending.popleft()

@@ -39,6 +39,8 @@ class DatabaseInfo:
     source_root: str
     shard_index: int = 0
     shard_count: int = 1
+    max_size: int | None = None   # images downscaled at conversion to fit max_size px
+    quality: int | None = None    # JPEG quality of those re-encoded
 
     def __str__(self) -> str:
         shard = (f", shard {self.shard_index} of {self.shard_count}" if self.shard_count > 1
@@ -48,6 +50,10 @@ class DatabaseInfo:
                  f"  samples: {self.num_samples} ({self.payload_bytes / 1e6:.1f} MB of images, "
                  f"file {self.file_bytes / 1e6:.1f} MB), skipped at conversion: {self.skipped}",
                  f"  source: {self.source_root}",
+                 "  images: the source files' bytes" if self.max_size is None else
+                 f"  images: downscaled to fit {self.max_size} px at conversion (JPEG quality "
+                 f"{self.quality}); smaller ones unchanged",
+
                  f"  classes ({len(self.class_counts)}):"]
         lines += [f"    {name}: {count}" for name, count in self.class_counts.items()]
         return "\n".join(lines)
@@ -65,7 +71,7 @@ def info(path: str | os.PathLike[str]) -> DatabaseInfo:
             format_version=meta.format_version, lmdbio_version=meta.lmdbio_version,
             lmdb_version=meta.lmdb_version, created_utc=meta.created_utc,
             source_root=meta.source_root, shard_index=meta.shard_index,
-            shard_count=meta.shard_count)
+            shard_count=meta.shard_count, max_size=meta.max_size, quality=meta.quality)
 
 
 @dataclass(frozen=True)
