@@ -4,8 +4,10 @@ and peak memory of lmdbio's converter beside the WebDataset and LitData writers.
 Each writer runs in a fresh interpreter (``python -m lmdbio.conversions FMT SRC DST``), so
 its imports, threads and worker processes are its own, from a cold source (the ImageFolder's
 pages evicted, on the server side of a network FS too), into a scratch name next to its
-destination on the same storage. Peak memory is ``ru_maxrss`` from ``wait4``: the largest
-single process of the writer's tree (litdata's optimize forks workers; lmdbio uses threads).
+destination on the same storage. Peak memory is the largest single process of the writer's
+tree, as the child sees it when done: its own ``VmHWM`` (since exec, so not the forking
+notebook's size, which ``wait4``'s ``ru_maxrss`` would inherit) or its waited-for children's
+``ru_maxrss`` (litdata's optimize forks worker processes; lmdbio and WebDataset use one).
 The scratch output then becomes the destination if that is missing, else it is removed.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -70,22 +73,20 @@ def measure_writer(fmt: str, split_dir: str, target: str, *, backing_dir: str = 
     # output to files, not pipes: a chatty child must not block on a full pipe
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
-        child = subprocess.Popen([sys.executable, "-m", "lmdbio.conversions", fmt, split_dir,
-                                  scratch], stdout=out, stderr=err)
-        # wait4, not wait: it returns this child's own rusage (largest process of its tree)
-        _, status, usage = os.wait4(child.pid, 0)
+        code = subprocess.run([sys.executable, "-m", "lmdbio.conversions", fmt, split_dir,
+                               scratch], stdout=out, stderr=err).returncode
         seconds = time.perf_counter() - started
-        child.returncode = code = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
     if code != 0:
         _remove(scratch)
         raise RuntimeError(f"{fmt} writer failed ({code}): {stderr[-2000:]}")
-    images = int(json.loads(stdout.strip().splitlines()[-1])["images"])
+    report = json.loads(stdout.strip().splitlines()[-1])
+    images = int(report["images"])
     row = {"format": fmt, "images": images, "seconds": seconds,
            "images_per_s": images / seconds, "bytes_on_disk": peers.sizes([scratch]),
-           "peak_rss_mb": usage.ru_maxrss / 1024, "source_cache": "cold"}
+           "peak_rss_mb": report["peak_rss_kb"] / 1024, "source_cache": "cold"}
     if os.path.exists(target):
         _remove(scratch)
     else:
@@ -110,6 +111,14 @@ def measure_writers(split_dir: str, formats: Sequence[str], *, lmdb_path: str = 
     return rows
 
 
+def _peak_rss_kb() -> int:
+    """In the child: the larger of its own peak RSS since exec and its children's."""
+    with open("/proc/self/status") as handle:
+        own = next(int(line.split()[1]) for line in handle if line.startswith("VmHWM:"))
+    return max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+
+
 if __name__ == "__main__":  # the child: python -m lmdbio.conversions FMT SRC DST
     fmt_arg, source_arg, target_arg = sys.argv[1:4]
-    print(json.dumps({"images": _write(fmt_arg, source_arg, target_arg)}), flush=True)
+    count = _write(fmt_arg, source_arg, target_arg)
+    print(json.dumps({"images": count, "peak_rss_kb": _peak_rss_kb()}), flush=True)

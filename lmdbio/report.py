@@ -16,8 +16,11 @@ import json
 import os
 from typing import Any
 
+from .report_strategies import ratios, shuffle_semantics, writers
+
 __all__ = ["cache_check", "describe", "figures", "format_parity", "load_results", "per_run",
-           "ranks", "run_counts", "speedups", "summary", "write_tables"]
+           "ranks", "ratios", "run_counts", "shuffle_semantics", "speedups", "summary",
+           "write_tables", "writers"]
 
 METRICS = ("images_per_s", "steady_images_per_s", "ttfb_s", "data_mean_s", "data_median_s",
            "data_p95_s", "data_share", "utilisation", "batch_mean_s", "batch_median_s")
@@ -127,9 +130,10 @@ def speedups(runs: Any) -> Any:
     ratio's range across repetition pairs (ABBA pairs run side by side)."""
     pandas = _pandas()
     wide = per_run(runs[~runs["warmup"]]).pivot_table(
-        index=KEYS[:-1] + ["repeat"], columns="format", values="images_per_s").dropna()
+        index=KEYS[:-1] + ["repeat"], columns="format", values="images_per_s")
     if not {"lmdb", "imagefolder"} <= set(wide.columns):
         return pandas.DataFrame()
+    wide = wide[["imagefolder", "lmdb"]].dropna()  # a peer absent from a cell (ddp) drops nothing
     wide["ratio"] = wide["lmdb"] / wide["imagefolder"]
     grouped = wide.groupby(level=KEYS[:-1])
     table = pandas.DataFrame({
@@ -143,12 +147,16 @@ def speedups(runs: Any) -> Any:
     return table.reset_index()
 
 
-def write_tables(runs: Any, out_dir: str) -> dict[str, str]:
-    """``summary`` and ``speedups`` as CSV and parquet, plus every run (``all_runs``, one row
-    per rank) and, with distributed runs, the per-rank table (``ddp_ranks``)."""
+def write_tables(runs: Any, out_dir: str, results_dir: str = "") -> dict[str, str]:
+    """``summary``, ``speedups`` and every format's ``ratios`` over ImageFolder as CSV and
+    parquet, plus every run (``all_runs``, one row per rank), the strategies' shuffle
+    (``strategies``), the conversion cost found under ``results_dir`` (``writers``) and, with
+    distributed runs, the per-rank table (``ddp_ranks``)."""
     os.makedirs(out_dir, exist_ok=True)
     written = {}
-    tables = [("summary", summary(runs)), ("speedups", speedups(runs)), ("all_runs", runs)]
+    tables = [("summary", summary(runs)), ("speedups", speedups(runs)), ("all_runs", runs),
+              ("ratios", ratios(runs)), ("strategies", shuffle_semantics()),
+              ("writers", writers(results_dir))]
     per_rank = ranks(runs)
     if not per_rank.empty:
         tables.append(("ddp_ranks", per_rank))

@@ -11,7 +11,8 @@ import numpy
 
 __all__ = ["PLOTS"]
 
-FORMAT_COLOURS = {"imagefolder": "#8c8c8c", "lmdb": "#1f77b4"}
+FORMAT_COLOURS = {"imagefolder": "#8c8c8c", "lmdb": "#1f77b4", "webdataset": "#2ca02c",
+                  "litdata": "#d62728"}
 
 
 def _bars(ax: Any, runs: Any, metric: str, scale: float, ylabel: str) -> None:
@@ -116,6 +117,38 @@ def when_lmdb_helps(runs: Any, plt: Any) -> Any:
     return figure
 
 
+def strategies(runs: Any, plt: Any) -> Any:
+    """Every format's images/s over ImageFolder's: one heat map per mode, a column per format,
+    a row per storage target and cache state (the peers' shuffle is weaker: see the table)."""
+    from .report import ratios
+
+    table = ratios(runs)
+    if table.empty:
+        return None
+    table = table.assign(row=table["storage"] + " (" + table["fs_type"] + "), "
+                         + table["cache"])
+    modes = _modes(table["mode"])
+    formats = [f for f in FORMAT_COLOURS if f in set(table["format"])]
+    figure, axes = plt.subplots(1, len(modes), squeeze=False, sharey=True,
+                                figsize=(1.2 + 1.35 * len(formats) * len(modes),
+                                         1.2 + 0.55 * table["row"].nunique()))
+    for j, mode in enumerate(modes):
+        grid = table[table["mode"] == mode].pivot_table(index="row", columns="format",
+                                                        values="ratio")
+        grid = grid.reindex(index=sorted(set(table["row"])), columns=formats)
+        ax = axes[0][j]
+        image = ax.imshow(grid.values, cmap="RdBu", vmin=0, vmax=2, aspect="auto")
+        ax.set_xticks(range(len(formats)), formats, rotation=30, fontsize=8)
+        ax.set_yticks(range(grid.shape[0]), list(grid.index))
+        for (i, k), value in numpy.ndenumerate(grid.values):
+            if value == value:  # NaN: this mode did not run that format here
+                ax.text(k, i, f"{value:.2f}x", ha="center", va="center", fontsize=8)
+        ax.set_title(f"mode: {mode}", fontsize=10)
+    figure.colorbar(image, ax=axes[0].tolist(), label="images/s / ImageFolder images/s")
+    figure.suptitle("Every storage strategy against ImageFolder (>1: faster)")
+    return figure
+
+
 def ddp_ranks(runs: Any, plt: Any) -> Any:
     """Data wait per batch seen by each rank of the distributed runs (one panel per rank)."""
     if "world_size" not in runs.columns:
@@ -143,6 +176,7 @@ PLOTS: dict[str, Callable[[Any, Any], Any]] = {
     "data_and_batch_time": data_and_batch_time,
     "throughput": throughput,
     "time_to_first_batch": time_to_first_batch,
+    "strategies": strategies,
     "utilisation": utilisation,
     "when_lmdb_helps": when_lmdb_helps,
 }

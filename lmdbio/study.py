@@ -3,7 +3,9 @@
 For each storage target: the convert notebook, then the bench notebook once per mode (each
 runs formats x cache states, repeated in ABBA order), then the ddp notebook (the same under
 torchrun, ``ddp_procs`` ranks reading the same files); then the report notebook over
-everything. Targets: ``ssd`` (the local work folder) and ``nfs`` (a real mount given as
+everything. Formats: imagefolder and lmdb, plus the peer strategies (webdataset, litdata) when
+the ``peers`` extra is installed (the convert notebook writes them and measures every writer;
+the run says so when they are left out). Targets: ``ssd`` (the local work folder) and ``nfs`` (a real mount given as
 ``nfs=/mnt/path``, or else a stand-in brought up here: sshd on 127.0.0.1 + an sshfs mount
 of the work folder, torn down afterwards). A target that cannot be had is skipped and the
 report says why. A failed notebook does not stop the batch: it is kept as
@@ -21,7 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from . import netfs
+from . import netfs, peers
 
 __all__ = ["StudyConfig", "run_study"]
 
@@ -48,6 +50,7 @@ class StudyConfig:
     work_dir: str = "work"
     results_dir: str = "results"
     force: bool = False
+    peers: bool = True               # add the installed peer strategies (webdataset, litdata)
 
 
 @dataclass
@@ -110,10 +113,11 @@ def run_study(config: StudyConfig) -> int:
     work_data = os.path.join(os.path.abspath(config.work_dir), "data")
     os.makedirs(work_data, exist_ok=True)
     outcome = _Outcome()
+    formats = _formats(config)
     for name, path in config.targets.items():
         try:
             with _target(name, path, work_data) as (data_dir, backing_dir):
-                _run_target(config, name, data_dir, backing_dir, results, outcome)
+                _run_target(config, name, data_dir, backing_dir, results, outcome, formats)
         except (netfs.NetFSUnavailable, netfs.NetFSError) as exc:
             print(f"[study] target {name} skipped: {exc}", flush=True)
             outcome.skipped.append({"target": name, "reason": str(exc)})
@@ -128,15 +132,34 @@ def run_study(config: StudyConfig) -> int:
     return 1 if outcome.failed else 0
 
 
+def _formats(config: StudyConfig) -> tuple[str, ...]:
+    """imagefolder, lmdb and the installed peers; one line says which peers were left out."""
+    found = peers.available() if config.peers else ()
+    missing = [f for f in peers.PEER_FORMATS if f not in found]
+    if not config.peers:
+        print(f"[study] peer strategies {', '.join(missing)} left out (--no-peers)", flush=True)
+    elif missing:
+        print(f"[study] peer strategies {', '.join(missing)} skipped: not installed; "
+              f"{peers.INSTALL} to include them", flush=True)
+    if found:
+        print(f"[study] peer strategies included: {', '.join(found)}", flush=True)
+    return ("imagefolder", "lmdb", *found)
+
+
 def _run_target(config: StudyConfig, name: str, data_dir: str, backing_dir: str,
-                results: str, outcome: _Outcome) -> None:
+                results: str, outcome: _Outcome, formats: tuple[str, ...]) -> None:
     common = {"data_dir": data_dir, "n_images": config.images, "seed": config.seed}
+    writers = ",".join(f for f in formats if f != "imagefolder")
     if not _execute("convert.ipynb", os.path.join(results, name, "convert.ipynb"),
-                    common | {"parity_limit": 256}, config.force, outcome):
+                    common | {"parity_limit": 256, "writers": writers, "storage": name,
+                              "backing_dir": backing_dir,
+                              "writers_csv": os.path.join(results, name, "writers.csv")},
+                    config.force, outcome):
         return  # no database to bench
     for mode in config.modes:
         _execute("bench.ipynb", os.path.join(results, name, f"bench-{mode}.ipynb"), common | {
             "storage": name, "backing_dir": backing_dir, "mode": mode,
+            "formats": ",".join(formats),
             "epochs": config.epochs, "batch_size": config.batch_size,
             "num_workers": config.num_workers, "repeats": config.repeats,
             "step_ms": config.step_ms,

@@ -37,7 +37,10 @@ CONVERT = [
 
 Converts `data_dir/<split>/<class>/*` into `<split>.lmdb` with `lmdbio.convert`, then checks the
 result: record checksums (`lmdbio.verify`) and sample-by-sample parity with
-`torchvision.datasets.ImageFolder` (classes, targets, decoded pixels).
+`torchvision.datasets.ImageFolder` (classes, targets, decoded pixels). Then it measures what
+each storage strategy named in `writers` costs to write from the same tree (lmdbio's converter,
+and with the `peers` extra WebDataset shards and a LitData optimized dataset): seconds from a
+cold source, bytes on disk and peak memory, each writer in a fresh process.
 With the defaults it generates a tiny synthetic cats-vs-dogs set in a temporary folder.
 """),
     code("""
@@ -48,6 +51,10 @@ n_images: int = 64        # images to generate when data_dir holds no ImageFolde
 seed: int = 0             # seed of the synthetic images
 overwrite: bool = False   # convert again even if lmdb_path exists
 parity_limit: int = 256   # samples whose pixels are compared with ImageFolder (0: all)
+writers: str = "lmdb"     # comma-separated writers to measure: lmdb, webdataset, litdata
+storage: str = "local"    # label of the storage target in the writers table
+backing_dir: str = ""     # server-side copy of data_dir, evicted too (network FS)
+writers_csv: str = ""     # where the writers table goes; empty: not saved
 """, ["parameters"]),
     code("""
 import lmdbio
@@ -66,13 +73,27 @@ print(f"{info.num_samples} samples; classes: {info.class_counts}; skipped: {info
 print("checksums OK:", lmdbio.verify(workspace.lmdb_path).ok)
 print(compare_with_imagefolder(workspace.split_dir, workspace.lmdb_path, limit=parity_limit))
 """),
+    code("""
+import pandas
+from lmdbio.conversions import measure_writers
+
+rows = measure_writers(workspace.split_dir, writers.split(","), lmdb_path=workspace.lmdb_path,
+                       backing_dir=backing_dir, data_dir=workspace.data_dir,
+                       csv_path=writers_csv, storage=storage)
+print("measured writers:", [row["format"] for row in rows])
+"""),
+    code("""
+pandas.DataFrame(rows).round(3)
+""", IGNORE),
 ]
 
 BENCH = [
     md("""
-# 2. Benchmark: ImageFolder vs LMDB on one storage target
+# 2. Benchmark: ImageFolder vs LMDB (and the peers) on one storage target
 
-Trains (or emulates, or only loads) under both storage strategies, cold and warm, and records
+Trains (or emulates, or only loads) under each storage strategy in `formats` (ImageFolder,
+LMDB; with the `peers` extra also WebDataset and LitData, written next to the split folder
+when missing), cold and warm, and records
 per-batch data time and batch time. Cache state is enforced before every run (cold: pages
 evicted; warm: after a full pass) and its residency recorded; conditions run in ABBA order
 after one discarded warm-up. With the defaults: a tiny synthetic set, seconds on CPU.
@@ -87,7 +108,7 @@ lmdb_path: str = ""                # empty: <data_dir>/<split>.lmdb (converted i
 storage: str = "local"             # label of the storage target in every row
 backing_dir: str = ""              # server-side copy of data_dir, evicted too (network FS)
 mode: str = "train"                # train | emulate | load
-formats: str = "imagefolder,lmdb"  # comma-separated storage strategies
+formats: str = "imagefolder,lmdb"  # comma-separated: imagefolder, lmdb, webdataset, litdata
 cache: str = "cold,warm"           # comma-separated cache states
 epochs: int = 1                    # epochs per run
 batch_size: int = 32               # the seed protocol uses 128
@@ -107,7 +128,8 @@ from lmdbio import report
 from lmdbio.protocol import run_bench
 from lmdbio.workspace import prepare
 
-workspace = prepare(data_dir, split=split, lmdb_path=lmdb_path, n_images=n_images, seed=seed)
+workspace = prepare(data_dir, split=split, lmdb_path=lmdb_path, n_images=n_images, seed=seed,
+                    formats=formats.split(","))
 print(f"{len(lmdbio.Database(workspace.lmdb_path))} samples, classes {lmdbio.info(workspace.lmdb_path).class_counts}")
 """),
     code("""
@@ -116,7 +138,7 @@ result = run_bench(
     storage=storage, mode=mode, formats=formats.split(","), caches=cache.split(","),
     epochs=epochs, batch_size=batch_size, num_workers=num_workers, repeats=repeats,
     step_ms=step_ms, seed=seed, threads=threads, backing_dir=backing_dir, readahead=readahead,
-    max_batches=max_batches, output_dir=output_dir or None)
+    max_batches=max_batches, output_dir=output_dir or None, peer_paths=workspace.peer_paths)
 print(report.run_counts(result.runs))
 """),
     code("""
@@ -130,11 +152,13 @@ report.summary(result.runs).drop(columns=["storage", "fs_type", "mode"]).round(4
 
 REPORT = [
     md("""
-# 3. Report: when does LMDB help?
+# 3. Report: when does LMDB help, and how do WebDataset and LitData compare?
 
 Reads every run under `results_dir` (warm-ups dropped), writes the summary and speed-up tables
 (CSV + parquet) and the figures (PNG). Statistics come from run-level figures: medians across
-repetitions, spread = fastest to slowest run.
+repetitions, spread = fastest to slowest run. Every strategy is compared with ImageFolder
+(`ratios`), beside what it costs to write (`writers`) and how it shuffles: speed bought with a
+weaker shuffle is not the same product.
 """),
     code("""
 results_dir: str = "../results"   # searched recursively for runs.parquet
@@ -147,7 +171,7 @@ from lmdbio import report
 
 runs, batches, skipped = report.load_results(results_dir)
 out = out_dir or tempfile.mkdtemp(prefix="lmdbio-report-")
-tables = report.write_tables(runs, os.path.join(out, "tables"))
+tables = report.write_tables(runs, os.path.join(out, "tables"), results_dir=results_dir)
 figures = report.figures(runs, os.path.join(out, "figures"))
 print("tables:", sorted(tables))
 print("figures:", sorted(os.path.basename(f) for f in figures))
@@ -157,6 +181,22 @@ print(report.describe(runs, skipped))
 """, IGNORE),
     code("""
 report.speedups(runs).round(3)
+""", IGNORE),
+    md("""
+## The storage strategies side by side
+
+How each strategy shuffles (per epoch), then each one's images/s over ImageFolder's (median of
+the ABBA repetition pairs, with their range), then what each costs to write.
+"""),
+    code("""
+for row in report.shuffle_semantics().itertuples():
+    print(f"{row.format} ({row.layout}; uniform permutation: {row.uniform}):\\n  {row.shuffle}")
+"""),
+    code("""
+report.ratios(runs).round(3)
+""", IGNORE),
+    code("""
+report.writers(results_dir).round(3)
 """, IGNORE),
     code("""
 from IPython.display import Image, display

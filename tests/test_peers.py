@@ -121,6 +121,16 @@ def test_require_without_the_extra_says_how_to_install(monkeypatch):
     assert len(str(info.value).splitlines()) == 1
 
 
+def test_study_says_when_the_peers_are_left_out(monkeypatch, capsys):
+    from lmdbio import study
+
+    monkeypatch.setattr(study.peers, "available", lambda: ())
+    assert study._formats(study.StudyConfig()) == ("imagefolder", "lmdb")
+    line = capsys.readouterr().out.strip()
+    assert line == ('[study] peer strategies webdataset, litdata skipped: not installed; '
+                    'pip install -e ".[peers]" to include them')
+
+
 def test_run_bench_measures_the_peers_cold_and_warm(tmp_path):
     pytest.importorskip("webdataset")
     pytest.importorskip("litdata")

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from lmdbio import netfs
+from lmdbio import netfs, peers
 from lmdbio.protocol import run_bench, schedule
 from lmdbio.workspace import prepare
 
@@ -89,8 +89,12 @@ def test_report_tables_and_figures(tiny, tmp_path):
     assert os.path.getsize(tables["speedups.csv"]) > 0
     figures = report.figures(runs, os.fspath(tmp_path / "figures"))
     names = sorted(os.path.basename(f) for f in figures)
-    assert names == ["data_and_batch_time.png", "throughput.png", "time_to_first_batch.png",
-                     "when_lmdb_helps.png"]  # no emulate runs: no utilisation figure
+    assert names == ["data_and_batch_time.png", "strategies.png", "throughput.png",
+                     "time_to_first_batch.png", "when_lmdb_helps.png"]  # no emulate: no utilisation
+    ratios = pandas.read_csv(tables["ratios.csv"])  # every format over ImageFolder
+    assert set(ratios["format"]) == {"lmdb"} and (ratios["pairs"] == 2).all()
+    assert list(pandas.read_csv(tables["strategies.csv"])["format"]) == [
+        "imagefolder", "lmdb", "webdataset", "litdata"]
     assert all(open(f, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for f in figures)
     assert "skipped target nfs: why" in report.describe(runs, skipped)
 
@@ -118,6 +122,12 @@ def test_study_runs_both_targets_and_tears_down(tmp_path):
         assert set(ddp["world_size"]) == {2} and set(ddp["mode"]) == {"load"}
     nfs_runs = pandas.read_parquet(results / "nfs" / "load" / "runs.parquet")
     assert set(nfs_runs["fs_type"]) == {"fuse.sshfs"}
+    found = peers.available()  # the peers extra: its strategies join every target's matrix
+    assert set(nfs_runs["format"]) == {"imagefolder", "lmdb", *found}
+    for target in ("ssd", "nfs"):
+        written = pandas.read_csv(results / target / "writers.csv")
+        assert list(written["format"]) == ["lmdb", *found] and (written["images"] == 16).all()
+    assert ("peer strategies included" if found else "skipped: not installed") in done.stdout
     assert (results / "figures" / "when_lmdb_helps.png").exists()
     assert (results / "figures" / "ddp_ranks.png").exists()
     speedups = pandas.read_csv(results / "tables" / "speedups.csv")
@@ -128,8 +138,9 @@ def test_study_runs_both_targets_and_tears_down(tmp_path):
     with open("/proc/self/mountinfo") as handle:
         assert "sshfs" not in handle.read()
     # a second run skips finished notebooks
-    again = _study(tmp_path, "--modes", "load", "--no-nfs")
+    again = _study(tmp_path, "--modes", "load", "--no-nfs", "--no-peers")
     assert "done earlier, skipped" in again.stdout and again.returncode == 0
+    assert "left out (--no-peers)" in again.stdout
 
 
 def test_study_keeps_failed_notebook_and_exits_nonzero(tmp_path):
