@@ -31,6 +31,10 @@ SEED_CONVERTER = r"""
 # pytorch-lmdb's folder2lmdb: ImageFolder with a raw-bytes loader through a DataLoader
 # (batch size 1, default collate), pickle((image, label)), str keys, commit every 5 000.
 import json, pickle, resource, sys, time, lmdb
+def peak_rss():  # VmHWM: this exec's own peak (ru_maxrss would keep the parent's across fork+exec)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 src, dst = sys.argv[1], sys.argv[2]
@@ -54,12 +58,16 @@ with env.begin(write=True) as txn:
     txn.put(b"__keys__", pickle.dumps(keys)); txn.put(b"__len__", pickle.dumps(len(keys)))
 env.sync(); env.close()
 print(json.dumps({"seconds": time.perf_counter() - start, "images": n, "bytes": total,
-                  "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                  "peak_rss": peak_rss()}))
 """
 
 PLAIN_CONVERTER = r"""
 # One file at a time: read, put, commit every 5 000; no threads, no checks.
 import json, os, pickle, resource, sys, time, lmdb
+def peak_rss():  # VmHWM: this exec's own peak (ru_maxrss would keep the parent's across fork+exec)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
 from lmdbio.folder import find_classes, make_dataset
 src, dst = sys.argv[1], sys.argv[2]
 start = time.perf_counter()
@@ -81,14 +89,18 @@ with env.begin(write=True) as txn:
     txn.put(b"__keys__", pickle.dumps(keys)); txn.put(b"__len__", pickle.dumps(len(keys)))
 env.sync(); env.close()
 print(json.dumps({"seconds": time.perf_counter() - start, "images": len(samples), "bytes": total,
-                  "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                  "peak_rss": peak_rss()}))
 """
 
 LMDBIO_CONVERTER = r"""
 import json, sys, lmdbio
+def peak_rss():  # VmHWM: this exec's own peak (ru_maxrss would keep the parent's across fork+exec)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
 r = lmdbio.convert(sys.argv[1], sys.argv[2], overwrite=True, progress=False)
 print(json.dumps({"seconds": r.seconds, "images": r.num_samples, "bytes": r.payload_bytes,
-                  "peak_rss": r.peak_rss_bytes}))
+                  "peak_rss": peak_rss()}))
 """
 
 

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 from .decode import decode_pil
 from .envs import EnvOptions
+from .prefetch import Prefetcher, fits_in_memory, prefetch_files, stop_all
 from .sharded import open_source
 
 __all__ = ["ImageFolderLMDB"]
@@ -28,6 +29,12 @@ class ImageFolderLMDB(Dataset):
         decode: bytes -> image; default ``decode_pil`` (RGB PIL image, like ImageFolder).
         readahead: let the kernel read ahead around each record. On by default: it turns the
             many small page faults of a cold random read into few large reads (see README).
+        prefetch: read the file(s) front to back once in a background thread of this process,
+            so a cold epoch in any order runs at the storage's sequential bandwidth (see
+            ``lmdbio.prefetch``). ``"auto"`` (default): only when the files take at most half
+            of the memory this process can use (RAM, or its cgroup's limit); ``True`` always;
+            ``False`` never. Started here, in the process that builds the dataset, so
+            DataLoader workers share the one read; stopped by ``close()``.
         lock: use LMDB's lock file; off by default, which is what read-only mounts need.
         max_readers: LMDB reader slots (only with ``lock=True``).
         verify_checksums: check each record's CRC32 before decoding it.
@@ -45,7 +52,7 @@ class ImageFolderLMDB(Dataset):
                  transform: Callable[[Any], Any] | None = None,
                  target_transform: Callable[[int], Any] | None = None, *,
                  decode: Callable[[bytes], Any] = decode_pil, readahead: bool = True,
-                 lock: bool = False, max_readers: int = 126, verify_checksums: bool = True,
+                 prefetch: bool | str = "auto", lock: bool = False, max_readers: int = 126, verify_checksums: bool = True,
                  allow_pickle: bool = False) -> None:
         self.root: str | list[str] = (  # expanded as torchvision's VisionDataset does
             os.path.expanduser(os.fspath(root)) if isinstance(root, (str, os.PathLike))
@@ -58,6 +65,23 @@ class ImageFolderLMDB(Dataset):
             verify_checksums=verify_checksums, allow_pickle=allow_pickle)
         self._samples: list[tuple[str, int]] | None = None
         self._targets: list[int] | None = None
+        self._prefetchers: list[Prefetcher] = []
+        if prefetch not in (True, False, "auto"):
+            raise ValueError(f"prefetch must be True, False or 'auto', not {prefetch!r}")
+        files = self.files
+        if prefetch is True or (prefetch == "auto" and fits_in_memory(files)):
+            self._prefetchers = prefetch_files(files)
+
+    @property
+    def files(self) -> list[str]:
+        """The database file(s) read (one per shard)."""
+        paths = getattr(self.database, "paths", None) or [self.database.path]
+        return [os.path.join(p, "data.mdb") if os.path.isdir(p) else p for p in paths]
+
+    @property
+    def prefetching(self) -> bool:
+        """True while a prefetch started by this dataset is still reading."""
+        return any(not p.done for p in self._prefetchers)
 
     @property
     def classes(self) -> list[str]:
@@ -100,8 +124,16 @@ class ImageFolderLMDB(Dataset):
         return sample, target
 
     def close(self) -> None:
-        """Release the LMDB environment (needed before evicting its pages from the cache)."""
+        """Stop any prefetch and release the LMDB environment (needed before evicting its pages
+        from the cache)."""
+        stop_all(self._prefetchers)
+        self._prefetchers = []
         self.database.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_prefetchers"] = []  # threads stay in the process that started them
+        return state
 
     def __repr__(self) -> str:
         body = [f"Number of datapoints: {len(self)}", f"Root location: {self.root}"]

@@ -1,0 +1,202 @@
+"""Sequential prefetch of database files into the page cache, for cold random-order epochs.
+
+Why: a cold epoch in random order over a file that fits in RAM costs one small random read
+per record, which storage (a network file system most of all) serves at a fraction of its
+sequential bandwidth. Reading the file front to back in large chunks runs at that bandwidth,
+and every record behind the read cursor is then a page-cache hit. So a reader that opens a
+database which fits comfortably in memory starts one background thread per file that reads it
+through once; records are still served in whatever order the sampler asks for.
+
+The thread reads with ``os.preadv`` into one reusable buffer (the GIL is released during the
+read, so DataLoader work in the same process is not slowed), stops early when asked and never
+keeps a reference to the data. Files larger than the memory budget are not prefetched: their
+early pages would be evicted before use (for those, see ``lmdbio.samplers``).
+
+The memory budget honours cgroup limits (v1 and v2), so a container or a job step with a
+memory limit below the machine's RAM is judged by its own limit.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = ["Prefetcher", "fits_in_memory", "memory_budget", "prefetch_files", "stop_all"]
+
+CHUNK_BYTES = 8 << 20   # large enough that each read is one sequential stream, small enough to stop fast
+FRACTION_OF_BUDGET = 0.5  # leave room for the process, its workers and everything else cached
+_UNLIMITED = 1 << 60     # cgroup v1 reports "no limit" as a huge number
+
+
+def _meminfo_available() -> int:
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return None if text in ("", "max") else int(text)
+
+
+def _stat_value(path: Path, key: str) -> int | None:
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _cgroup_room() -> int | None:
+    """Bytes the memory cgroup of this process can still hold in page cache, if it is limited.
+
+    Page cache counts against a cgroup's limit, and the kernel reclaims within the cgroup: a
+    prefetch larger than the limit evicts its own first pages. Anonymous memory already in use
+    is subtracted; cached pages are not (they are what a prefetch would replace).
+    """
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    rooms = []
+    for line in lines:
+        _, controllers, relative = line.split(":", 2)
+        if "memory" in controllers.split(","):  # v1: memory.stat has the hierarchical limit
+            folder = Path("/sys/fs/cgroup/memory") / relative.lstrip("/")
+            limit = _stat_value(folder / "memory.stat", "hierarchical_memory_limit")
+            used = _stat_value(folder / "memory.stat", "total_rss") or 0
+            if limit is not None and limit < _UNLIMITED:
+                rooms.append(limit - used)
+        elif controllers == "":  # v2: walk up, every ancestor's memory.max applies
+            folder = Path("/sys/fs/cgroup") / relative.lstrip("/")
+            for level in (folder, *folder.parents):
+                if not str(level).startswith("/sys/fs/cgroup"):
+                    break
+                limit = _read_int(level / "memory.max")
+                if limit is not None:
+                    rooms.append(limit - (_stat_value(level / "memory.stat", "anon") or 0))
+    return min(rooms) if rooms else None
+
+
+def memory_budget() -> int:
+    """Bytes of page cache this process can count on: ``MemAvailable``, capped by its cgroup."""
+    available = _meminfo_available()
+    room = _cgroup_room()
+    return max(0, min(available, room) if room is not None else available)
+
+
+def fits_in_memory(paths: Iterable[str], fraction: float = FRACTION_OF_BUDGET) -> bool:
+    """True when the files together take at most ``fraction`` of ``memory_budget()``."""
+    total = sum(os.path.getsize(p) for p in paths)
+    return total <= fraction * memory_budget()
+
+
+class Prefetcher:
+    """One background thread reading one file front to back, once."""
+
+    def __init__(self, path: str, chunk_bytes: int = CHUNK_BYTES) -> None:
+        self.path = path
+        self.chunk_bytes = chunk_bytes
+        self.bytes_read = 0
+        self.error: OSError | None = None
+        self.users = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lmdbio-prefetch:{path}",
+                                        daemon=True)
+
+    def start(self) -> Prefetcher:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        buffer = bytearray(self.chunk_bytes)
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:  # the reader reports a missing file itself, in its own words
+            self.error = exc
+            return
+        try:
+            # a larger readahead window for this descriptor: each read becomes fewer requests
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            offset = 0
+            while not self._stop.is_set():
+                got = os.preadv(fd, [buffer], offset)
+                if got <= 0:
+                    break
+                offset += got
+                self.bytes_read = offset
+        except OSError as exc:  # e.g. a network FS going away: reads will say so themselves
+            self.error = exc
+        finally:
+            os.close(fd)
+
+    @property
+    def done(self) -> bool:
+        return self._thread.ident is not None and not self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the whole file has been read (or ``timeout``); True when finished."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def stop(self) -> None:
+        """Stop after the current chunk and wait for the thread (before evicting the file)."""
+        self._stop.set()
+        if self._thread.ident is not None:
+            self._thread.join()
+
+
+_lock = threading.Lock()
+_active: dict[tuple[int, int, int], Prefetcher] = {}
+
+
+def _reset_lock_in_child() -> None:
+    # A fork taken while another thread held the lock would leave it held forever.
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_lock_in_child)
+
+
+def prefetch_files(paths: Iterable[str]) -> list[Prefetcher]:
+    """Start (or join) one prefetch per file in this process; a file being read is not read
+    twice by two datasets over it."""
+    started = []
+    with _lock:
+        for path in paths:
+            stat = os.stat(path)
+            key = (os.getpid(), stat.st_dev, stat.st_ino)
+            current = _active.get(key)
+            if current is None or (current.done and current.error is not None):
+                current = _active[key] = Prefetcher(path).start()
+            current.users += 1
+            started.append(current)
+    return started
+
+
+def stop_all(prefetchers: Iterable[Prefetcher]) -> None:
+    """Release these prefetches; each stops with its last user and is forgotten (a later open
+    may prefetch again, e.g. after the file was evicted)."""
+    with _lock:
+        for prefetcher in prefetchers:
+            prefetcher.users -= 1
+            if prefetcher.users > 0:
+                continue
+            prefetcher.stop()
+            for key, value in list(_active.items()):
+                if value is prefetcher:
+                    del _active[key]
