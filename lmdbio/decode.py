@@ -50,15 +50,15 @@ class DraftDecoder:
     Trade-off: ``RandomResizedCrop(size)`` (scale 0.08-1) crops a region of the *decoded*
     image, so from a reduced image a small crop is upsampled from fewer source pixels
     (blurrier; a crop covering the whole image loses nothing as long as ``min_size >=
-    size``). ``min_size = size`` is the fastest; ``min_size = 2 * size`` upsamples only crops
-    under 1/4 of the image's area; ``min_size >= 4 * size`` (``size / sqrt(0.08)`` = 3.5x)
+    size``). ``min_size = size`` is the fastest; ``min_size = 2 * size`` upsamples at most the
+    crops under 1/4 of the image's area; ``min_size >= 4 * size`` (``size / sqrt(0.08)`` = 3.5x)
     never upsamples, but reduces only images at least 8x the crop size. Measured on one core,
     decode + the seed transform (``RandomResizedCrop(64)``, flip, ToTensor, Normalize) of the
     synthetic ~450 x 340 px JPEGs: ``decode_pil`` 830 images/s, ``DraftDecoder(64)`` 1 500
     (1.8x, decoded at 1/4 scale), ``DraftDecoder(128)`` 1 190 (1.4x, 1/2 scale). Recommended:
     ``2 * size`` for training; ``size`` when decoding is the bottleneck and blurrier small
-    crops are acceptable.
-    Not pixel-identical to ``ImageFolder``: use ``decode_pil`` where that matters.
+    crops are acceptable. Not pixel-identical to ``ImageFolder``: use ``decode_pil`` where
+    that matters.
 
     Picklable (a frozen dataclass), so it works in DataLoader workers under spawn.
     """
@@ -74,7 +74,7 @@ class DraftDecoder:
         from PIL import Image
 
         with Image.open(io.BytesIO(data)) as image:
-            if image.format == "JPEG":
+            if image.format in ("JPEG", "MPO"):  # MPO: a JPEG with extra pictures
                 image.draft("RGB", (self.min_size, self.min_size))
             return image.convert("RGB")
 

@@ -25,8 +25,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWa
 
 
 def image_bytes(kind: str, size: tuple[int, int], seed: int = 0) -> bytes:
-    """One encoded image: ``jpeg``, ``jpeg-L``, ``jpeg-CMYK``, ``jpeg-progressive``, ``png``,
-    ``png-RGBA``, ``png-P``, ``png-L``, ``png-16``, ``bmp``, ``webp``, ``tiff``."""
+    """One encoded image: ``jpeg``, ``jpeg-L``, ``jpeg-CMYK``, ``jpeg-progressive``,
+    ``jpeg-mpo``, ``png``, ``png-RGBA``, ``png-P``, ``png-L``, ``png-16``, ``bmp``, ``webp``,
+    ``tiff``."""
     image = make_image(seed, size)
     if kind == "jpeg":
         return jpeg_bytes(seed, size)
@@ -34,6 +35,8 @@ def image_bytes(kind: str, size: tuple[int, int], seed: int = 0) -> bytes:
         return encode(image.convert(kind[5:]), "JPEG", quality=90)
     if kind == "jpeg-progressive":
         return encode(image, "JPEG", quality=85, progressive=True)
+    if kind == "jpeg-mpo":  # what some cameras write: Pillow opens it as format "MPO"
+        return encode(image, "MPO", save_all=True, append_images=[make_image(seed + 1, size)])
     if kind == "png-P":
         return encode(image.convert("P", palette=Image.Palette.ADAPTIVE, colors=16), "PNG")
     if kind == "png-16":
@@ -43,7 +46,7 @@ def image_bytes(kind: str, size: tuple[int, int], seed: int = 0) -> bytes:
     return encode(image, kind.upper(), **({"lossless": True} if kind == "webp" else {}))
 
 
-JPEGS = ["jpeg", "jpeg-L", "jpeg-CMYK", "jpeg-progressive"]
+JPEGS = ["jpeg", "jpeg-L", "jpeg-CMYK", "jpeg-progressive", "jpeg-mpo"]
 OTHERS = ["png", "png-RGBA", "png-P", "png-L", "png-16", "bmp", "webp", "tiff"]
 
 

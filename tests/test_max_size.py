@@ -351,3 +351,33 @@ def test_convert_with_max_size_does_not_import_torch(simple_tree: Path, tmp_path
     assert proc.returncode == 0, proc.stderr
     assert "HEAVY []" in proc.stdout
     assert "downscaled to fit 16 px" in proc.stdout
+
+
+def test_full_decodes_in_flight_are_bounded_by_the_cpus(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory: 16 read threads, but at most one decoded image per CPU at any time."""
+    import threading
+    import time
+
+    tree = tmp_path / "t"
+    for i in range(96):  # 6 read tasks of 16 files
+        write(tree / "a" / f"{i:03d}.jpg", jpeg_bytes(i, (300, 200)))
+    lock, state = threading.Lock(), {"now": 0, "peak": 0}
+    shrink = Resizer._shrink
+
+    def counted(self: Resizer, image) -> bytes:
+        with lock:
+            state["now"] += 1
+            state["peak"] = max(state["peak"], state["now"])
+        try:
+            time.sleep(0.002)  # let the other threads pile up
+            return shrink(self, image)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    monkeypatch.setattr(Resizer, "_shrink", counted)
+    report = lmdbio.convert(tree, tmp_path / "o.lmdb", max_size=32, workers=16,
+                            progress=False)
+    assert report.num_samples == 96
+    assert 1 <= state["peak"] <= len(os.sched_getaffinity(0))
