@@ -5,11 +5,11 @@ runs formats x cache states, repeated in ABBA order), then the ddp notebook (the
 torchrun, ``ddp_procs`` ranks reading the same files); then the report notebook over
 everything. Formats: imagefolder and lmdb, plus the peer strategies (webdataset, litdata) when
 the ``peers`` extra is installed (the convert notebook writes them and measures every writer;
-the run says so when they are left out). Targets: ``ssd`` (the local work folder) and
-``nfs`` (a real mount given as ``nfs=/mnt/path``, or else a stand-in brought up here: sshd
-on 127.0.0.1 + an sshfs mount of the work folder, torn down afterwards). A target that cannot be had is skipped and the
-report says why. A failed notebook does not stop the batch: it is kept as
-``NAME.failed.ipynb`` (with its error) and listed at the end; the exit status is non-zero.
+the run says so when they are left out). Targets: ``ssd`` (the local work folder) and ``nfs``
+(a real mount given as ``nfs=/mnt/path``, or else a stand-in brought up here: sshd on
+127.0.0.1 + an sshfs mount of the work folder, torn down afterwards). A target that cannot be
+had is skipped and the report says why. A failed notebook does not stop the batch: it is kept
+as ``NAME.failed.ipynb`` (with its error) and listed at the end; the exit status is non-zero.
 Finished notebooks are skipped on a re-run unless ``force``.
 """
 
