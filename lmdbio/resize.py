@@ -122,17 +122,19 @@ def make_resizer(max_size: int | None, quality: int | None) -> Resizer | None:
     return Resizer(max_size, DEFAULT_QUALITY if quality is None else quality)
 
 
-def describe(setting: list[int | None] | tuple[int | None, ...]) -> str:
+def describe(setting: object) -> str:
     """How a conversion stored its images, for messages: ``--max-size 256 --quality 90``."""
-    if not setting or setting[0] is None:
+    if not isinstance(setting, (list, tuple)) or len(setting) != 2:
+        return f"an unknown resize setting {setting!r}"
+    if setting[0] is None:
         return "original images (no --max-size)"
     return f"--max-size {setting[0]} --quality {setting[1]}"
 
 
-def check_resume_setting(saved: list[int | None] | tuple[int | None, ...],
-                         wanted: list[int | None], partial: str) -> None:
-    """``ResumeError`` unless the partial output was written with the requested setting."""
-    if list(saved) != list(wanted):
+def check_resume_setting(saved: object, wanted: list[int | None], partial: str) -> None:
+    """``ResumeError`` unless the partial output was written with the requested setting
+    (``saved`` comes from the file: any JSON value)."""
+    if not isinstance(saved, (list, tuple)) or list(saved) != list(wanted):
         raise ResumeError(f"{partial!r} was converted with {describe(saved)}, not "
                           f"{describe(wanted)}; resume with the same setting, or convert "
                           "again without --resume")

@@ -208,11 +208,11 @@ def test_order_and_labels_match_imagefolder(mixed) -> None:
 # -- resume ---------------------------------------------------------------------------------------
 
 
-def make_partial(tree: Path, dst: Path, count: int, resize: list | None) -> Path:
+def make_partial(tree: Path, dst: Path, count: int, resize: object) -> Path:
     """``DST.partial`` as a conversion killed after committing ``count`` records leaves it
     (``resize=None``: a checkpoint written before lmdbio knew --max-size)."""
     listing = list_source(tree)
-    resizer = Resizer(*resize) if resize and resize[0] else None
+    resizer = Resizer(*resize) if isinstance(resize, list) and resize[0] else None
     records = []
     for i in range(count):
         data = (tree / listing.relative_paths[i]).read_bytes()
@@ -235,6 +235,7 @@ def make_partial(tree: Path, dst: Path, count: int, resize: list | None) -> Path
     ([N, 90], ["--max-size", str(N), "--quality", "80"], "--quality 90, not --max-size"),
     ([None, None], ["--max-size", str(N)], f"original images (no --max-size), not --max-size"),
     (None, ["--max-size", str(N)], "original images (no --max-size), not --max-size"),
+    ("junk", [], "an unknown resize setting 'junk', not original images"),
 ])
 def test_resume_with_another_setting_is_refused(mixed, tmp_path: Path, saved, argv,
                                                 said) -> None:
