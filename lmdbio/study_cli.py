@@ -24,7 +24,8 @@ def _study(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, num_workers=args.num_workers, step_ms=args.step_ms,
         seed=args.seed, ddp_procs=args.ddp_procs, ddp_mode=args.ddp_mode,
         targets=targets, work_dir=args.work_dir,
-        results_dir=args.results_dir, force=args.force, peers=not args.no_peers)
+        results_dir=args.results_dir, force=args.force, peers=not args.no_peers,
+        peer_modes=tuple(args.peer_modes.split(",")))
     return run_study(config)
 
 
@@ -63,6 +64,8 @@ def register_study(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--no-peers", action="store_true",
                    help="leave out the WebDataset and LitData strategies even when installed "
                         "(they need pip install -e \".[peers]\")")
+    p.add_argument("--peer-modes", default=",".join(d.peer_modes),
+                   help="modes in which the peer strategies run too (e.g. train,emulate,load)")
     p.add_argument("--work-dir", default=d.work_dir, help="generated data goes here")
     p.add_argument("--results-dir", default=d.results_dir)
     p.add_argument("--force", action="store_true", help="rerun finished notebooks")

@@ -131,6 +131,22 @@ def test_study_says_when_the_peers_are_left_out(monkeypatch, capsys):
                     'pip install -e ".[peers]" to include them')
 
 
+def test_study_runs_the_peers_in_their_modes_and_measures_their_writers(monkeypatch):
+    from lmdbio import study
+
+    calls = {}
+    monkeypatch.setattr(study, "_execute", lambda notebook, output, parameters, *_:
+                        calls.setdefault(os.path.basename(output), parameters) is not None)
+    config = study.StudyConfig(modes=("train", "emulate", "load"), ddp_procs=0)
+    formats = ("imagefolder", "lmdb", *peers.PEER_FORMATS)
+    study._run_target(config, "ssd", "/data", "", "/results", study._Outcome(), formats)
+    assert calls["convert.ipynb"]["writers"] == "lmdb,webdataset,litdata"
+    assert calls["convert.ipynb"]["writers_csv"] == "/results/ssd/writers.csv"
+    assert calls["bench-train.ipynb"]["formats"] == "imagefolder,lmdb"  # not a peer mode
+    assert calls["bench-emulate.ipynb"]["formats"] == ",".join(formats)
+    assert calls["bench-load.ipynb"]["formats"] == ",".join(formats)
+
+
 def test_run_bench_measures_the_peers_cold_and_warm(tmp_path):
     pytest.importorskip("webdataset")
     pytest.importorskip("litdata")
