@@ -101,7 +101,7 @@ def register_convert(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--verify-images", action="store_true",
                    help="fully decode each image (catches truncated files; slower)")
     p.add_argument("--workers", type=_positive_int, default=16, help="parallel file reads")
-    p.add_argument("--commit-mb", type=_positive_int, default=64,
+    p.add_argument("--commit-mb", type=_positive_int, default=32,
                    help="MB of images per transaction")
     p.add_argument("--shard", metavar="I/N",
                    help="write only shard I of N (0-based) as DST-0000I-of-0000N.lmdb; the "

@@ -22,7 +22,7 @@ import lmdb
 from . import __version__
 from .errors import (ConcurrentWriteError, DestinationError, OutputExistsError, ResumeError)
 from .folder import IMG_EXTENSIONS
-from .format import Metadata
+from .format import Metadata, encode_record
 from .progress import Progress
 from .resize import Resizer, check_resume_setting, make_resizer
 from .shards import ShardSpec, plan, shard_path, slice_listing
@@ -84,7 +84,7 @@ def convert(
     on_error: OnError = "fail",
     verify_images: bool = False,
     workers: int = 16,
-    commit_bytes: int = 64 << 20,
+    commit_bytes: int = 32 << 20,
     extensions: Sequence[str] = IMG_EXTENSIONS,
     progress: bool = True,
     shard: tuple[int, int] | None = None,
@@ -227,12 +227,12 @@ def _write_records(writer: LmdbWriter, listing: Listing, spec: ShardSpec, state:
                    resizer: Resizer | None) -> Metadata:
     skipped: list[list[str]] = [list(item) for item in state["skipped"]]
     written, payload_bytes = state["written"], state["payload_bytes"]
-    batch: list[tuple[int, bytes]] = []
+    batch: list[bytes] = []  # encoded records: each payload is held once until its commit
     batch_bytes = 0
 
     def commit(position: int) -> None:
         nonlocal batch, batch_bytes, written
-        writer.commit(written, batch, {"fingerprint": listing.fingerprint, "position": position,
+        writer.commit_encoded(written, batch, {"fingerprint": listing.fingerprint, "position": position,
                                        "written": written + len(batch),
                                        "payload_bytes": payload_bytes, "skipped": skipped,
                                        "shard": [spec.index, spec.count],
@@ -248,7 +248,7 @@ def _write_records(writer: LmdbWriter, listing: Listing, spec: ShardSpec, state:
                     raise source_error(listing, result)
                 skipped.append([listing.relative_paths[result.position], str(result.error)])
             else:
-                batch.append((listing.targets[result.position], result.data))
+                batch.append(encode_record(listing.targets[result.position], result.data))
                 batch_bytes += len(result.data)
                 payload_bytes += len(result.data)
             bar.update(len(result.data or b""))

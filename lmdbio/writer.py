@@ -91,8 +91,14 @@ class LmdbWriter:
     def commit(self, first_index: int, records: list[tuple[int, bytes]],
                checkpoint: Checkpoint) -> None:
         """Append ``records`` as ``(label, payload)`` from ``first_index`` with a checkpoint."""
-        items = [(encode_key(first_index + i), encode_record(label, payload))
-                 for i, (label, payload) in enumerate(records)]
+        self.commit_encoded(first_index, [encode_record(label, payload)
+                                          for label, payload in records], checkpoint)
+
+    def commit_encoded(self, first_index: int, values: list[bytes],
+                       checkpoint: Checkpoint) -> None:
+        """Append records already encoded with ``format.encode_record`` (the converter encodes
+        each as it arrives, so a batch is held once, not as payloads plus records)."""
+        items = [(encode_key(first_index + i), value) for i, value in enumerate(values)]
         self._commit_with_growth(lambda txn: self._append(txn, items, checkpoint),
                                  _bytes_needed(items))
 
