@@ -8,7 +8,7 @@ PIP    := $(BIN)/python -m pip
 STUDY_ARGS ?=
 NOTEBOOKS  := $(wildcard notebooks/*.ipynb)
 
-.PHONY: install study test test-unit test-notebooks torture lab bench bench-shards clean
+.PHONY: install study test test-unit test-notebooks torture lab bench bench-shards bench-perf clean
 
 install: $(STAMP)
 
@@ -48,6 +48,12 @@ bench: $(STAMP)
 
 bench-shards: $(STAMP)
 	$(BIN)/python benchmarks/bench_shards.py
+
+# Issue #4's suite: regenerates results/perf/ (CSV, PNG, targets.md) in ~20 min on 2 cores;
+# root for the sshfs mount and the memory cgroup. PERF_ARGS="--only reads,loader --no-nfs"
+PERF_ARGS ?=
+bench-perf: $(STAMP)
+	$(BIN)/python benchmarks/bench_perf.py $(PERF_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -12,9 +12,23 @@ from torch.utils.data import Dataset
 from .decode import decode_pil
 from .envs import EnvOptions
 from .prefetch import Prefetcher, fits_in_memory, prefetch_files, stop_all
-from .sharded import open_source
+from .errors import DatabaseNotFoundError
+from .sharded import expand_paths, open_source
 
 __all__ = ["ImageFolderLMDB"]
+
+
+def _data_files(paths: Sequence[str]) -> list[str]:
+    return [os.path.join(p, "data.mdb") if os.path.isdir(p) else p for p in paths]
+
+
+def _fits_in_memory(root: str | list[str]) -> bool:
+    """Whether the database file(s) take at most half the memory budget; a missing file
+    answers True and is reported by the reader in its own words."""
+    try:
+        return fits_in_memory(_data_files(expand_paths(root)))
+    except (OSError, DatabaseNotFoundError):
+        return True
 
 
 class ImageFolderLMDB(Dataset):
@@ -27,8 +41,11 @@ class ImageFolderLMDB(Dataset):
         transform: applied to the decoded image (as in ImageFolder).
         target_transform: applied to the integer target.
         decode: bytes -> image; default ``decode_pil`` (RGB PIL image, like ImageFolder).
-        readahead: let the kernel read ahead around each record. On by default: it turns the
-            many small page faults of a cold random read into few large reads (see README).
+        readahead: let the kernel read ahead around each record (``True``) or read only the
+            pages of each record (``False``, the seed's setting). ``"auto"`` (default): on when
+            the file(s) fit in half the memory this process can use, where it turns the many
+            small page faults of a cold random read into few large reads; off when they do
+            not, where the neighbours it reads are evicted before use (README, "Performance").
         prefetch: read the file(s) front to back once in a background thread of this process,
             so a cold epoch in any order runs at the storage's sequential bandwidth (see
             ``lmdbio.prefetch``). ``"auto"`` (default): only when the files take at most half
@@ -51,8 +68,9 @@ class ImageFolderLMDB(Dataset):
     def __init__(self, root: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
                  transform: Callable[[Any], Any] | None = None,
                  target_transform: Callable[[int], Any] | None = None, *,
-                 decode: Callable[[bytes], Any] = decode_pil, readahead: bool = True,
-                 prefetch: bool | str = "auto", lock: bool = False, max_readers: int = 126, verify_checksums: bool = True,
+                 decode: Callable[[bytes], Any] = decode_pil,
+                 readahead: bool | str = "auto", prefetch: bool | str = "auto",
+                 lock: bool = False, max_readers: int = 126, verify_checksums: bool = True,
                  allow_pickle: bool = False) -> None:
         self.root: str | list[str] = (  # expanded as torchvision's VisionDataset does
             os.path.expanduser(os.fspath(root)) if isinstance(root, (str, os.PathLike))
@@ -60,23 +78,25 @@ class ImageFolderLMDB(Dataset):
         self.transform = transform
         self.target_transform = target_transform
         self.decode = decode
+        for name, value in (("readahead", readahead), ("prefetch", prefetch)):
+            if value not in (True, False, "auto"):
+                raise ValueError(f"{name} must be True, False or 'auto', not {value!r}")
+        fits = _fits_in_memory(self.root)
+        readahead = fits if readahead == "auto" else readahead
         self.database = open_source(
             self.root, EnvOptions(readahead=readahead, lock=lock, max_readers=max_readers),
             verify_checksums=verify_checksums, allow_pickle=allow_pickle)
         self._samples: list[tuple[str, int]] | None = None
         self._targets: list[int] | None = None
         self._prefetchers: list[Prefetcher] = []
-        if prefetch not in (True, False, "auto"):
-            raise ValueError(f"prefetch must be True, False or 'auto', not {prefetch!r}")
-        files = self.files
-        if prefetch is True or (prefetch == "auto" and fits_in_memory(files)):
-            self._prefetchers = prefetch_files(files)
+        if prefetch is True or (prefetch == "auto" and fits):
+            self._prefetchers = prefetch_files(self.files)
 
     @property
     def files(self) -> list[str]:
         """The database file(s) read (one per shard)."""
         paths = getattr(self.database, "paths", None) or [self.database.path]
-        return [os.path.join(p, "data.mdb") if os.path.isdir(p) else p for p in paths]
+        return _data_files(paths)
 
     @property
     def prefetching(self) -> bool:

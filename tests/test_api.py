@@ -108,7 +108,7 @@ def test_help_lists_the_commands() -> None:
     assert convert.returncode == 0
     for option in ("--overwrite", "--resume", "--on-error", "--verify-images", "--commit-mb"):
         assert option in convert.stdout
-    assert "(default: 64)" in convert.stdout  # defaults are shown
+    assert "(default: 32)" in convert.stdout  # defaults are shown
 
 
 def test_version_through_the_entry_point() -> None:

@@ -127,3 +127,25 @@ def test_workers_read_every_sample_while_the_parent_prefetches(odd_db, reference
                         generator=torch.Generator().manual_seed(1))
     assert seen(loader) == reference
     dataset.close()
+
+
+def test_auto_reads_ahead_and_prefetches_only_what_fits(odd_db,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """"auto" = one decision from the file size and the memory budget: both on when the DB
+    fits, both off when it does not (explicit settings always win)."""
+    import lmdbio.dataset as dataset_module
+
+    fits = ImageFolderLMDB(odd_db.db)
+    assert fits.database._shared.options.readahead is True and len(fits._prefetchers) == 1
+    fits.close()
+    monkeypatch.setattr(dataset_module, "fits_in_memory", lambda files: False)
+    big = ImageFolderLMDB(odd_db.db)
+    big[0]
+    assert big.database._shared.options.readahead is False and big._prefetchers == []
+    big.close()
+    forced = ImageFolderLMDB(odd_db.db, readahead=True, prefetch=True)
+    forced[0]
+    assert forced.database._shared.options.readahead is True and len(forced._prefetchers) == 1
+    forced.close()
+    with pytest.raises(ValueError, match="readahead must be True, False or 'auto'"):
+        ImageFolderLMDB(odd_db.db, readahead="yes")
