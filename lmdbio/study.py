@@ -52,7 +52,7 @@ class StudyConfig:
     force: bool = False
     peers: bool = True               # add the installed peer strategies (webdataset, litdata)
     # modes in which the peers run: the storage-bound ones; train (ResNet-18 on the CPU) measures
-    # the CPU, and adding the peers there too takes make study from ~23 to ~29 min (README)
+    # the CPU, and adding the peers there too takes make study from ~22 to ~27 min (est.)
     peer_modes: tuple[str, ...] = ("emulate", "load")
 
 
