@@ -143,6 +143,13 @@ class ImageFolderLMDB(Dataset):
             return sample, self.target_transform(target)
         return sample, target
 
+    def will_need(self, start: int, stop: int) -> None:
+        """Ask storage for samples ``[start, stop)`` now, in one asynchronous read; a sampler
+        that knows what comes next calls it (``BlockShuffleSampler`` does, per block)."""
+        hint = getattr(self.database, "will_need", None)  # seed databases have none
+        if hint is not None:
+            hint(start, stop)
+
     def close(self) -> None:
         """Stop any prefetch and release the LMDB environment (needed before evicting its pages
         from the cache)."""

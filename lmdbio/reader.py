@@ -9,7 +9,7 @@ from typing import Any
 
 import lmdb
 
-from . import envs
+from . import envs, locality
 from .errors import CorruptRecordError, FormatError, LegacyFormatError
 from .legacy import LegacyDatabase, is_legacy
 from .format import (KEY_COMPLETE, KEY_HEADER, KEY_PATHS, KEY_PROGRESS, KEY_TARGETS, META_DB,
@@ -39,6 +39,7 @@ class Database:
         self.verify_checksums = verify_checksums
         self._shared: envs.SharedEnv | None = None
         self._dbs: tuple[Any, Any] | None = None
+        self._map_base: tuple[int, int | None] | None = None  # (pid, address) of the map
         self.meta = self._read_header()
 
     # -- opening -----------------------------------------------------------------------------
@@ -128,6 +129,38 @@ class Database:
                                          f"there are {len(self.meta.classes)} classes")
             return label, bytes(payload)
 
+    def byte_range(self, start: int, stop: int) -> tuple[int, int] | None:
+        """``(offset, length)`` in the file of records ``[start, stop)``, found without reading
+        them (``lmdbio.locality``); None if the map cannot be located."""
+        stop = min(stop, self.meta.num_samples)
+        if not 0 <= start < stop:
+            return None
+        env, samples, _ = self._handles()
+        if self._map_base is None or self._map_base[0] != os.getpid():
+            base = locality.map_base(self._data_file(), env.info()["map_size"])
+            self._map_base = (os.getpid(), base)
+        base = self._map_base[1]
+        if base is None:
+            return None
+        with self._lmdb_errors(f"records {start}-{stop}", CorruptRecordError), \
+                env.begin(db=samples, buffers=True) as txn:
+            first, last = txn.get(encode_key(start)), txn.get(encode_key(stop - 1))
+            if first is None or last is None:
+                return None
+            low = locality.buffer_address(first) - base
+            high = locality.buffer_address(last) - base + len(last)
+        return (low, high - low) if 0 <= low < high else None
+
+    def will_need(self, start: int, stop: int) -> None:
+        """Have storage read records ``[start, stop)`` into the page cache now, in one
+        asynchronous request (what ``BlockShuffleSampler`` asks for each block)."""
+        span = self.byte_range(start, stop)
+        if span is not None:
+            locality.will_need(self._data_file(), *span)
+
+    def _data_file(self) -> str:
+        return os.path.join(self.path, "data.mdb") if os.path.isdir(self.path) else self.path
+
     def relative_paths(self) -> list[str]:
         """Each sample's path relative to the source root, decoded on demand."""
         return decode_paths(self._read_meta(KEY_PATHS) or b"", self.meta.num_samples)
@@ -158,6 +191,7 @@ class Database:
         state = self.__dict__.copy()
         state["_shared"] = None
         state["_dbs"] = None
+        state["_map_base"] = None
         return state
 
     def __del__(self) -> None:

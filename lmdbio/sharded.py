@@ -101,6 +101,13 @@ class ShardedDatabase:
         shard = bisect.bisect_right(self.offsets, index) - 1  # inlined: ~1 us per sample
         return self.shards[shard].get(index - self.offsets[shard])
 
+    def will_need(self, start: int, stop: int) -> None:
+        """``Database.will_need`` over global indices, split at shard boundaries."""
+        for shard, db in enumerate(self.shards):
+            low, high = max(start, self.offsets[shard]), min(stop, self.offsets[shard + 1])
+            if low < high:
+                db.will_need(low - self.offsets[shard], high - self.offsets[shard])
+
     def targets(self) -> list[int]:
         return [t for db in self.shards for t in db.targets()]
 
