@@ -56,12 +56,12 @@ def main() -> int:
         if "reads" in only:
             from perf_reads import bench_fits_in_ram
 
-            write_rows(bench_fits_in_ram(places, raw, args.repeats, 30.0),
+            write_rows(bench_fits_in_ram(places, raw, args.repeats, 10.0),
                        os.path.join(args.out, "reads.csv"))
         if "cgroup" in only:
             from perf_reads import bench_larger_than_ram
 
-            write_rows(bench_larger_than_ram(places[:1], raw, args.repeats, 12.0),
+            write_rows(bench_larger_than_ram(places[:1], raw, args.repeats, 8.0),
                        os.path.join(args.out, "larger_than_ram.csv"))
         if "loader" in only:
             from perf_loader import bench_accuracy, bench_loader, prepare

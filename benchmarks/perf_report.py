@@ -15,6 +15,9 @@ GOALS = {  # target id -> (what, goal, comparison)
     "3a": ("loader, standard decode, cold: lmdbio / in-memory ceiling", 0.97, ">="),
     "3b": ("loader, fast path (DraftDecoder(64)), cold: lmdbio / ImageFolder", 1.8, ">="),
     "3c": ("held-out accuracy, DraftDecoder(64) minus standard decode", -0.02, ">="),
+    "3d": ("loader, --max-size 160 DB (resized at conversion), cold: lmdbio / ImageFolder", 1.8,
+           ">="),
+    "3e": ("held-out accuracy, --max-size 160 DB minus standard decode", -0.02, ">="),
     "4a": ("converter, cold: lmdbio / seed converter (img/s)", 10.0, ">="),
     "4b": ("converter, cold: lmdbio MB/s / source read in order", 0.8, ">="),
     "4c": ("converter peak RSS, 5k-100k images (MB, max)", 300.0, "<="),
@@ -73,6 +76,7 @@ def measured_targets(out: str) -> list[dict]:
             add("3b", storage, rate("lmdbio, DraftDecoder(64)") / rate("ImageFolder"),
                 f"DraftDecoder(128) {rate('lmdbio, DraftDecoder(128)') / rate('ImageFolder'):.2f}x,"
                 f" decode_tensor {rate('lmdbio, decode_tensor + v2') / rate('ImageFolder'):.2f}x")
+            add("3d", storage, rate("lmdbio, --max-size 160 DB") / rate("ImageFolder"))
     accuracy = _load(out, "accuracy.csv")
     if accuracy is not None:
         standard = _median(accuracy, "val_accuracy", variant="PIL decode (standard)")
@@ -80,6 +84,8 @@ def measured_targets(out: str) -> list[dict]:
             f"standard {standard:.3f}; " + ", ".join(
                 f"{v} {_median(accuracy, 'val_accuracy', variant=v):.3f}"
                 for v in accuracy["variant"].unique() if v != "PIL decode (standard)"))
+        add("3e", "ssd",
+            _median(accuracy, "val_accuracy", variant="--max-size 160 DB") - standard)
     convert = _load(out, "convert.csv")
     if convert is not None:
         for storage in convert["storage"].unique():
