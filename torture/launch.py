@@ -65,11 +65,11 @@ def _require(owner: object, name: str) -> None:
 
 def instrument_writer() -> None:
     writer = lmdbio.writer.LmdbWriter
-    for name in ("commit", "finish", "_append", "_commit_with_growth"):
+    for name in ("commit_encoded", "finish", "_append", "_commit_with_growth"):
         _require(writer, name)
     state = STATE
     append, commit_with_growth = writer._append, writer._commit_with_growth
-    writer_commit, finish = writer.commit, writer.finish
+    writer_commit, finish = writer.commit_encoded, writer.finish
 
     def timed_kill(point: str, nth: int) -> None:
         def fire() -> None:
@@ -99,9 +99,10 @@ def instrument_writer() -> None:
             state["in"] = None
             TIMINGS.append(time.perf_counter() - started)
 
-    def commit_hook(self, first_index, records, checkpoint):
+    def commit_hook(self, first_index, values, checkpoint):
+        # every records transaction goes through commit_encoded (commit() calls it too)
         state["commits"] += 1
-        return writer_commit(self, first_index, records, checkpoint)
+        return writer_commit(self, first_index, values, checkpoint)
 
     def finish_hook(self, meta, relative_paths, targets):
         state["finishing"] = True
@@ -111,7 +112,7 @@ def instrument_writer() -> None:
 
     writer._append = _append_hook
     writer._commit_with_growth = _commit_hook
-    writer.commit = commit_hook
+    writer.commit_encoded = commit_hook
     writer.finish = finish_hook
 
 
