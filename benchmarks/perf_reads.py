@@ -2,7 +2,9 @@
 
 1. DB that fits in RAM, random order: lmdbio as ImageFolderLMDB opens it (readahead on,
    prefetch "auto" = on here) vs the same file without prefetch, with readahead off, the seed's
-   pickled DB read the seed's way, and loose files.
+   pickled DB read the seed's way, and loose files; in one process, and through a DataLoader
+   with 2 worker processes (one Python process checks and copies ~1 GB/s of records: below a
+   fast local disk's sequential bandwidth).
 2. DB larger than the page cache: a v1 memory cgroup limited to 1/4 of the DB holds the reader
    (``--cgroup-child``), so its page cache is bounded like a dataset 4x larger than RAM.
    BlockShuffleSampler order vs plain random order vs sequential, each in the cgroup; prefetch
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import os
 import pickle
 import random
@@ -78,6 +81,49 @@ def read_files(paths: Sequence[str], order: Sequence[int], deadline: float) -> t
     return count, total
 
 
+class RawFiles:
+    """Loose files as a map-style dataset of raw bytes (their length, so batches stay small)."""
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, int]:
+        with open(self.paths[index], "rb", buffering=0) as handle:
+            return len(handle.read()), 0
+
+
+def _lmdbio_dataset(path: str) -> object:
+    # imported here: torch would not fit in the cgroup children of target 2 (~300 MB)
+    from lmdbio.dataset import ImageFolderLMDB
+
+    return ImageFolderLMDB(path, decode=len)
+
+
+def read_loader(make_dataset: Callable[[], object], deadline: float,
+                workers: int = 2) -> tuple[int, int]:
+    """Random order through a DataLoader with ``workers`` processes, as training reads."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    dataset = make_dataset()
+    loader = DataLoader(dataset, batch_size=256, shuffle=True, num_workers=workers,
+                        generator=torch.Generator().manual_seed(0))
+    total = count = 0
+    try:
+        for lengths, _ in loader:
+            total += int(lengths.sum())
+            count += len(lengths)
+            if time.perf_counter() > deadline:
+                break
+    finally:
+        if hasattr(dataset, "close"):
+            dataset.close()
+    return count, total
+
+
 def timed(read: Callable[[float], tuple[int, int]], max_seconds: float) -> dict[str, float]:
     start = time.perf_counter()
     count, nbytes = read(start + max_seconds)
@@ -103,6 +149,10 @@ def bench_fits_in_ram(storages: list[Storage], raw: str, repeats: int,
             ("lmdbio (readahead on, prefetch auto)", db,
              lambda o, d: read_lmdbio(path, o, True, fits_in_memory([path]), d)),
             ("lmdbio, prefetch off", db, lambda o, d: read_lmdbio(path, o, True, False, d)),
+            ("lmdbio, 2 DataLoader workers (defaults)", db,
+             lambda o, d: read_loader(lambda: _lmdbio_dataset(path), d)),
+            ("loose files, 2 DataLoader workers", raw,
+             lambda o, d: read_loader(lambda: RawFiles(paths), d)),
             ("lmdbio, readahead off", db, lambda o, d: read_lmdbio(path, o, False, False, d)),
             ("seed-style DB (pickle, readahead off)", seed_db,
              lambda o, d: read_seed(seed_path, o, d)),
@@ -111,7 +161,7 @@ def bench_fits_in_ram(storages: list[Storage], raw: str, repeats: int,
         for repeat in range(repeats):
             order = list(range(len(paths)))
             random.Random(repeat).shuffle(order)
-            limit = sequential_mb_s(storage, db)
+            limit = statistics.median(sequential_mb_s(storage, db) for _ in range(3))
             rows.append({"target": 1, "storage": storage.name, "variant": "sequential (limit)",
                          "repeat": repeat, "mb_per_s": limit, "ratio_to_sequential": 1.0})
             for name, relative, read in variants if repeat % 2 == 0 else variants[::-1]:

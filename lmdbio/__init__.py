@@ -23,6 +23,7 @@ from .errors import (ConcurrentWriteError, CorruptRecordError, DatabaseNotFoundE
                      ShardSetError, ShardSpecError, SourceError, SourceFileError)
 from .folder import IMG_EXTENSIONS, find_classes, make_dataset
 from .reader import Database, open_database
+from .samplers import BlockShuffleSampler
 from .sharded import ShardedDatabase
 from .shards import convert_shards
 from .tools import DatabaseInfo, VerifyReport, extract, info, verify
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IMG_EXTENSIONS",
+    "BlockShuffleSampler",
     "ConcurrentWriteError",
     "ConvertReport",
     "CorruptRecordError",

@@ -41,7 +41,8 @@ def test_all_covers_the_public_names() -> None:
 
 
 @pytest.mark.parametrize("module", ["errors", "format", "folder", "reader", "tools", "envs",
-                                    "convert", "writer", "sources", "legacy", "decode"])
+                                    "convert", "writer", "sources", "legacy", "decode",
+                                    "prefetch", "locality", "samplers"])
 def test_submodule_all_resolves(module: str) -> None:
     import importlib
 
