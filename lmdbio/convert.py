@@ -22,7 +22,7 @@ import lmdb
 from . import __version__
 from .errors import (ConcurrentWriteError, DestinationError, OutputExistsError, ResumeError)
 from .folder import IMG_EXTENSIONS
-from .format import Metadata, encode_record
+from .format import Metadata
 from .progress import Progress
 from .resize import Resizer, check_resume_setting, make_resizer
 from .shards import ShardSpec, plan, shard_path, slice_listing
@@ -248,10 +248,10 @@ def _write_records(writer: LmdbWriter, listing: Listing, spec: ShardSpec, state:
                     raise source_error(listing, result)
                 skipped.append([listing.relative_paths[result.position], str(result.error)])
             else:
-                batch.append(encode_record(listing.targets[result.position], result.data))
-                batch_bytes += len(result.data)
-                payload_bytes += len(result.data)
-            bar.update(len(result.data or b""))
+                batch.append(result.data)  # encoded by the read threads
+                batch_bytes += result.payload_bytes
+                payload_bytes += result.payload_bytes
+            bar.update(result.payload_bytes)
             if batch_bytes >= commit_bytes:
                 commit(result.position + 1)
         if batch:
