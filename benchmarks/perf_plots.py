@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 
 import matplotlib
 
@@ -29,7 +30,7 @@ def _bars(ax: plt.Axes, frame: pandas.DataFrame, value: str, title: str, xlabel:
                 hi.append(s["max"] - s["median"])
         ax.barh(ys, meds, height, xerr=[lo, hi], label=storage, capsize=2)
     ax.set_yticks([i + height * (len(storages) - 1) / 2 for i in range(len(variants))],
-                  variants, fontsize=8)
+                  [textwrap.fill(v, 40) for v in variants], fontsize=8)
     ax.invert_yaxis()
     if line is not None:
         ax.axvline(line, color="black", linestyle="--", linewidth=1, label=line_label)
@@ -51,14 +52,14 @@ def plot_all(out: str) -> None:
 
     reads, big = load("reads.csv"), load("larger_than_ram.csv")
     if reads is not None or big is not None:
-        fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+        fig, axes = plt.subplots(1, 2, figsize=(14, 5))
         if reads is not None:
             _bars(axes[0], reads[reads["variant"] != "sequential (limit)"],
                   "ratio_to_sequential", "Target 1: cold random raw reads, DB fits in RAM",
                   "throughput / sequential read of the DB file", 0.9, "target 0.9x")
         if big is not None:
             _bars(axes[1], big[big["variant"] != "sequential (limit)"], "ratio_to_sequential",
-                  "Target 2: DB 4x the page cache (memory cgroup)",
+                  "Target 2: DB 4x the page cache (cgroup)",
                   "throughput / sequential read in the cgroup", 0.7, "target 0.7x")
         _save(fig, out, "reads.png")
     loader = load("loader.csv")

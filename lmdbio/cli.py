@@ -100,7 +100,8 @@ def register_convert(commands: argparse._SubParsersAction) -> None:
                    help="what to do with unreadable or non-image files")
     p.add_argument("--verify-images", action="store_true",
                    help="fully decode each image (catches truncated files; slower)")
-    p.add_argument("--workers", type=_positive_int, default=16, help="parallel file reads")
+    p.add_argument("--workers", type=_positive_int, default=None,
+                   help="parallel file reads (default: 16 on a network FS, 4 on a local disk)")
     p.add_argument("--commit-mb", type=_positive_int, default=32,
                    help="MB of images per transaction")
     p.add_argument("--shard", metavar="I/N",

@@ -26,7 +26,7 @@ from .format import Metadata
 from .progress import Progress
 from .resize import Resizer, check_resume_setting, make_resizer
 from .shards import ShardSpec, plan, shard_path, slice_listing
-from .sources import Listing, list_source, read_in_order, source_error
+from .sources import Listing, default_read_workers, list_source, read_in_order, source_error
 from .writer import Checkpoint, LmdbWriter
 
 __all__ = ["ConvertReport", "convert", "default_destination"]
@@ -83,7 +83,7 @@ def convert(
     resume: bool = False,
     on_error: OnError = "fail",
     verify_images: bool = False,
-    workers: int = 16,
+    workers: int | None = None,
     commit_bytes: int = 32 << 20,
     extensions: Sequence[str] = IMG_EXTENSIONS,
     progress: bool = True,
@@ -94,7 +94,9 @@ def convert(
     """Convert the ImageFolder at ``source`` into the LMDB file ``destination``.
 
     Sample order and classes are exactly ``torchvision.datasets.ImageFolder(source)``'s.
-    Files are read by ``workers`` threads; records are committed every ``commit_bytes``.
+    Files are read by ``workers`` threads (default: 16 on a network or FUSE file system, 4 on
+    a local disk: ``sources.default_read_workers``); records are committed every
+    ``commit_bytes``.
     ``on_error="skip"`` leaves out unreadable or non-image files and lists them in the report
     and the metadata; ``verify_images`` fully decodes each image (catches truncated JPEGs).
     ``shard=(i, n)`` writes only shard ``i`` of ``n`` (a contiguous block of the listing) to
@@ -104,6 +106,7 @@ def convert(
     """
     if on_error not in ("fail", "skip"):
         raise ValueError(f"on_error must be 'fail' or 'skip', not {on_error!r}")
+    workers = default_read_workers(source) if workers is None else workers
     if workers < 1 or commit_bytes < 1:
         raise ValueError(f"workers and commit_bytes must be >= 1, not {workers}, {commit_bytes}")
     resizer = make_resizer(max_size, quality)

@@ -11,6 +11,7 @@ from lmdbio import netfs
 from lmdbio.netfs import (FsInfo, NetFSError, NetFSUnavailable, SshfsMount, _unescape,
                           available, fs_info)
 from lmdbio.pagecache import evict, residency
+from lmdbio.sources import LOCAL_READ_WORKERS, NETWORK_READ_WORKERS, default_read_workers
 
 
 @pytest.fixture
@@ -76,6 +77,9 @@ def test_read_through_mount_is_byte_identical_and_torn_down(netfs_ok: None,
         assert info.mount_point == str(m.mountpoint)
         assert info.source.endswith(f":{export}")
         assert fs_info(m.mountpoint / "sub" / "blob.bin") == info
+        # the converter reads with many threads here, few on the local disk behind it
+        assert default_read_workers(m.mountpoint / "sub") == NETWORK_READ_WORKERS
+        assert default_read_workers(export / "sub") == LOCAL_READ_WORKERS
         mountpoint = m.mountpoint
     assert_torn_down(mount, mountpoint)
     assert not mountpoint.exists()  # our own temp mountpoint is removed
