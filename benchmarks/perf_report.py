@@ -39,6 +39,16 @@ def _median(frame: pandas.DataFrame, column: str, **where: object) -> float:
     return float(statistics.median(values)) if len(values) else float("nan")
 
 
+def _ratios(frame: pandas.DataFrame, storage: str,
+            by_prefix: bool = False) -> Callable[[str], float]:
+    """variant name (or its start) -> median ratio to the sequential read on ``storage``."""
+    def ratio(name: str) -> float:
+        if by_prefix:
+            name = frame[frame["variant"].str.startswith(name)]["variant"].iloc[0]
+        return _median(frame, "ratio_to_sequential", storage=storage, variant=name)
+    return ratio
+
+
 def measured_targets(out: str) -> list[dict]:
     rows: list[dict] = []
 
@@ -52,9 +62,7 @@ def measured_targets(out: str) -> list[dict]:
     reads = _load(out, "reads.csv")
     if reads is not None:
         for storage in reads["storage"].unique():
-            def ratio(variant: str, s: str = storage) -> float:
-                return _median(reads, "ratio_to_sequential", storage=s, variant=variant)
-
+            ratio = _ratios(reads, storage)
             add("1", storage, ratio("lmdbio, 2 DataLoader workers (defaults)"),
                 f"one process {ratio('lmdbio (readahead on, prefetch auto)'):.2f}x (prefetch off "
                 f"{ratio('lmdbio, prefetch off'):.2f}x, readahead off "
@@ -65,10 +73,7 @@ def measured_targets(out: str) -> list[dict]:
     big = _load(out, "larger_than_ram.csv")
     if big is not None:
         for storage in big["storage"].unique():
-            def ratio(prefix: str, s: str = storage) -> float:
-                variant = big[big["variant"].str.startswith(prefix)]["variant"].iloc[0]
-                return _median(big, "ratio_to_sequential", storage=s, variant=variant)
-
+            ratio = _ratios(big, storage, by_prefix=True)
             add("2", storage, ratio("BlockShuffleSampler(128, 1024) + block hints"),
                 f"same sampler without hints, kernel readahead {ratio('BlockShuffleSampler(128, 1024), no hints'):.2f}x;"
                 f" random order {ratio('random order, lmdbio'):.2f}x (readahead off), "
