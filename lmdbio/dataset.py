@@ -11,8 +11,8 @@ from torch.utils.data import Dataset
 
 from .decode import decode_pil
 from .envs import EnvOptions
-from .prefetch import Prefetcher, fits_in_memory, prefetch_files, stop_all
 from .errors import DatabaseNotFoundError
+from .prefetch import Prefetcher, fits_in_memory, prefetch_files, stop_all
 from .sharded import expand_paths, open_source
 
 __all__ = ["ImageFolderLMDB"]

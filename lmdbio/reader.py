@@ -180,6 +180,7 @@ class Database:
             envs.release(self._shared)
         self._shared = None
         self._dbs = None
+        self._map_base = None  # a reopened environment maps the file elsewhere
 
     def __enter__(self) -> Database:
         return self

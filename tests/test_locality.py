@@ -96,3 +96,15 @@ def test_dataset_with_the_sampler_in_a_dataloader(big_db: Path) -> None:
     targets = sorted(target for batch in loader for _, target in batch)
     assert targets == sorted(dataset.targets)
     dataset.close()
+
+
+def test_byte_ranges_stay_right_after_the_environment_is_reopened(big_db: Path) -> None:
+    db = Database(big_db, EnvOptions(readahead=False))
+    first = db.byte_range(3, 4)
+    db.close()  # the next read maps the file again, perhaps at another address
+    with open(big_db, "rb") as handle:
+        offset, length = db.byte_range(3, 4)
+        handle.seek(offset + RECORD_HEADER_SIZE)
+        assert handle.read(length - RECORD_HEADER_SIZE) == db.get(3)[1]
+    assert (offset, length) == first  # the same bytes of the file
+    db.close()
