@@ -12,21 +12,18 @@ from torch.utils.data import Dataset
 from .decode import decode_pil
 from .envs import EnvOptions
 from .errors import DatabaseNotFoundError
+from .format import data_file
 from .prefetch import Prefetcher, fits_in_memory, prefetch_files, stop_all
 from .sharded import expand_paths, open_source
 
 __all__ = ["ImageFolderLMDB"]
 
 
-def _data_files(paths: Sequence[str]) -> list[str]:
-    return [os.path.join(p, "data.mdb") if os.path.isdir(p) else p for p in paths]
-
-
 def _fits_in_memory(root: str | list[str]) -> bool:
     """Whether the database file(s) take at most half the memory budget; a missing file
     answers True and is reported by the reader in its own words."""
     try:
-        return fits_in_memory(_data_files(expand_paths(root)))
+        return fits_in_memory([data_file(p) for p in expand_paths(root)])
     except (OSError, DatabaseNotFoundError):
         return True
 
@@ -96,7 +93,7 @@ class ImageFolderLMDB(Dataset):
     def files(self) -> list[str]:
         """The database file(s) read (one per shard)."""
         paths = getattr(self.database, "paths", None) or [self.database.path]
-        return _data_files(paths)
+        return [data_file(p) for p in paths]
 
     @property
     def prefetching(self) -> bool:

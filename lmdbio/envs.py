@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import lmdb
 
 from .errors import DatabaseNotFoundError, FormatError
+from .format import data_file
 
 __all__ = ["EnvOptions", "SharedEnv", "acquire", "options_for", "release"]
 
@@ -99,7 +100,7 @@ def _open(path: str, options: EnvOptions) -> lmdb.Environment:
 def _check_length(env: lmdb.Environment, path: str) -> None:
     """A file shorter than its last used page (an interrupted copy or download) would be
     mapped beyond its end, and reading there kills the process with SIGBUS: refuse it."""
-    data = os.path.join(path, "data.mdb") if os.path.isdir(path) else path
+    data = data_file(path)
     need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
     size = os.path.getsize(data)
     if size < need:

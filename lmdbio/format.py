@@ -29,6 +29,7 @@ __all__ = [
     "RECORD_HEADER_SIZE",
     "SAMPLES_DB",
     "Metadata",
+    "data_file",
     "decode_paths",
     "decode_record",
     "decode_targets",
@@ -56,6 +57,12 @@ _RECORD = struct.Struct("<2sBBIII")
 _RECORD_MAGIC = b"LR"
 _RECORD_VERSION = 1
 RECORD_HEADER_SIZE = _RECORD.size  # 16
+
+
+def data_file(path: str | os.PathLike[str]) -> str:
+    """The file holding the pages: ``path`` itself, or ``path/data.mdb`` for an LMDB folder."""
+    path = os.fspath(path)
+    return os.path.join(path, "data.mdb") if os.path.isdir(path) else path
 
 
 def encode_key(index: int) -> bytes:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import struct
 
+from .format import data_file
+
 __all__ = ["check_structure"]
 
 _MAGIC, _VERSION = 0xBEEFC0DE, 1
@@ -161,9 +163,8 @@ def check_structure(path: str | os.PathLike[str]) -> list[str]:
     """Problems in the B-tree of the LMDB file at ``path`` (empty: sound). A path that is not
     an LMDB file at all gives no problems here: opening it reports that, with its own message."""
     path = os.fspath(path)
-    data_file = os.path.join(path, "data.mdb") if os.path.isdir(path) else path
     try:
-        fd = os.open(data_file, os.O_RDONLY)
+        fd = os.open(data_file(path), os.O_RDONLY)
     except OSError:
         return []
     try:

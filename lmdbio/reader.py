@@ -13,8 +13,8 @@ from . import envs, locality
 from .errors import CorruptRecordError, FormatError, LegacyFormatError
 from .legacy import LegacyDatabase, is_legacy
 from .format import (KEY_COMPLETE, KEY_HEADER, KEY_PATHS, KEY_PROGRESS, KEY_TARGETS, META_DB,
-                     SAMPLES_DB, Metadata, decode_paths, decode_record, decode_targets,
-                     encode_key)
+                     SAMPLES_DB, Metadata, data_file, decode_paths, decode_record,
+                     decode_targets, encode_key)
 
 __all__ = ["Database", "open_database"]
 
@@ -137,7 +137,7 @@ class Database:
             return None
         env, samples, _ = self._handles()
         if self._map_base is None or self._map_base[0] != os.getpid():
-            base = locality.map_base(self._data_file(), env.info()["map_size"])
+            base = locality.map_base(data_file(self.path), env.info()["map_size"])
             self._map_base = (os.getpid(), base)
         base = self._map_base[1]
         if base is None:
@@ -156,10 +156,7 @@ class Database:
         asynchronous request (what ``BlockShuffleSampler`` asks for each block)."""
         span = self.byte_range(start, stop)
         if span is not None:
-            locality.will_need(self._data_file(), *span)
-
-    def _data_file(self) -> str:
-        return os.path.join(self.path, "data.mdb") if os.path.isdir(self.path) else self.path
+            locality.will_need(data_file(self.path), *span)
 
     def relative_paths(self) -> list[str]:
         """Each sample's path relative to the source root, decoded on demand."""
