@@ -27,14 +27,12 @@ from lmdbio import Database, EnvOptions, netfs, pagecache
 from lmdbio.folder import find_classes, make_dataset
 from lmdbio.synthetic import ensure_dataset
 
+# Each script reports its own peak memory: lmdbio.machine.peak_rss_bytes (VmHWM since exec).
 SEED_CONVERTER = r"""
 # pytorch-lmdb's folder2lmdb: ImageFolder with a raw-bytes loader through a DataLoader
 # (batch size 1, default collate), pickle((image, label)), str keys, commit every 5 000.
-import json, pickle, resource, sys, time, lmdb
-def peak_rss():  # VmHWM: this exec's own peak (ru_maxrss would keep the parent's across fork+exec)
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
+import json, pickle, sys, time, lmdb
+from lmdbio.machine import peak_rss_bytes
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 src, dst = sys.argv[1], sys.argv[2]
@@ -58,16 +56,13 @@ with env.begin(write=True) as txn:
     txn.put(b"__keys__", pickle.dumps(keys)); txn.put(b"__len__", pickle.dumps(len(keys)))
 env.sync(); env.close()
 print(json.dumps({"seconds": time.perf_counter() - start, "images": n, "bytes": total,
-                  "peak_rss": peak_rss()}))
+                  "peak_rss": peak_rss_bytes()}))
 """
 
 PLAIN_CONVERTER = r"""
 # One file at a time: read, put, commit every 5 000; no threads, no checks.
-import json, os, pickle, resource, sys, time, lmdb
-def peak_rss():  # VmHWM: this exec's own peak (ru_maxrss would keep the parent's across fork+exec)
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
+import json, os, pickle, sys, time, lmdb
+from lmdbio.machine import peak_rss_bytes
 from lmdbio.folder import find_classes, make_dataset
 src, dst = sys.argv[1], sys.argv[2]
 start = time.perf_counter()
@@ -89,18 +84,14 @@ with env.begin(write=True) as txn:
     txn.put(b"__keys__", pickle.dumps(keys)); txn.put(b"__len__", pickle.dumps(len(keys)))
 env.sync(); env.close()
 print(json.dumps({"seconds": time.perf_counter() - start, "images": len(samples), "bytes": total,
-                  "peak_rss": peak_rss()}))
+                  "peak_rss": peak_rss_bytes()}))
 """
 
 LMDBIO_CONVERTER = r"""
 import json, sys, lmdbio
-def peak_rss():  # VmHWM: this exec's own peak (ru_maxrss would keep the parent's across fork+exec)
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
 r = lmdbio.convert(sys.argv[1], sys.argv[2], overwrite=True, progress=False)
 print(json.dumps({"seconds": r.seconds, "images": r.num_samples, "bytes": r.payload_bytes,
-                  "peak_rss": peak_rss()}))
+                  "peak_rss": r.peak_rss_bytes}))
 """
 
 

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import pagecache, peers
+from .machine import peak_rss_bytes
 
 __all__ = ["destination", "measure_writer", "measure_writers"]
 
@@ -113,9 +114,7 @@ def measure_writers(split_dir: str, formats: Sequence[str], *, lmdb_path: str = 
 
 def _peak_rss_kb() -> int:
     """In the child: the larger of its own peak RSS since exec and its children's."""
-    with open("/proc/self/status") as handle:
-        own = next(int(line.split()[1]) for line in handle if line.startswith("VmHWM:"))
-    return max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return max(peak_rss_bytes() // 1024, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 
 if __name__ == "__main__":  # the child: python -m lmdbio.conversions FMT SRC DST

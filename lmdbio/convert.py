@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import fcntl
 import os
-import resource
 import sys
 import time
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from . import __version__
 from .errors import (ConcurrentWriteError, DestinationError, OutputExistsError, ResumeError)
 from .folder import IMG_EXTENSIONS
 from .format import Metadata
+from .machine import peak_rss_bytes
 from .progress import Progress
 from .resize import Resizer, check_resume_setting, make_resizer
 from .shards import ShardSpec, plan, shard_path, slice_listing
@@ -159,7 +159,7 @@ def convert(
         classes=meta.classes, payload_bytes=meta.payload_bytes,
         file_bytes=os.path.getsize(dst), seconds=time.perf_counter() - started,
         resumed_from=state["written"], skipped=meta.skipped,
-        peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        peak_rss_bytes=peak_rss_bytes())
 
 
 def _check_destination(dst: str, overwrite: bool) -> None:
