@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 study: $(STAMP)
-	$(BIN)/lmdbio study $(STUDY_ARGS)
+	$(BIN)/python -m lmdbio.study $(STUDY_ARGS)
 
 test: test-unit test-notebooks
 

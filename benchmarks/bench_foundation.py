@@ -23,16 +23,17 @@ import sys
 import time
 
 import lmdbio
-from lmdbio import Database, EnvOptions, netfs, pagecache
+from lmdbio import Database, EnvOptions
+from lmdbio.study import netfs, pagecache
 from lmdbio.folder import find_classes, make_dataset
-from lmdbio.synthetic import ensure_dataset
+from lmdbio.study.synthetic import ensure_dataset
 
-# Each script reports its own peak memory: lmdbio.machine.peak_rss_bytes (VmHWM since exec).
+# Each script reports its own peak memory: lmdbio.system.peak_rss_bytes (VmHWM since exec).
 SEED_CONVERTER = r"""
 # pytorch-lmdb's folder2lmdb: ImageFolder with a raw-bytes loader through a DataLoader
 # (batch size 1, default collate), pickle((image, label)), str keys, commit every 5 000.
 import json, pickle, sys, time, lmdb
-from lmdbio.machine import peak_rss_bytes
+from lmdbio.system import peak_rss_bytes
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 src, dst = sys.argv[1], sys.argv[2]
@@ -62,7 +63,7 @@ print(json.dumps({"seconds": time.perf_counter() - start, "images": n, "bytes": 
 PLAIN_CONVERTER = r"""
 # One file at a time: read, put, commit every 5 000; no threads, no checks.
 import json, os, pickle, sys, time, lmdb
-from lmdbio.machine import peak_rss_bytes
+from lmdbio.system import peak_rss_bytes
 from lmdbio.folder import find_classes, make_dataset
 src, dst = sys.argv[1], sys.argv[2]
 start = time.perf_counter()

@@ -27,9 +27,10 @@ import sys
 import time
 
 import lmdbio
-from lmdbio import Database, ShardedDatabase, netfs, pagecache
-from lmdbio.shards import shard_path
-from lmdbio.synthetic import ensure_dataset
+from lmdbio import Database, ShardedDatabase
+from lmdbio.study import netfs, pagecache
+from lmdbio.shard_plan import shard_path
+from lmdbio.study.synthetic import ensure_dataset
 
 CLI = [sys.executable, "-m", "lmdbio.cli", "convert"]
 

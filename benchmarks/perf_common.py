@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import lmdb
 
 import lmdbio
-from lmdbio import netfs, pagecache
+from lmdbio.study import netfs, pagecache
 from lmdbio.folder import find_classes, make_dataset
-from lmdbio.synthetic import ensure_dataset
+from lmdbio.study.synthetic import ensure_dataset
 
 MB = 1e6
 

@@ -28,8 +28,8 @@ import lmdbio
 from lmdbio import Database
 from lmdbio.dataset import ImageFolderLMDB
 from lmdbio.decode import DraftDecoder, decode_pil, decode_tensor
-from lmdbio.harness import IMAGENET_MEAN, IMAGENET_STD, RunSpec, measure, seed_transform
-from lmdbio.synthetic import ensure_dataset
+from lmdbio.study.harness import IMAGENET_MEAN, IMAGENET_STD, RunSpec, measure, seed_transform
+from lmdbio.study.synthetic import ensure_dataset
 from perf_common import Storage, banner, median, write_seed_db
 
 MAX_SIZE = 160   # longer side kept by the --max-size DB: 2.5x the 64-pixel crop

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from .convert import ConvertReport, convert, default_destination
+from .access import SampleReader, open_database
+from .converter import ConvertReport, convert, default_destination
+from .database import Database
 from .decode import DraftDecoder, decode_pil, decode_tensor
 from .envs import EnvOptions
 from .errors import (ConcurrentWriteError, CorruptRecordError, DatabaseNotFoundError,
@@ -22,10 +24,9 @@ from .errors import (ConcurrentWriteError, CorruptRecordError, DatabaseNotFoundE
                      LmdbioError, OutputExistsError, ResizeOptionError, ResumeError,
                      ShardSetError, ShardSpecError, SourceError, SourceFileError)
 from .folder import IMG_EXTENSIONS, find_classes, make_dataset
-from .reader import Database, open_database
 from .samplers import BlockShuffleSampler
-from .sharded import ShardedDatabase
-from .shards import convert_shards
+from .shard_conversion import convert_shards
+from .shard_set import ShardedDatabase
 from .tools import DatabaseInfo, VerifyReport, extract, info, verify
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ __all__ = [
     "OutputExistsError",
     "ResizeOptionError",
     "ResumeError",
+    "SampleReader",
     "ShardSetError",
     "ShardSpecError",
     "ShardedDatabase",

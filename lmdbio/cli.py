@@ -8,16 +8,18 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from typing import Any
 
-__all__ = ["main"]
+__all__ = ["main", "run_guarded"]
 
 Handler = Callable[[argparse.Namespace], int]
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from .convert import convert
+    from .converter import convert
     from .errors import ShardSpecError
-    from .shards import convert_shards, parse_shard
+    from .shard_conversion import convert_shards
+    from .shard_plan import parse_shard
 
     options = dict(overwrite=args.overwrite, resume=args.resume, on_error=args.on_error,
                    verify_images=args.verify_images, workers=args.workers,
@@ -39,8 +41,8 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .sharded import ShardedDatabase, expand_paths
-    from .shards import is_glob
+    from .shard_plan import is_glob
+    from .shard_set import ShardedDatabase, expand_paths
     from .tools import info
 
     results = [info(path) for path in expand_paths(args.db)]
@@ -153,16 +155,35 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in (register_convert, register_info, register_verify, register_extract):
         register(commands)
-    for register in _extra_commands():
-        register(commands)
+    register_plugins(commands)
     return parser
 
 
-def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
-    """Commands of the study side (they import torch and papermill only when run)."""
-    from .study_cli import COMMANDS
+PLUGIN_GROUP = "lmdbio.commands"
 
-    return list(COMMANDS)
+
+def register_plugins(commands: argparse._SubParsersAction) -> None:
+    """Commands that other code adds under ``lmdbio`` through the entry-point group
+    ``lmdbio.commands`` (the study adds ``study`` and ``generate``). Each entry point names a
+    ``main(argv, prog) -> int``, loaded only when its command runs: the library never imports
+    what it does not know, and ``lmdbio --help`` stays fast."""
+    from importlib.metadata import entry_points
+
+    for point in sorted(entry_points(group=PLUGIN_GROUP), key=lambda p: p.name):
+        if point.name in commands.choices:
+            continue  # a plugin cannot replace a library command
+        sub = commands.add_parser(point.name, add_help=False,
+                                  help=f"(from {point.value.split(':')[0]}; "
+                                       f"'lmdbio {point.name} --help' for its options)")
+        sub.set_defaults(handler=_plugin_handler(point))
+
+
+def _plugin_handler(point: Any) -> Handler:
+    def run(args: argparse.Namespace) -> int:
+        plugin_main = point.load()
+        return int(plugin_main(args.plugin_argv, f"lmdbio {point.name}"))
+    run.plugin = True  # type: ignore[attr-defined]
+    return run
 
 
 def _printable_output() -> None:
@@ -174,17 +195,28 @@ def _printable_output() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _printable_output()
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    handler: Handler = args.handler
+    if getattr(handler, "plugin", False):
+        args.plugin_argv = rest  # the plugin parses its own options
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return run_guarded(lambda: handler(args))
+
+
+def run_guarded(command: Callable[[], int]) -> int:
+    """Run ``command`` as a CLI does: an lmdbio or I/O error is one line on stderr and exit
+    status 1, Ctrl-C is 130 (whoever was interrupted has said how to continue)."""
     from .errors import LmdbioError
 
-    _printable_output()
-    args = build_parser().parse_args(argv)
-    handler: Handler = args.handler
     try:
-        return handler(args)
+        return command()
     except LmdbioError as exc:
         print(f"lmdbio: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # convert has said how to resume; nothing to add
+    except KeyboardInterrupt:
         return 130
     except OSError as exc:  # an I/O failure lmdbio did not anticipate: still one line
         print(f"lmdbio: error: {exc}", file=sys.stderr)

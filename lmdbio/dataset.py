@@ -9,12 +9,13 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from .access import SampleReader, open_database
 from .decode import decode_pil
 from .envs import EnvOptions
 from .errors import DatabaseNotFoundError
 from .format import data_file
 from .prefetch import Prefetcher, fits_in_memory, prefetch_files, stop_all
-from .sharded import expand_paths, open_source
+from .shard_set import expand_paths
 
 __all__ = ["ImageFolderLMDB"]
 
@@ -80,7 +81,7 @@ class ImageFolderLMDB(Dataset):
                 raise ValueError(f"{name} must be True, False or 'auto', not {value!r}")
         fits = _fits_in_memory(self.root)
         readahead = fits if readahead == "auto" else readahead
-        self.database = open_source(
+        self.database: SampleReader = open_database(
             self.root, EnvOptions(readahead=readahead, lock=lock, max_readers=max_readers),
             verify_checksums=verify_checksums, allow_pickle=allow_pickle)
         self._samples: list[tuple[str, int]] | None = None
@@ -92,8 +93,7 @@ class ImageFolderLMDB(Dataset):
     @property
     def files(self) -> list[str]:
         """The database file(s) read (one per shard)."""
-        paths = getattr(self.database, "paths", None) or [self.database.path]
-        return [data_file(p) for p in paths]
+        return [data_file(p) for p in self.database.paths]
 
     @property
     def prefetching(self) -> bool:
@@ -143,9 +143,7 @@ class ImageFolderLMDB(Dataset):
     def will_need(self, start: int, stop: int) -> None:
         """Ask storage for samples ``[start, stop)`` now, in one asynchronous read; a sampler
         that knows what comes next calls it (``BlockShuffleSampler`` does, per block)."""
-        hint = getattr(self.database, "will_need", None)  # seed databases have none
-        if hint is not None:
-            hint(start, stop)
+        self.database.will_need(start, stop)
 
     def close(self) -> None:
         """Stop any prefetch and release the LMDB environment (needed before evicting its pages

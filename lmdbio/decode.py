@@ -15,14 +15,13 @@ Nothing here imports torch, torchvision or Pillow before a decoder is called.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DraftDecoder", "decode_pil", "decode_tensor", "seed_transform_tensor"]
+__all__ = ["DraftDecoder", "decode_pil", "decode_tensor"]
 
 _JPEG_START, _PNG_START = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
 
@@ -95,7 +94,7 @@ def decode_tensor(data: bytes) -> torch.Tensor:
     (``DeprecationWarning``, hidden by default) on each call; they still work.
 
     Pairs with ``torchvision.transforms.v2`` on tensors, e.g. the seed's transform as
-    ``seed_transform_tensor(64)``: ``RandomResizedCrop(64, antialias=True)``,
+    ``lmdbio.study.harness.seed_transform_tensor(64)``: ``RandomResizedCrop(64, antialias=True)``,
     ``RandomHorizontalFlip()``, ``ToDtype(torch.float32, scale=True)``, ``Normalize(...)``.
     The classic ``transforms.ToTensor`` expects a PIL image and must not be used on it.
     """
@@ -117,19 +116,3 @@ def decode_tensor(data: bytes) -> torch.Tensor:
             return image
     return torch.from_numpy(np.array(decode_pil(data))).permute(2, 0, 1)
 
-
-def seed_transform_tensor(image_size: int = 64) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The seed's training transform (``lmdbio.harness.seed_transform``) for the uint8 CHW
-    tensors of ``decode_tensor``, in ``torchvision.transforms.v2``: the same crop, flip and
-    ImageNet normalisation, resizing with antialiasing as the PIL path does."""
-    import torch
-    from torchvision.transforms import v2
-
-    from .harness import IMAGENET_MEAN, IMAGENET_STD
-
-    return v2.Compose([
-        v2.RandomResizedCrop(image_size, antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])

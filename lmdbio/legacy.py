@@ -77,7 +77,8 @@ def is_legacy(txn: lmdb.Transaction) -> bool:
 
 
 class LegacyDatabase:
-    """Reads a seed database through the same interface as ``lmdbio.reader.Database``."""
+    """Reads a seed database through the same interface as ``database.Database``
+    (``access.SampleReader``)."""
 
     def __init__(self, path: str | os.PathLike[str], options: envs.EnvOptions | None = None,
                  **_: Any) -> None:
@@ -115,6 +116,14 @@ class LegacyDatabase:
 
     def relative_paths(self) -> list[str]:
         return [str(i) for i in range(self._length)]  # the seed keeps no file names
+
+    @property
+    def paths(self) -> list[str]:
+        return [self.path]
+
+    def will_need(self, start: int, stop: int) -> None:
+        """Nothing: the seed's decimal string keys do not sort in index order, so records
+        ``[start, stop)`` are not one byte range to ask storage for."""
 
     @functools.cached_property
     def meta(self) -> Metadata:

@@ -16,7 +16,7 @@ from .errors import CorruptRecordError, DestinationError, FormatError
 from .format import RECORD_HEADER_SIZE, decode_record, encode_key
 from .lmdbcheck import check_structure
 from .progress import Progress
-from .reader import Database
+from .database import Database
 from .sources import check_image
 
 __all__ = ["DatabaseInfo", "VerifyReport", "extract", "info", "verify"]

@@ -18,10 +18,10 @@ import lmdb
 
 from .errors import DestinationError, DiskFullError
 from .format import (KEY_COMPLETE, KEY_HEADER, KEY_PATHS, KEY_PROGRESS, KEY_TARGETS, META_DB,
-                     RECORD_HEADER_SIZE, SAMPLES_DB, Metadata, encode_key, encode_paths,
+                     SAMPLES_DB, Metadata, encode_key, encode_paths,
                      encode_record, encode_targets)
 
-__all__ = ["Checkpoint", "LmdbWriter", "estimate_map_size"]
+__all__ = ["Checkpoint", "LmdbWriter"]
 
 _PAGE = 4096
 _NODE_MAX = 2040  # LMDB's largest node kept inside a 4 KiB leaf page; larger values overflow
@@ -40,13 +40,6 @@ def _bytes_needed(items: list[tuple[bytes, bytes]]) -> int:
         else:
             total += 2 * (node + 2)
     return total
-
-
-def estimate_map_size(payload_bytes: int, count: int) -> int:
-    """An upper bound of the file size: payloads, overflow-page rounding, B-tree pages and
-    metadata. Not a map size to open with: LMDB would record it in the file for good."""
-    per_record = RECORD_HEADER_SIZE + 8 + _PAGE  # header, key, worst-case page rounding
-    return int(payload_bytes * 1.05) + count * per_record + (64 << 20)
 
 
 class LmdbWriter:

@@ -58,8 +58,8 @@ writers_csv: str = ""     # where the writers table goes; empty: not saved
 """, ["parameters"]),
     code("""
 import lmdbio
-from lmdbio.parity import compare_with_imagefolder
-from lmdbio.workspace import prepare
+from lmdbio.study.parity import compare_with_imagefolder
+from lmdbio.study.workspace import prepare
 
 workspace = prepare(data_dir, split=split, lmdb_path=lmdb_path, n_images=n_images, seed=seed)
 if overwrite and not workspace.converted:
@@ -75,7 +75,7 @@ print(compare_with_imagefolder(workspace.split_dir, workspace.lmdb_path, limit=p
 """),
     code("""
 import pandas
-from lmdbio.conversions import measure_writers
+from lmdbio.study.peers.timing import measure_writers
 
 rows = measure_writers(workspace.split_dir, writers.split(","), lmdb_path=workspace.lmdb_path,
                        backing_dir=backing_dir, data_dir=workspace.data_dir,
@@ -124,9 +124,9 @@ output_dir: str = ""               # where batches.parquet / runs.parquet go; em
 """, ["parameters"]),
     code("""
 import lmdbio
-from lmdbio import report
-from lmdbio.protocol import run_bench
-from lmdbio.workspace import prepare
+from lmdbio.study import report
+from lmdbio.study.protocol import run_bench
+from lmdbio.study.workspace import prepare
 
 workspace = prepare(data_dir, split=split, lmdb_path=lmdb_path, n_images=n_images, seed=seed,
                     formats=formats.split(","))
@@ -167,7 +167,7 @@ out_dir: str = ""                  # tables/ and figures/ go here; empty: a temp
     code("""
 import os
 import tempfile
-from lmdbio import report
+from lmdbio.study import report
 
 runs, batches, skipped = report.load_results(results_dir)
 out = out_dir or tempfile.mkdtemp(prefix="lmdbio-report-")
@@ -246,8 +246,8 @@ import tempfile
 
 import pandas
 import lmdbio
-from lmdbio import report
-from lmdbio.workspace import prepare
+from lmdbio.study import report
+from lmdbio.study.workspace import prepare
 
 workspace = prepare(data_dir, split=split, lmdb_path=lmdb_path, n_images=n_images, seed=seed)
 out = output_dir or tempfile.mkdtemp(prefix="lmdbio-ddp-")

@@ -40,9 +40,10 @@ def test_all_covers_the_public_names() -> None:
     assert public - set(lmdbio.__all__) == set()
 
 
-@pytest.mark.parametrize("module", ["errors", "format", "folder", "reader", "tools", "envs",
-                                    "convert", "writer", "sources", "legacy", "decode",
-                                    "prefetch", "locality", "samplers"])
+@pytest.mark.parametrize("module", ["errors", "format", "folder", "database", "tools", "envs",
+                                    "converter", "writer", "sources", "legacy", "decode",
+                                    "prefetch", "locality", "samplers", "access", "publish",
+                                    "system", "shard_plan", "shard_set", "shard_conversion"])
 def test_submodule_all_resolves(module: str) -> None:
     import importlib
 
@@ -53,10 +54,10 @@ def test_submodule_all_resolves(module: str) -> None:
 
 
 def test_exported_objects_are_the_real_ones() -> None:
-    from lmdbio import convert as convert_module  # the function shadows the submodule
+    from lmdbio import convert as convert_function  # the module is lmdbio.converter
     from lmdbio.tools import verify
 
-    assert callable(convert_module) and convert_module.__module__ == "lmdbio.convert"
+    assert callable(convert_function) and convert_function.__module__ == "lmdbio.converter"
     assert lmdbio.verify is verify
     assert lmdbio.__version__ == "0.1.0"
     for name in ("convert", "info", "verify", "extract", "open_database"):

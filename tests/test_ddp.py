@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from lmdbio import report
-from lmdbio.protocol import run_bench
-from lmdbio.workspace import prepare
+from lmdbio.study import report
+from lmdbio.study.protocol import run_bench
+from lmdbio.study.workspace import prepare
 
 from conftest import REPO
 
@@ -29,7 +29,7 @@ def tiny(tmp_path_factory):
 
 def torchrun(out, workspace, *flags: str) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           "2", "-m", "lmdbio.ddp_bench", "--data-dir", workspace.data_dir,
+           "2", "-m", "lmdbio.study.ddp_bench", "--data-dir", workspace.data_dir,
            "--n-images", str(N_IMAGES), "--seed", "5", "--batch-size", str(BATCH),
            "--num-workers", "1", "--output-dir", os.fspath(out), *flags]
     env = dict(os.environ, OMP_NUM_THREADS="1")

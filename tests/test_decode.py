@@ -15,8 +15,9 @@ from torch.utils.data import DataLoader
 
 import lmdbio
 from lmdbio.dataset import ImageFolderLMDB
-from lmdbio.decode import DraftDecoder, decode_pil, decode_tensor, seed_transform_tensor
-from lmdbio.harness import seed_transform
+from lmdbio.decode import DraftDecoder, decode_pil, decode_tensor
+from lmdbio.study.harness import seed_transform_tensor
+from lmdbio.study.harness import seed_transform
 
 from conftest import encode, jpeg_bytes, make_image, write
 

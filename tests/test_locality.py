@@ -12,7 +12,8 @@ import pytest
 from torch.utils.data import DataLoader
 
 import lmdbio
-from lmdbio import Database, EnvOptions, pagecache
+from lmdbio import Database, EnvOptions
+from lmdbio.study import pagecache
 from lmdbio.dataset import ImageFolderLMDB
 from lmdbio.format import RECORD_HEADER_SIZE
 from lmdbio.samplers import BlockShuffleSampler

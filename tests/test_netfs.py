@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from lmdbio import netfs
-from lmdbio.netfs import (FsInfo, NetFSError, NetFSUnavailable, SshfsMount, _unescape,
-                          available, fs_info)
-from lmdbio.pagecache import evict, residency
+from lmdbio.study import netfs
+from lmdbio.study.netfs import NetFSError, NetFSUnavailable, SshfsMount, available
+from lmdbio.system import FsInfo, _unescape, fs_info
+from lmdbio.study.pagecache import evict, residency
 from lmdbio.sources import LOCAL_READ_WORKERS, NETWORK_READ_WORKERS, default_read_workers
 
 

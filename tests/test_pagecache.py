@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lmdbio.pagecache import Residency, ResidencyError, evict, evict_and_check, residency
-from lmdbio import pagecache
+from lmdbio.study.pagecache import Residency, ResidencyError, evict, evict_and_check, residency
+from lmdbio.study import pagecache
 
 SIZE = 8 * 1024 * 1024
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lmdbio import peers
+from lmdbio.study import peers
 from lmdbio.errors import OutputExistsError
 
 from conftest import build_odd_tree, build_simple_tree
@@ -98,7 +98,7 @@ def _identity(image) -> torch.Tensor:
 def test_reader_yields_every_sample_once_per_epoch_with_two_workers(written, fmt):
     from torchvision.datasets import ImageFolder
 
-    from lmdbio.peer_readers import open_peer
+    from lmdbio.study.peers.reading import open_peer
 
     tree, paths = written
     expected = Counter((_identity(image).item(), label) for image, label in ImageFolder(tree))
@@ -151,8 +151,8 @@ def test_run_bench_measures_the_peers_cold_and_warm(tmp_path):
     pytest.importorskip("webdataset")
     pytest.importorskip("litdata")
     pandas = pytest.importorskip("pandas")
-    from lmdbio.protocol import FORMATS, run_bench
-    from lmdbio.workspace import prepare
+    from lmdbio.study.protocol import FORMATS, run_bench
+    from lmdbio.study.workspace import prepare
 
     assert set(peers.PEER_FORMATS) <= set(FORMATS)
     work = prepare(os.fspath(tmp_path / "data"), n_images=20, seed=2,
@@ -174,7 +174,7 @@ def test_run_bench_measures_the_peers_cold_and_warm(tmp_path):
 def test_conversion_table_measures_every_writer(tmp_path):
     pytest.importorskip("webdataset")
     pytest.importorskip("litdata")
-    from lmdbio.conversions import measure_writers
+    from lmdbio.study.peers.timing import measure_writers
 
     tree = build_simple_tree(tmp_path / "train", per_class=3)
     csv_path = tmp_path / "writers.csv"

@@ -13,7 +13,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lmdbio import pagecache, prefetch
+from lmdbio import prefetch
+from lmdbio.study import pagecache
 from lmdbio.dataset import ImageFolderLMDB
 
 from test_dataloader import pixel_digest, reference, seen  # noqa: F401 (fixture)

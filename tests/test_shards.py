@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader
 import lmdbio
 from lmdbio.dataset import ImageFolderLMDB
 from lmdbio.format import META_DB, SAMPLES_DB
-from lmdbio.sharded import ShardedDatabase
-from lmdbio.shards import shard_path
+from lmdbio.shard_set import ShardedDatabase
+from lmdbio.shard_plan import shard_path
 
 from conftest import REPO, assert_one_line_error, run_cli
 

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from lmdbio import netfs, peers
-from lmdbio.protocol import run_bench, schedule
-from lmdbio.workspace import prepare
+from lmdbio.study import netfs, peers
+from lmdbio.study.protocol import run_bench, schedule
+from lmdbio.study.workspace import prepare
 
 pandas = pytest.importorskip("pandas")
 
@@ -74,7 +74,7 @@ def test_emulate_mode_reports_utilisation(tiny):
 
 
 def test_report_tables_and_figures(tiny, tmp_path):
-    from lmdbio import report
+    from lmdbio.study import report
 
     for storage in ("ssd", "other"):
         run_bench(data_dir=tiny.data_dir, split_dir=tiny.split_dir, lmdb_path=tiny.lmdb_path,

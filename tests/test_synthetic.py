@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lmdbio import synthetic
-from lmdbio.synthetic import ensure_dataset, generate_cats_dogs
+from lmdbio.study import synthetic
+from lmdbio.study.synthetic import ensure_dataset, generate_cats_dogs
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:

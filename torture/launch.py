@@ -39,7 +39,7 @@ import time
 # Run from the repository root without installing (the tests use the editable install anyway).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import lmdbio.convert  # noqa: E402
+import lmdbio.converter  # noqa: E402
 import lmdbio.writer  # noqa: E402
 from lmdbio.cli import main  # noqa: E402
 
@@ -177,7 +177,7 @@ def _mutate(action: str, path: str, arg: object) -> None:
 
 
 def instrument_listing() -> None:
-    module = sys.modules["lmdbio.convert"]  # lmdbio.convert is the function (re-exported)
+    module = sys.modules["lmdbio.converter"]
     _require(module, "list_source")
     list_source = module.list_source
 

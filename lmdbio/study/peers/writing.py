@@ -11,33 +11,31 @@ reader needs no ImageFolder walk.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import os
-import shutil
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import OutputExistsError
-from .folder import IMG_EXTENSIONS, find_classes, make_dataset
+from lmdbio.converter import default_destination as lmdb_destination
+from lmdbio.errors import OutputExistsError
+from lmdbio.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from lmdbio.publish import staged
+from lmdbio.study.conditions import PEER_FORMATS, PEER_MODULES, installed_formats
+from lmdbio.study.extras import require as require_extra
 
-__all__ = ["MANIFEST", "PEER_FORMATS", "SHARD_SAMPLES", "SHUFFLE_BUFFER", "SUFFIXES",
+__all__ = ["MANIFEST", "SHARD_SAMPLES", "SHUFFLE_BUFFER", "SUFFIXES",
            "available", "default_destination", "read_manifest", "require", "sizes", "write",
            "write_litdata", "write_webdataset"]
 
-PEER_FORMATS = ("webdataset", "litdata")
 SUFFIXES = {"webdataset": ".wds", "litdata": ".litdata"}
-MODULES = {"webdataset": "webdataset", "litdata": "litdata"}
 MANIFEST = "lmdbio-peer.json"
-INSTALL = 'pip install -e ".[peers]"'
 SHARD_SAMPLES = 256   # samples per WebDataset shard / LitData chunk (study default, see README)
 SHUFFLE_BUFFER = 1000  # WebDataset reader's shuffle buffer (its documented default size)
 
 
 def available() -> tuple[str, ...]:
     """The peer formats whose package is installed (found, not imported: that costs seconds)."""
-    return tuple(f for f in PEER_FORMATS if importlib.util.find_spec(MODULES[f]) is not None)
+    return tuple(f for f in installed_formats() if f in PEER_FORMATS)
 
 
 def require(fmt: str) -> Any:
@@ -46,16 +44,12 @@ def require(fmt: str) -> Any:
         raise ValueError(f"peer format must be one of {PEER_FORMATS}, not {fmt!r}")
     if fmt == "litdata":  # never ask PyPI for a newer version in the middle of a benchmark
         os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
-    try:
-        return importlib.import_module(MODULES[fmt])
-    except ImportError:
-        raise ImportError(f"the {fmt} storage strategy needs the peers extra: {INSTALL}"
-                          ) from None
+    return require_extra(PEER_MODULES[fmt], "peers", f"the {fmt} storage strategy")
 
 
 def default_destination(source: str | os.PathLike[str], fmt: str) -> str:
     """``data/train`` -> ``data/train.wds`` / ``data/train.litdata``, as ``.lmdb`` for lmdbio."""
-    return os.path.normpath(os.path.abspath(os.path.expanduser(os.fspath(source)))) + SUFFIXES[fmt]
+    return lmdb_destination(source, SUFFIXES[fmt])
 
 
 def _listing(source: str) -> tuple[list[str], list[tuple[str, int]]]:
@@ -63,23 +57,14 @@ def _listing(source: str) -> tuple[list[str], list[tuple[str, int]]]:
     return classes, make_dataset(source, class_to_idx, IMG_EXTENSIONS)
 
 
-def _begin(destination: str, overwrite: bool) -> str:
-    """The ``.partial`` folder to write into, after refusing or clearing what is in the way."""
-    if os.path.exists(destination):
-        if not overwrite:
-            raise OutputExistsError(f"{destination!r} exists; pass overwrite=True to replace it")
-    partial = destination + ".partial"
-    shutil.rmtree(partial, ignore_errors=True)  # a killed earlier run: start again
-    os.makedirs(partial)
-    return partial
+def _check_free(destination: str, overwrite: bool) -> None:
+    if os.path.exists(destination) and not overwrite:
+        raise OutputExistsError(f"{destination!r} exists; pass overwrite=True to replace it")
 
 
-def _publish(partial: str, destination: str, manifest: dict[str, Any]) -> None:
+def _write_manifest(partial: str, manifest: dict[str, Any]) -> None:
     with open(os.path.join(partial, MANIFEST), "w") as handle:
         json.dump(manifest, handle, indent=1)
-    if os.path.exists(destination):  # overwrite=True: the old output goes only now
-        shutil.rmtree(destination)
-    os.replace(partial, destination)
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -87,7 +72,7 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     file = os.path.join(os.fspath(path), MANIFEST)
     if not os.path.exists(file):
         raise FileNotFoundError(f"no {MANIFEST} in {os.fspath(path)!r}: write it with "
-                                "lmdbio.peers.write() (or the convert notebook) first")
+                                "lmdbio.study.peers.write() (or the convert notebook) first")
     with open(file) as handle:
         return json.load(handle)
 
@@ -103,18 +88,22 @@ def write_webdataset(source: str | os.PathLike[str], destination: str | None = N
     source = os.fspath(source)
     destination = destination or default_destination(source, "webdataset")
     classes, samples = _listing(source)
-    partial = _begin(destination, overwrite)
-    pattern = os.path.join(partial, "shard-%06d.tar")
-    with wds.ShardWriter(pattern, maxcount=shard_samples, maxsize=1 << 40, verbose=0) as sink:
-        for index, (path, label) in enumerate(samples):
-            ext = os.path.splitext(path)[1].lower().lstrip(".")
-            with open(path, "rb") as handle:
-                sink.write({"__key__": f"{index:08d}", ext: handle.read(), "cls": label})
-    shards = sorted(n for n in os.listdir(partial) if n.endswith(".tar"))
-    counts = [min(shard_samples, len(samples) - i * shard_samples) for i in range(len(shards))]
-    _publish(partial, destination, {"format": "webdataset", "classes": classes,
-                                    "num_samples": len(samples), "shards": shards,
-                                    "shard_samples": counts, "source": os.path.abspath(source)})
+    _check_free(destination, overwrite)
+    with staged(destination) as partial:  # the old output (overwrite) goes only when done
+        os.makedirs(partial)
+        pattern = os.path.join(partial, "shard-%06d.tar")
+        with wds.ShardWriter(pattern, maxcount=shard_samples, maxsize=1 << 40,
+                             verbose=0) as sink:
+            for index, (path, label) in enumerate(samples):
+                ext = os.path.splitext(path)[1].lower().lstrip(".")
+                with open(path, "rb") as handle:
+                    sink.write({"__key__": f"{index:08d}", ext: handle.read(), "cls": label})
+        shards = sorted(n for n in os.listdir(partial) if n.endswith(".tar"))
+        counts = [min(shard_samples, len(samples) - i * shard_samples)
+                  for i in range(len(shards))]
+        _write_manifest(partial, {"format": "webdataset", "classes": classes,
+                                  "num_samples": len(samples), "shards": shards,
+                                  "shard_samples": counts, "source": os.path.abspath(source)})
     return destination
 
 
@@ -137,14 +126,16 @@ def write_litdata(source: str | os.PathLike[str], destination: str | None = None
     source = os.fspath(source)
     destination = destination or default_destination(source, "litdata")
     classes, samples = _listing(source)
-    partial = _begin(destination, overwrite)
+    _check_free(destination, overwrite)
     inputs = [(index, path, label) for index, (path, label) in enumerate(samples)]
-    litdata.optimize(fn=_litdata_sample, inputs=inputs, output_dir=partial,
-                     chunk_size=chunk_samples, num_workers=max(1, num_workers),
-                     reorder_files=False, verbose=False, start_method="fork")
-    _publish(partial, destination, {"format": "litdata", "classes": classes,
-                                    "num_samples": len(samples), "chunk_samples": chunk_samples,
-                                    "source": os.path.abspath(source)})
+    with staged(destination) as partial:
+        os.makedirs(partial)
+        litdata.optimize(fn=_litdata_sample, inputs=inputs, output_dir=partial,
+                         chunk_size=chunk_samples, num_workers=max(1, num_workers),
+                         reorder_files=False, verbose=False, start_method="fork")
+        _write_manifest(partial, {"format": "litdata", "classes": classes,
+                                  "num_samples": len(samples), "chunk_samples": chunk_samples,
+                                  "source": os.path.abspath(source)})
     return destination
 
 

@@ -1,7 +1,7 @@
 """The benchmark as a torchrun program: every rank reads the same LMDB file (read-only, no lock
 file) and the same ImageFolder through ``DistributedSampler``; rank 0 writes all rows.
 
-    OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 -m lmdbio.ddp_bench \\
+    OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 -m lmdbio.study.ddp_bench \\
         --data-dir work/data --mode load --output-dir results/ssd/ddp
 
 Several nodes against a shared mount: the same command on each node with ``--nnodes``,
@@ -15,18 +15,20 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from lmdbio.study.conditions import MODES
+
 __all__ = ["main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lmdbio.ddp_bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m lmdbio.study.ddp_bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default="", help="holds SPLIT/; empty: a synthetic set")
     p.add_argument("--split", default="train")
     p.add_argument("--lmdb-path", default="", help="default: DATA_DIR/SPLIT.lmdb")
     p.add_argument("--storage", default="local", help="label of the storage target")
     p.add_argument("--backing-dir", default="", help="server side of a network FS, evicted too")
-    p.add_argument("--mode", default="load", choices=("train", "emulate", "load"))
+    p.add_argument("--mode", default="load", choices=MODES)
     p.add_argument("--formats", default="imagefolder,lmdb")
     p.add_argument("--cache", default="cold,warm")
     p.add_argument("--epochs", type=int, default=1)
@@ -50,9 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
-    from . import distributed
-    from .protocol import run_bench
-    from .workspace import prepare
+    from lmdbio.study import distributed
+    from lmdbio.study.protocol import run_bench
+    from lmdbio.study.workspace import prepare
 
     ctx = distributed.setup()
     try:
@@ -74,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             record_indices=args.record_indices)
         if ctx.is_main:
             runs = result.runs
-            print(f"lmdbio.ddp_bench: {ctx.world_size} rank(s), backend "
+            print(f"lmdbio.study.ddp_bench: {ctx.world_size} rank(s), backend "
                   f"{ctx.backend or 'none'}: {runs['run_id'].nunique()} runs, {len(runs)} "
                   f"rank rows written to {args.output_dir}", flush=True)
         ctx.barrier()

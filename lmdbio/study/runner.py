@@ -18,17 +18,37 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import site
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from . import netfs, peers
+from lmdbio.publish import staged
+from lmdbio.study import netfs, peers
+from lmdbio.study.conditions import BASE_FORMATS, MODES, PEER_FORMATS
+from lmdbio.study.extras import EXTRAS
 
 __all__ = ["StudyConfig", "run_study"]
 
-NOTEBOOKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                         "notebooks")
+NOTEBOOK_FILES = ("convert.ipynb", "bench.ipynb", "ddp.ipynb", "report.ipynb")
+
+
+def notebook_dir(explicit: str = "") -> str:
+    """The folder holding the study's notebooks: ``explicit`` (``--notebooks``), else
+    ``$LMDBIO_NOTEBOOKS``, else the ``notebooks/`` of the source checkout this package runs
+    from, else the copy installed with the wheel (``<prefix>/share/lmdbio/notebooks``)."""
+    checkout = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "notebooks")
+    candidates = [explicit or os.environ.get("LMDBIO_NOTEBOOKS", "")] if (
+        explicit or os.environ.get("LMDBIO_NOTEBOOKS")) else [
+        checkout, *(os.path.join(prefix, "share", "lmdbio", "notebooks")
+                    for prefix in dict.fromkeys((sys.prefix, site.getuserbase())))]
+    for folder in candidates:
+        if all(os.path.isfile(os.path.join(folder, name)) for name in NOTEBOOK_FILES):
+            return os.path.normpath(os.path.abspath(folder))
+    raise FileNotFoundError(f"the study's notebooks ({', '.join(NOTEBOOK_FILES)}) are not in "
+                            f"{' or '.join(map(repr, candidates))}; pass --notebooks DIR (the "
+                            "notebooks/ folder of an lmdbio checkout)")
 
 
 @dataclass(frozen=True)
@@ -38,7 +58,7 @@ class StudyConfig:
     images: int = 3000
     epochs: int = 1
     repeats: int = 5
-    modes: tuple[str, ...] = ("train", "emulate", "load")
+    modes: tuple[str, ...] = MODES
     train_batches: int = 6           # batches per train-mode epoch (0: whole epochs)
     batch_size: int = 128
     num_workers: int = 2
@@ -49,6 +69,7 @@ class StudyConfig:
     targets: dict[str, str] = field(default_factory=lambda: {"ssd": "", "nfs": ""})
     work_dir: str = "work"
     results_dir: str = "results"
+    notebooks: str = ""              # the notebooks folder (default: see notebook_dir)
     force: bool = False
     peers: bool = True               # add the installed peer strategies (webdataset, litdata)
     # modes in which the peers run: the storage-bound ones; train (ResNet-18 on the CPU) measures
@@ -58,6 +79,7 @@ class StudyConfig:
 
 @dataclass
 class _Outcome:
+    notebooks: str
     finished: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
@@ -65,29 +87,32 @@ class _Outcome:
 
 def _execute(notebook: str, output: str, parameters: dict[str, object], force: bool,
              outcome: _Outcome) -> bool:
-    """Run one notebook into ``output`` via a temporary name; False if it failed."""
+    """Run ``outcome.notebooks``/``notebook`` into ``output`` via a temporary name; False if
+    it failed."""
     import papermill
 
     if os.path.exists(output) and not force:
         print(f"[study] {output}: done earlier, skipped (use --force to rerun)", flush=True)
         return True
     os.makedirs(os.path.dirname(output), exist_ok=True)
-    partial = output.replace(".ipynb", ".partial.ipynb")
     failed = output.replace(".ipynb", ".failed.ipynb")
     started = time.perf_counter()
     print(f"[study] {output} ...", flush=True)
     try:
-        papermill.execute_notebook(os.path.join(NOTEBOOKS, notebook), partial,
-                                   parameters=parameters, kernel_name="python3",
-                                   cwd=NOTEBOOKS, progress_bar=False)
-    except Exception as exc:  # papermill raises many types; the notebook keeps the traceback
-        if os.path.exists(partial):
-            os.replace(partial, failed)
+        with staged(output, output.replace(".ipynb", ".partial.ipynb")) as scratch:
+            try:
+                papermill.execute_notebook(os.path.join(outcome.notebooks, notebook), scratch,
+                                           parameters=parameters, kernel_name="python3",
+                                           cwd=outcome.notebooks, progress_bar=False)
+            except Exception:
+                if os.path.exists(scratch):  # kept: the notebook shows the traceback
+                    os.replace(scratch, failed)
+                raise
+    except Exception as exc:  # papermill raises many types
         outcome.failed.append(f"{failed}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
                               if str(exc) else failed)
         print(f"[study] FAILED {failed}", flush=True)
         return False
-    os.replace(partial, output)
     if os.path.exists(failed):
         os.unlink(failed)
     outcome.finished.append(output)
@@ -115,7 +140,7 @@ def run_study(config: StudyConfig) -> int:
     results = os.path.abspath(config.results_dir)
     work_data = os.path.join(os.path.abspath(config.work_dir), "data")
     os.makedirs(work_data, exist_ok=True)
-    outcome = _Outcome()
+    outcome = _Outcome(notebook_dir(config.notebooks))
     formats = _formats(config)
     for name, path in config.targets.items():
         try:
@@ -124,8 +149,8 @@ def run_study(config: StudyConfig) -> int:
         except (netfs.NetFSUnavailable, netfs.NetFSError) as exc:
             print(f"[study] target {name} skipped: {exc}", flush=True)
             outcome.skipped.append({"target": name, "reason": str(exc)})
-    with open(os.path.join(results, "skipped.json"), "w") as handle:
-        json.dump(outcome.skipped, handle, indent=1)
+    with staged(os.path.join(results, "skipped.json")) as partial, open(partial, "w") as out:
+        json.dump(outcome.skipped, out, indent=1)
     _execute("report.ipynb", os.path.join(results, "report.ipynb"),
              {"results_dir": results, "out_dir": results}, True, outcome)
     print(f"[study] {len(outcome.finished)} notebooks finished, {len(outcome.failed)} failed, "
@@ -138,17 +163,17 @@ def run_study(config: StudyConfig) -> int:
 def _formats(config: StudyConfig) -> tuple[str, ...]:
     """imagefolder, lmdb and the installed peers; one line says which peers were left out."""
     found = peers.available() if config.peers else ()
-    missing = [f for f in peers.PEER_FORMATS if f not in found]
+    missing = [f for f in PEER_FORMATS if f not in found]
     if not config.peers:
         print(f"[study] peer strategies {', '.join(missing)} left out (--no-peers)", flush=True)
     elif missing:
         print(f"[study] peer strategies {', '.join(missing)} skipped: not installed; "
-              f"{peers.INSTALL} to include them", flush=True)
+              f"{EXTRAS['peers']} to include them", flush=True)
     if found:
         modes = [m for m in config.modes if m in config.peer_modes]
         print(f"[study] peer strategies included: {', '.join(found)} (modes: "
               f"{', '.join(modes) or 'none'}; --peer-modes)", flush=True)
-    return ("imagefolder", "lmdb", *found)
+    return (*BASE_FORMATS, *found)
 
 
 def _run_target(config: StudyConfig, name: str, data_dir: str, backing_dir: str,

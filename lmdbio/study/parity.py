@@ -33,7 +33,7 @@ def compare_with_imagefolder(split_dir: str | os.PathLike[str], lmdb_path: str |
     import numpy
     from torchvision.datasets import ImageFolder
 
-    from .dataset import ImageFolderLMDB
+    from lmdbio.dataset import ImageFolderLMDB
 
     reference = ImageFolder(os.fspath(split_dir))
     candidate = ImageFolderLMDB(lmdb_path)

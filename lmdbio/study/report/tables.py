@@ -1,5 +1,5 @@
-"""The report's side-by-side of every storage strategy: images/s of each format over
-ImageFolder's, what each costs to write, and how each shuffles.
+"""The report's tables: every storage strategy side by side (images/s of each format over
+ImageFolder's, what each costs to write, how each shuffles), and all of them written out.
 
 Ratios are taken within ABBA repetition pairs (the same repeat index of the same notebook ran
 side by side) and summarised as median and range, as ``report.speedups`` does for LMDB.
@@ -11,38 +11,27 @@ import glob
 import os
 from typing import Any
 
-from .strategies import STRATEGIES, shuffle_table
+from lmdbio.study.conditions import order
+from lmdbio.study.extras import pandas as _pandas
+from lmdbio.study.report.runs import KEYS, per_run, ranks, speedups, summary
+from lmdbio.study.strategies import shuffle_table
 
-__all__ = ["ratios", "shuffle_semantics", "writers"]
+__all__ = ["ratios", "shuffle_semantics", "write_tables", "writers"]
 
 WRITER_COLUMNS = ["storage", "format", "images", "seconds", "images_per_s", "bytes_on_disk",
                   "peak_rss_mb", "source_cache"]
 
 
-def _pandas() -> Any:
-    from .report import _pandas as pandas
-
-    return pandas()
-
-
-def _order(formats: Any) -> list[str]:
-    """The study's order (imagefolder, lmdb, webdataset, litdata), then anything else."""
-    present = set(formats)
-    return [f for f in STRATEGIES if f in present] + sorted(present - set(STRATEGIES))
-
-
 def ratios(runs: Any) -> Any:
     """Every format's images/s over ImageFolder's, per storage x mode x cache: the median
     ratio of the repetition pairs and its range, beside both medians."""
-    from .report import KEYS, per_run
-
     pandas = _pandas()
     wide = per_run(runs[~runs["warmup"]]).pivot_table(
         index=KEYS[:-1] + ["repeat"], columns="format", values="images_per_s")
     if "imagefolder" not in wide.columns:
         return pandas.DataFrame()
     tables = []
-    for fmt in _order(wide.columns):
+    for fmt in order(wide.columns):
         if fmt == "imagefolder":
             continue
         pair = wide[["imagefolder", fmt]].dropna()
@@ -79,4 +68,26 @@ def writers(results_dir: str) -> Any:
 def shuffle_semantics(formats: Any = None) -> Any:
     """Layout and shuffle of each strategy (default: all four), as a table."""
     pandas = _pandas()
-    return pandas.DataFrame(shuffle_table(_order(formats) if formats is not None else None))
+    return pandas.DataFrame(shuffle_table(order(formats) if formats is not None else None))
+
+
+def write_tables(runs: Any, out_dir: str, results_dir: str = "") -> dict[str, str]:
+    """``summary``, ``speedups`` and every format's ``ratios`` over ImageFolder as CSV and
+    parquet, plus every run (``all_runs``, one row per rank), the strategies' shuffle
+    (``strategies``), the conversion cost found under ``results_dir`` (``writers``) and, with
+    distributed runs, the per-rank table (``ddp_ranks``)."""
+    os.makedirs(out_dir, exist_ok=True)
+    written = {}
+    tables = [("summary", summary(runs)), ("speedups", speedups(runs)), ("all_runs", runs),
+              ("ratios", ratios(runs)), ("strategies", shuffle_semantics()),
+              ("writers", writers(results_dir))]
+    per_rank = ranks(runs)
+    if not per_rank.empty:
+        tables.append(("ddp_ranks", per_rank))
+    for name, frame in tables:
+        for ext in ("csv", "parquet"):
+            path = os.path.join(out_dir, f"{name}.{ext}")
+            (frame.to_csv(path, index=False) if ext == "csv"
+             else frame.to_parquet(path, index=False))
+            written[f"{name}.{ext}"] = path
+    return written

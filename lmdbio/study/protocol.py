@@ -22,26 +22,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from . import pagecache, peers
-from .distributed import DistContext, setup
-from .harness import MODES, RunSpec, measure, seed_transform, shuffle_seed
-from .machine import run_metadata
+from lmdbio.publish import staged
+from lmdbio.study import pagecache, peers
+from lmdbio.study.conditions import BASE_FORMATS, CACHES, FORMATS, MODES, PEER_FORMATS
+from lmdbio.study.distributed import DistContext, setup
+from lmdbio.study.extras import pandas as _pandas
+from lmdbio.study.harness import RunSpec, measure, seed_transform, shuffle_seed
+from lmdbio.study.machine import run_metadata
 
-__all__ = ["BASE_FORMATS", "CACHES", "FORMATS", "BenchResult", "run_bench", "schedule"]
-
-BASE_FORMATS = ("imagefolder", "lmdb")
-# + the peers (webdataset, litdata) whose extra is installed: pip install -e ".[peers]"
-FORMATS = BASE_FORMATS + peers.available()
-CACHES = ("cold", "warm")
-
-
-def _pandas() -> Any:
-    try:
-        import pandas
-    except ImportError:
-        raise ImportError("the benchmark tables need pandas: pip install 'lmdbio[notebooks]'"
-                          ) from None
-    return pandas
+__all__ = ["BenchResult", "run_bench", "schedule"]
 
 
 @dataclass(frozen=True)
@@ -122,15 +111,15 @@ def _dataset(fmt: str, split_dir: str, lmdb_path: str, readahead: bool, *, seed:
 
         return ImageFolder(split_dir, transform=transform)
     if fmt == "lmdb":
-        from .dataset import ImageFolderLMDB
+        from lmdbio.dataset import ImageFolderLMDB
 
         return ImageFolderLMDB(lmdb_path, transform=transform, readahead=readahead)
-    if fmt in peers.PEER_FORMATS:
-        from .peer_readers import open_peer
+    if fmt in PEER_FORMATS:
+        from lmdbio.study.peers.reading import open_peer
 
         return open_peer(fmt, _peer_path(fmt, split_dir, peer_paths), transform, seed=seed,
                          batch_size=batch_size)
-    raise ValueError(f"format must be one of {BASE_FORMATS + peers.PEER_FORMATS}, not {fmt!r}")
+    raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
 
 
 def run_bench(*, data_dir: str, split_dir: str, lmdb_path: str, storage: str, mode: str,
@@ -143,7 +132,7 @@ def run_bench(*, data_dir: str, split_dir: str, lmdb_path: str, storage: str, mo
               peer_paths: Mapping[str, str] | None = None) -> BenchResult:
     """Measure every (format, cache) condition ``repeats`` times in ABBA order.
 
-    ``formats`` may name the peers (``FORMATS`` lists the installed ones); they are read from
+    ``formats`` may name the peers (``conditions.installed_formats()`` lists what is installed); they are read from
     ``peer_paths[fmt]``, by default next to ``split_dir`` (``train.wds``, ``train.litdata``).
 
     Under torchrun (``WORLD_SIZE`` > 1) this is one rank's part of a distributed run: rank 0
@@ -208,10 +197,8 @@ def save(result: BenchResult, output_dir: str) -> None:
     for name, frame, kind in (("batches.parquet", result.batches, "parquet"),
                               ("runs.parquet", result.runs, "parquet"),
                               ("runs.csv", result.runs, "csv")):
-        final = os.path.join(output_dir, name)
-        partial = final + ".partial"
-        if kind == "parquet":
-            frame.to_parquet(partial, index=False)
-        else:
-            frame.to_csv(partial, index=False)
-        os.replace(partial, final)
+        with staged(os.path.join(output_dir, name)) as partial:
+            if kind == "parquet":
+                frame.to_parquet(partial, index=False)
+            else:
+                frame.to_csv(partial, index=False)

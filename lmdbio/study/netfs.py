@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import re
 import shutil
 import signal
 import socket
@@ -23,12 +22,13 @@ import subprocess
 import tempfile
 import time
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Optional, Sequence, Union
 
-__all__ = ["FsInfo", "fs_info", "available", "NetFSUnavailable", "NetFSError",
+from lmdbio.system import FsInfo, fs_info, mounts
+
+__all__ = ["available", "NetFSUnavailable", "NetFSError",
            "SshfsMount", "SSHFS_OPTIONS"]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -60,49 +60,6 @@ class NetFSError(RuntimeError):
     """sshd or sshfs failed to start or to mount."""
 
 
-@dataclass(frozen=True)
-class FsInfo:
-    """The mount holding a path: mount point, type (``fuse.sshfs``), source, options."""
-
-    mount_point: str
-    fstype: str
-    source: str
-    options: str  # per-mount options followed by new superblock options
-
-
-def _unescape(field: str) -> str:
-    """Decode mountinfo's octal escapes (``\\040`` is a space)."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def _mounts() -> list[FsInfo]:
-    infos = []
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            # id parent major:minor root MOUNT_POINT OPTIONS [optional...] - TYPE SOURCE SUPER
-            left, _, right = line.rstrip("\n").partition(" - ")
-            fields, (fstype, source, super_options) = left.split(" "), right.split(" ", 2)
-            options = list(dict.fromkeys(fields[5].split(",") + super_options.split(",")))
-            infos.append(FsInfo(_unescape(fields[4]), _unescape(fstype),
-                                _unescape(source), ",".join(options)))
-    return infos
-
-
-def fs_info(path: PathLike) -> FsInfo:
-    """Return the mount that holds ``path`` (longest mount-point prefix wins;
-    among stacked mounts on one point the last listed, i.e. visible, one)."""
-    target = os.path.realpath(path)
-    best: Optional[FsInfo] = None
-    for info in _mounts():
-        inside = target == info.mount_point or target.startswith(
-            info.mount_point.rstrip("/") + "/")
-        if inside and (best is None or len(info.mount_point) >= len(best.mount_point)):
-            best = info
-    if best is None:
-        raise OSError(f"no mount found for {target}")
-    return best
-
-
 def available() -> tuple[bool, str]:
     """Whether an sshfs mount can be made here, and a one-line reason if not."""
     missing = [name for name, ok in (
@@ -117,7 +74,7 @@ def available() -> tuple[bool, str]:
 
 def _is_sshfs_mounted(mountpoint: Path) -> bool:
     return any(m.mount_point == str(mountpoint) and m.fstype == "fuse.sshfs"
-               for m in _mounts())
+               for m in mounts())
 
 
 def _free_port() -> int:

@@ -1,7 +1,7 @@
 """Read a set of shard files as one database with global indices (no torch here).
 
-``ShardedDatabase`` has the interface of ``reader.Database`` (``get``, ``len``, ``meta``,
-``targets()``, ``relative_paths()``, ``close()``), so ``ImageFolderLMDB`` reads shards exactly as
+``ShardedDatabase`` has the interface of ``database.Database`` (``access.SampleReader`` (``get``, ``len``, ``meta``,
+``targets()``, ``relative_paths()``, ``close()``)), so ``ImageFolderLMDB`` reads shards exactly as
 it reads one file. The set is checked when opened: every shard from the same source listing
 (fingerprint, classes, size), every index ``0..N-1`` present once, the listing ranges
 contiguous. Each shard's LMDB environment opens lazily, per process, on first read.
@@ -18,12 +18,11 @@ from collections.abc import Sequence
 from .envs import EnvOptions
 from .errors import DatabaseNotFoundError, ShardSetError
 from .format import Metadata
-from .legacy import LegacyDatabase
-from .reader import Database, open_database
+from .database import Database
 from .resize import describe
-from .shards import is_glob, shard_glob, shard_path
+from .shard_plan import is_glob, set_name, shard_glob, shard_path
 
-__all__ = ["ShardedDatabase", "expand_paths", "open_source"]
+__all__ = ["PathInput", "ShardedDatabase", "expand_paths"]
 
 PathInput = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
@@ -161,12 +160,12 @@ def _check_set(shards: list[Database]) -> list[Database]:
     missing = [i for i in range(count) if i not in seen]
     if missing:
         template = shards[0].path
-        names = [shard_path(_set_name(template), i, count) for i in missing]
+        names = [shard_path(set_name(template), i, count) for i in missing]
         raise ShardSetError(f"{len(missing)} of {count} shards missing: "
                             f"{', '.join(repr(n) for n in names[:3])}"
                             f"{' ...' if len(names) > 3 else ''}; convert them with 'lmdbio "
                             f"convert SRC DST --shard I/{count}' or open all of "
-                            f"{shard_glob(_set_name(template), count)!r}")
+                            f"{shard_glob(set_name(template), count)!r}")
     ordered = [seen[i] for i in range(count)]
     position = 0
     for db in ordered:
@@ -186,29 +185,3 @@ def _check_set(shards: list[Database]) -> list[Database]:
 def _describe(meta: Metadata) -> str:
     return (f"shard {meta.shard_index} of {meta.shard_count} of a listing of "
             f"{meta.listing_total} files, fingerprint {meta.source_fingerprint[:12]}")
-
-
-def _set_name(shard_file: str) -> str:
-    """``train-00001-of-00004.lmdb`` -> ``train.lmdb`` (a name not so formed is kept)."""
-    stem, ext = os.path.splitext(shard_file)
-    parts = stem.rsplit("-", 3)
-    if len(parts) == 4 and parts[1].isdigit() and parts[2] == "of" and parts[3].isdigit():
-        return parts[0] + ext
-    return shard_file
-
-
-def open_source(paths: PathInput, options: EnvOptions | None = None, *,
-                verify_checksums: bool = True,
-                allow_pickle: bool = False) -> Database | LegacyDatabase | ShardedDatabase:
-    """One database file as ``reader.open_database`` does; a list, a glob, or a file that is
-    one shard of several as a ``ShardedDatabase`` (checked to be a complete set)."""
-    files = expand_paths(paths)
-    if len(files) > 1 or not isinstance(paths, (str, os.PathLike)) or files[0] != \
-            os.path.expanduser(os.fspath(paths)):
-        return ShardedDatabase(files, options, verify_checksums=verify_checksums)
-    db = open_database(files[0], options, verify_checksums=verify_checksums,
-                       allow_pickle=allow_pickle)
-    if isinstance(db, Database) and db.meta.shard_count > 1:
-        db.close()
-        return ShardedDatabase(files, options, verify_checksums=verify_checksums)
-    return db

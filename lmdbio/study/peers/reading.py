@@ -18,8 +18,8 @@ from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .decode import decode_pil
-from .peers import SHUFFLE_BUFFER, read_manifest, require
+from lmdbio.decode import decode_pil
+from lmdbio.study.peers import SHUFFLE_BUFFER, read_manifest, require
 
 __all__ = ["LitDataImages", "WebDatasetImages", "open_peer"]
 

@@ -33,11 +33,12 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 
-from .distributed import DistContext
+from lmdbio.study.conditions import MODES
+from lmdbio.study.distributed import DistContext
 
-__all__ = ["MODES", "RunSpec", "measure", "seed_transform", "shuffle_seed"]
+__all__ = ["RunSpec", "measure", "seed_transform", "seed_transform_tensor",
+           "shuffle_seed"]
 
-MODES = ("train", "emulate", "load")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -70,6 +71,20 @@ def seed_transform(image_size: int = 64) -> Callable[[Any], torch.Tensor]:
         transforms.RandomHorizontalFlip(),
         transforms.ToTensor(),
         transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def seed_transform_tensor(image_size: int = 64) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The seed's training transform (``seed_transform``) for the uint8 CHW
+    tensors of ``decode_tensor``, in ``torchvision.transforms.v2``: the same crop, flip and
+    ImageNet normalisation, resizing with antialiasing as the PIL path does."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([
+        v2.RandomResizedCrop(image_size, antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])
 
 

@@ -13,9 +13,10 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from . import peers
-from .convert import convert, default_destination
-from .synthetic import ensure_dataset
+from lmdbio.converter import convert, default_destination
+from lmdbio.study import peers
+from lmdbio.study.conditions import PEER_FORMATS
+from lmdbio.study.synthetic import ensure_dataset
 
 __all__ = ["Workspace", "default_data_dir", "prepare"]
 
@@ -48,7 +49,7 @@ def prepare(data_dir: str = "", *, split: str = "train", lmdb_path: str = "",
         convert(split_dir, lmdb_path, progress=progress)
         converted = True
     peer_paths = {}
-    for fmt in (f for f in formats if f in peers.PEER_FORMATS):
+    for fmt in (f for f in formats if f in PEER_FORMATS):
         peer_paths[fmt] = peers.default_destination(split_dir, fmt)
         if not os.path.exists(peer_paths[fmt]):
             peers.write(fmt, split_dir, peer_paths[fmt])

@@ -9,26 +9,19 @@ and classes of the *whole* listing, so a reader can check that a set of files is
 
 Names follow ``DST`` with ``-IIIII-of-NNNNN`` before ``.lmdb`` (0-based, as the TFRecord and
 Hugging Face conventions): ``train.lmdb`` -> ``train-00000-of-00002.lmdb``. A ``DST`` that
-already carries the matching suffix is taken literally. No torch here.
+already carries the matching suffix is taken literally. No torch here. Converting a whole set is ``shard_conversion``; reading one, ``shard_set``.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import multiprocessing
 import os
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
-from . import errors
 from .errors import ShardSpecError
 from .sources import Listing
 
-if TYPE_CHECKING:
-    from .convert import ConvertReport
-
-__all__ = ["ShardSpec", "convert_shards", "parse_shard", "plan", "shard_glob", "shard_path",
+__all__ = ["ShardSpec", "is_glob", "parse_shard", "plan", "set_name", "shard_glob", "shard_path",
            "slice_listing"]
 
 _SUFFIX = re.compile(r"-(\d+)-of-(\d+)$")
@@ -103,63 +96,8 @@ def is_glob(path: str) -> bool:
     return any(char in GLOB_CHARS for char in path)
 
 
-def _convert_one(source: str, destination: str, index: int, count: int,
-                 options: dict[str, Any]) -> ConvertReport | tuple[str, str]:
-    """One shard, in a worker process; an lmdbio error comes back as (class name, message)
-    (some error classes take more than a message and would not unpickle)."""
-    from .convert import convert
-
-    try:
-        return convert(source, destination, shard=(index, count), **options)
-    except errors.LmdbioError as exc:
-        return type(exc).__name__, str(exc)
-
-
-def convert_shards(source: str | os.PathLike[str], destination: str | os.PathLike[str] | None,
-                   num_shards: int, *, jobs: int = 1, **options: Any) -> list[ConvertReport]:
-    """Convert all ``num_shards`` shards of ``source``: the same files as converting each with
-    ``convert(..., shard=(i, num_shards))`` separately. ``jobs`` > 1 converts that many shards
-    at once in separate processes. With ``resume=True``, shards already complete are kept."""
-    from .convert import convert, default_destination
-
-    if num_shards < 1 or jobs < 1:
-        raise ShardSpecError(f"num_shards and jobs must be >= 1, not {num_shards}, {jobs}")
-    dst = (os.path.abspath(os.path.expanduser(os.fspath(destination))) if destination
-           else default_destination(source))
-    todo = [i for i in range(num_shards)
-            if not (options.get("resume") and _complete(shard_path(dst, i, num_shards), i,
-                                                        num_shards))]
-    if jobs == 1 or len(todo) <= 1:
-        reports = [convert(source, dst, shard=(i, num_shards), **options) for i in todo]
-    else:
-        options = options | {"progress": False}
-        context = multiprocessing.get_context("spawn")  # no fork of a threaded process
-        with concurrent.futures.ProcessPoolExecutor(min(jobs, len(todo)),
-                                                    mp_context=context) as pool:
-            futures = [pool.submit(_convert_one, os.fspath(source), dst, i, num_shards,
-                                   options) for i in todo]
-            results = [future.result() for future in futures]
-        failed = [r for r in results if isinstance(r, tuple)]
-        if failed:
-            name, message = failed[0]
-            kind = getattr(errors, name, errors.LmdbioError)
-            raise (kind(message) if name != "SourceFileError" else kind(message, ""))
-        reports = [r for r in results if not isinstance(r, tuple)]
-    from .sharded import ShardedDatabase
-
-    ShardedDatabase([shard_path(dst, i, num_shards) for i in range(num_shards)]).close()
-    return reports
-
-
-def _complete(path: str, index: int, count: int) -> bool:
-    """Whether ``path`` is a finished database of shard ``index`` of ``count``."""
-    from .reader import Database
-
-    if not os.path.exists(path):
-        return False
-    with Database(path) as db:
-        if (db.meta.shard_index, db.meta.shard_count) != (index, count):
-            raise ShardSpecError(f"{path!r} holds shard {db.meta.shard_index} of "
-                                 f"{db.meta.shard_count}, not {index} of {count}; delete it "
-                                 "or convert with --overwrite")
-    return True
+def set_name(shard_file: str) -> str:
+    """``train-00001-of-00004.lmdb`` -> ``train.lmdb`` (a name not so formed is kept)."""
+    base, ext = (shard_file[:-5], ".lmdb") if shard_file.endswith(".lmdb") else (shard_file, "")
+    match = _SUFFIX.search(os.path.basename(base))
+    return base[:match.start()] + ext if match else shard_file

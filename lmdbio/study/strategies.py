@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .peers import SHARD_SAMPLES, SHUFFLE_BUFFER
+from lmdbio.study.peers import SHARD_SAMPLES, SHUFFLE_BUFFER
 
 __all__ = ["STRATEGIES", "Strategy", "shuffle_table"]
 

@@ -4,12 +4,17 @@ across repetitions; whiskers span the fastest and slowest run."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 import numpy
 
-__all__ = ["PLOTS"]
+from lmdbio.study.conditions import MODES
+from lmdbio.study.report.runs import per_run, speedups
+from lmdbio.study.report.tables import ratios
+
+__all__ = ["PLOTS", "figures"]
 
 FORMAT_COLOURS = {"imagefolder": "#8c8c8c", "lmdb": "#1f77b4", "webdataset": "#2ca02c",
                   "litdata": "#d62728"}
@@ -40,14 +45,12 @@ def _bars(ax: Any, runs: Any, metric: str, scale: float, ylabel: str) -> None:
 def _modes(present: Any) -> list[str]:
     """The study's modes in their order, then distributed ones (``ddp2-load``...)."""
     present = set(present)
-    return ([m for m in ("train", "emulate", "load") if m in present]
+    return ([m for m in MODES if m in present]
             + sorted(m for m in present if str(m).startswith("ddp")))
 
 
 def _per_mode(runs: Any, plt: Any, rows: list[tuple[str, float, str]],
               title: str) -> Any:
-    from .report import per_run
-
     runs = per_run(runs)
     modes = _modes(runs["mode"])
     if not modes:
@@ -96,8 +99,6 @@ def utilisation(runs: Any, plt: Any) -> Any:
 
 
 def when_lmdb_helps(runs: Any, plt: Any) -> Any:
-    from .report import speedups
-
     table = speedups(runs)
     if table.empty:
         return None
@@ -120,8 +121,6 @@ def when_lmdb_helps(runs: Any, plt: Any) -> Any:
 def strategies(runs: Any, plt: Any) -> Any:
     """Every format's images/s over ImageFolder's: one heat map per mode, a column per format,
     a row per storage target and cache state (the peers' shuffle is weaker: see the table)."""
-    from .report import ratios
-
     table = ratios(runs)
     if table.empty:
         return None
@@ -180,3 +179,28 @@ PLOTS: dict[str, Callable[[Any, Any], Any]] = {
     "utilisation": utilisation,
     "when_lmdb_helps": when_lmdb_helps,
 }
+
+
+def _label(row: Any) -> str:
+    return f"{row['storage']} ({row['fs_type']})"
+
+
+def figures(runs: Any, out_dir: str) -> list[str]:
+    """Write the study's PNG figures; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out_dir, exist_ok=True)
+    runs = runs.assign(target=runs.apply(_label, axis=1))
+    paths = []
+    for name, plot in PLOTS.items():
+        figure = plot(runs, plt)
+        if figure is None:
+            continue
+        path = os.path.join(out_dir, f"{name}.png")
+        figure.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(figure)
+        paths.append(path)
+    return paths

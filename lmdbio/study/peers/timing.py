@@ -1,7 +1,7 @@
 """Conversion cost of every storage strategy, measured the same way: seconds, bytes on disk
 and peak memory of lmdbio's converter beside the WebDataset and LitData writers.
 
-Each writer runs in a fresh interpreter (``python -m lmdbio.conversions FMT SRC DST``), so
+Each writer runs in a fresh interpreter (``python -m lmdbio.study.peers.timing FMT SRC DST``), so
 its imports, threads and worker processes are its own, from a cold source (the ImageFolder's
 pages evicted, on the server side of a network FS too), into a scratch name next to its
 destination on the same storage. Peak memory is the largest single process of the writer's
@@ -17,7 +17,6 @@ import csv
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,8 +24,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from . import pagecache, peers
-from .machine import peak_rss_bytes
+from lmdbio.publish import discard, staged
+from lmdbio.study import pagecache, peers
+from lmdbio.system import peak_rss_bytes
 
 __all__ = ["destination", "measure_writer", "measure_writers"]
 
@@ -37,7 +37,7 @@ COLUMNS = ("format", "images", "seconds", "images_per_s", "bytes_on_disk", "peak
 def destination(fmt: str, split_dir: str, lmdb_path: str = "") -> str:
     """Where ``fmt``'s data lives: ``lmdb_path`` (default ``SPLIT.lmdb``) or ``SPLIT.wds`` ..."""
     if fmt == "lmdb":
-        from .convert import default_destination
+        from lmdbio.converter import default_destination
 
         return lmdb_path or default_destination(split_dir)
     return peers.default_destination(split_dir, fmt)
@@ -46,18 +46,11 @@ def destination(fmt: str, split_dir: str, lmdb_path: str = "") -> str:
 def _write(fmt: str, source: str, target: str) -> int:
     """In the child: write ``target``; returns the number of samples."""
     if fmt == "lmdb":
-        from .convert import convert
+        from lmdbio.converter import convert
 
         return convert(source, target, progress=False).num_samples
     peers.write(fmt, source, target)
     return int(peers.read_manifest(target)["num_samples"])
-
-
-def _remove(path: str) -> None:
-    if os.path.isdir(path):
-        shutil.rmtree(path)
-    elif os.path.exists(path):
-        os.unlink(path)
 
 
 def measure_writer(fmt: str, split_dir: str, target: str, *, backing_dir: str = "",
@@ -70,18 +63,18 @@ def measure_writer(fmt: str, split_dir: str, target: str, *, backing_dir: str = 
                                if backing_dir else []):
         pagecache.evict(path)  # a cold source, as a first conversion meets it
     scratch = target + ".measure"
-    _remove(scratch)
+    discard(scratch)
     # output to files, not pipes: a chatty child must not block on a full pipe
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
-        code = subprocess.run([sys.executable, "-m", "lmdbio.conversions", fmt, split_dir,
+        code = subprocess.run([sys.executable, "-m", "lmdbio.study.peers.timing", fmt, split_dir,
                                scratch], stdout=out, stderr=err).returncode
         seconds = time.perf_counter() - started
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
     if code != 0:
-        _remove(scratch)
+        discard(scratch)
         raise RuntimeError(f"{fmt} writer failed ({code}): {stderr[-2000:]}")
     report = json.loads(stdout.strip().splitlines()[-1])
     images = int(report["images"])
@@ -89,7 +82,7 @@ def measure_writer(fmt: str, split_dir: str, target: str, *, backing_dir: str = 
            "images_per_s": images / seconds, "bytes_on_disk": peers.sizes([scratch]),
            "peak_rss_mb": report["peak_rss_kb"] / 1024, "source_cache": "cold"}
     if os.path.exists(target):
-        _remove(scratch)
+        discard(scratch)
     else:
         os.replace(scratch, target)
     return row
@@ -104,11 +97,10 @@ def measure_writers(split_dir: str, formats: Sequence[str], *, lmdb_path: str = 
             for fmt in formats]
     if csv_path:
         os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
-        with open(csv_path + ".partial", "w", newline="") as handle:
+        with staged(csv_path) as partial, open(partial, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=["storage", *COLUMNS])
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(csv_path + ".partial", csv_path)
     return rows
 
 
@@ -117,7 +109,7 @@ def _peak_rss_kb() -> int:
     return max(peak_rss_bytes() // 1024, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 
-if __name__ == "__main__":  # the child: python -m lmdbio.conversions FMT SRC DST
+if __name__ == "__main__":  # the child: python -m lmdbio.study.peers.timing FMT SRC DST
     fmt_arg, source_arg, target_arg = sys.argv[1:4]
     count = _write(fmt_arg, source_arg, target_arg)
     print(json.dumps({"images": count, "peak_rss_kb": _peak_rss_kb()}), flush=True)

@@ -1,4 +1,5 @@
-"""Read-only access to an lmdbio database, without torch: used by the Dataset and the CLI."""
+"""Read-only access to one lmdbio database file, without torch (``access.open_database`` opens
+any database: one file, a shard set or a seed file)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,12 @@ import lmdb
 
 from . import envs, locality
 from .errors import CorruptRecordError, FormatError, LegacyFormatError
-from .legacy import LegacyDatabase, is_legacy
+from .legacy import is_legacy
 from .format import (KEY_COMPLETE, KEY_HEADER, KEY_PATHS, KEY_PROGRESS, KEY_TARGETS, META_DB,
                      SAMPLES_DB, Metadata, data_file, decode_paths, decode_record,
                      decode_targets, encode_key)
 
-__all__ = ["Database", "open_database"]
-
+__all__ = ["Database"]
 
 
 class Database:
@@ -158,6 +158,11 @@ class Database:
         if span is not None:
             locality.will_need(data_file(self.path), *span)
 
+    @property
+    def paths(self) -> list[str]:
+        """The file(s) read: this one."""
+        return [self.path]
+
     def relative_paths(self) -> list[str]:
         """Each sample's path relative to the source root, decoded on demand."""
         return decode_paths(self._read_meta(KEY_PATHS) or b"", self.meta.num_samples)
@@ -198,14 +203,3 @@ class Database:
         except Exception:  # interpreter shutdown: modules may already be gone
             pass
 
-
-def open_database(path: str | os.PathLike[str], options: envs.EnvOptions | None = None, *,
-                  verify_checksums: bool = True,
-                  allow_pickle: bool = False) -> Database | LegacyDatabase:
-    """Open an lmdbio database; a seed (pickled) one only when ``allow_pickle`` is True."""
-    try:
-        return Database(path, options, verify_checksums=verify_checksums)
-    except LegacyFormatError:
-        if not allow_pickle:
-            raise
-    return LegacyDatabase(path, options)

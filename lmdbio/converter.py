@@ -22,11 +22,12 @@ from . import __version__
 from .errors import (ConcurrentWriteError, DestinationError, OutputExistsError, ResumeError)
 from .folder import IMG_EXTENSIONS
 from .format import Metadata
-from .machine import peak_rss_bytes
 from .progress import Progress
+from .publish import discard, publish
 from .resize import Resizer, check_resume_setting, make_resizer
-from .shards import ShardSpec, plan, shard_path, slice_listing
+from .shard_plan import ShardSpec, plan, shard_path, slice_listing
 from .sources import Listing, default_read_workers, list_source, read_in_order, source_error
+from .system import peak_rss_bytes
 from .writer import Checkpoint, LmdbWriter
 
 __all__ = ["ConvertReport", "convert", "default_destination"]
@@ -70,9 +71,10 @@ class ConvertReport:
         return "\n".join(lines)
 
 
-def default_destination(source: str | os.PathLike[str]) -> str:
-    """``data/train`` -> ``data/train.lmdb``, next to the source as in pytorch-lmdb."""
-    return os.path.normpath(os.path.abspath(os.path.expanduser(os.fspath(source)))) + ".lmdb"
+def default_destination(source: str | os.PathLike[str], suffix: str = ".lmdb") -> str:
+    """``data/train`` -> ``data/train.lmdb``, next to the source as in pytorch-lmdb (another
+    ``suffix`` for other formats of the same source)."""
+    return os.path.normpath(os.path.abspath(os.path.expanduser(os.fspath(source)))) + suffix
 
 
 def convert(
@@ -139,7 +141,9 @@ def convert(
                                   commit_bytes=commit_bytes, progress=progress,
                                   extensions=extensions, resizer=resizer)
         writer = None  # finished and closed
-        _publish(partial, dst, overwrite)
+        if not publish(partial, dst, overwrite=overwrite):
+            raise OutputExistsError(f"destination {dst!r} appeared during the conversion; "
+                                    "convert again with --overwrite, or choose another DST")
     except KeyboardInterrupt:
         if writer is not None:
             writer.close()
@@ -150,7 +154,7 @@ def convert(
         if writer is not None:
             writer.close()
         if not isinstance(exc, ResumeError):  # keep resumable work the user may still want
-            _remove(partial)
+            discard(partial)
         raise
     finally:
         os.close(guard)
@@ -192,7 +196,7 @@ def _lock_partial(partial: str, keep: bool) -> int:
         raise ConcurrentWriteError(f"another conversion is writing {partial!r}; wait for it "
                                    "or stop it") from None
     if os.fstat(fd).st_nlink > 1:
-        # A run killed between _publish's link() and unlink() left DST.partial as a second
+        # A run killed between publish's link() and unlink() left DST.partial as a second
         # name of the complete DST: never write through it (tests/test_reliability_kill.py).
         os.unlink(partial)
         os.close(fd)
@@ -280,30 +284,3 @@ def _skipped_positions(listing: Listing, skipped: list[list[str]]) -> set[int]:
     names = {path for path, _ in skipped}
     return {i for i, rel in enumerate(listing.relative_paths) if rel in names}
 
-
-def _publish(partial: str, dst: str, overwrite: bool) -> None:
-    """Rename the finished file into place; without ``overwrite`` never clobber a newcomer."""
-    if overwrite:
-        os.replace(partial, dst)
-    else:
-        try:
-            os.link(partial, dst)  # fails if dst appeared meanwhile
-            os.unlink(partial)
-        except FileExistsError:
-            raise OutputExistsError(f"destination {dst!r} appeared during the conversion; "
-                                    "convert again with --overwrite, or choose another DST"
-                                    ) from None
-        except OSError:
-            os.rename(partial, dst)  # file systems without hard links
-    directory = os.open(os.path.dirname(dst), os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a power cut
-    finally:
-        os.close(directory)
-
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

@@ -8,27 +8,11 @@ import subprocess
 from importlib import metadata
 from typing import Any
 
-from .netfs import fs_info
+from lmdbio.system import fs_info
 
-__all__ = ["peak_rss_bytes", "run_metadata"]
+__all__ = ["run_metadata"]
 
 _PACKAGES = ("torch", "torchvision", "lmdb", "pillow", "numpy", "lmdbio")
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident memory since its exec (``VmHWM``). ``ru_maxrss`` is not
-    that: it keeps the parent's high-water mark across fork + exec, so a converter started from
-    a notebook kernel or a benchmark would report their size."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource  # not Linux: the best there is
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _cpu_model() -> str:

@@ -1,0 +1,75 @@
+"""Publish by rename: an output appears under its final name complete, or not at all.
+
+Everything lmdbio and its study write (databases, peer datasets, tables, notebooks) is written
+under a temporary name beside the final one and renamed into place when complete, so a kill, a
+full disk or an exception never leaves a half-written file under the name a reader opens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+
+__all__ = ["PARTIAL_SUFFIX", "discard", "fsync_directory", "publish", "staged"]
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def fsync_directory(path: str | os.PathLike[str]) -> None:
+    """Make a rename inside directory ``path`` survive a power cut."""
+    directory = os.open(os.fspath(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def discard(path: str | os.PathLike[str]) -> None:
+    """Remove ``path`` whatever it is (file, folder, symlink: the link itself, never its
+    target); nothing if it does not exist."""
+    path = os.fspath(path)
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+@contextlib.contextmanager
+def staged(final: str | os.PathLike[str], partial: str | os.PathLike[str] | None = None
+           ) -> Iterator[str]:
+    """Yield a temporary name beside ``final`` to write a file or folder into; when the block
+    ends normally it replaces ``final`` (an existing one goes only then), when it raises the
+    temporary output is removed. What was at the temporary name before (a killed run's
+    leftover, or a planted link) is removed first, never written through."""
+    final = os.fspath(final)
+    partial = os.fspath(partial) if partial is not None else final + PARTIAL_SUFFIX
+    discard(partial)
+    try:
+        yield partial
+    except BaseException:
+        discard(partial)
+        raise
+    if os.path.isdir(partial) and os.path.isdir(final) and not os.path.islink(final):
+        shutil.rmtree(final)  # os.replace cannot replace a non-empty folder
+    os.replace(partial, final)
+    fsync_directory(os.path.dirname(os.path.abspath(final)))
+
+
+def publish(partial: str, final: str, *, overwrite: bool) -> bool:
+    """Rename the finished ``partial`` file to ``final``. Without ``overwrite`` a ``final``
+    that appeared meanwhile is never clobbered: False is returned and ``partial`` is kept."""
+    if overwrite:
+        os.replace(partial, final)
+    else:
+        try:
+            os.link(partial, final)  # fails if final appeared meanwhile
+            os.unlink(partial)
+        except FileExistsError:
+            return False
+        except OSError:
+            os.rename(partial, final)  # file systems without hard links
+    fsync_directory(os.path.dirname(os.path.abspath(final)))
+    return True

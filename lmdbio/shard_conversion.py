@@ -1,0 +1,76 @@
+"""Convert every shard of a set (``lmdbio convert --num-shards N [--jobs J]``).
+
+The plan (which listing positions each shard holds, and the file names) is ``shard_plan``'s;
+each shard is an ordinary ``converter.convert`` with ``shard=(i, N)``, in this process or in
+``jobs`` spawned ones, and the finished set is opened once as a ``ShardedDatabase`` to check it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+from typing import Any
+
+from . import errors
+from .converter import ConvertReport, convert, default_destination
+from .database import Database
+from .errors import ShardSpecError
+from .shard_plan import shard_path
+from .shard_set import ShardedDatabase
+
+__all__ = ["convert_shards"]
+
+
+def _convert_one(source: str, destination: str, index: int, count: int,
+                 options: dict[str, Any]) -> ConvertReport | tuple[str, str]:
+    """One shard, in a worker process; an lmdbio error comes back as (class name, message)
+    (some error classes take more than a message and would not unpickle)."""
+    try:
+        return convert(source, destination, shard=(index, count), **options)
+    except errors.LmdbioError as exc:
+        return type(exc).__name__, str(exc)
+
+
+def convert_shards(source: str | os.PathLike[str], destination: str | os.PathLike[str] | None,
+                   num_shards: int, *, jobs: int = 1, **options: Any) -> list[ConvertReport]:
+    """Convert all ``num_shards`` shards of ``source``: the same files as converting each with
+    ``convert(..., shard=(i, num_shards))`` separately. ``jobs`` > 1 converts that many shards
+    at once in separate processes. With ``resume=True``, shards already complete are kept."""
+    if num_shards < 1 or jobs < 1:
+        raise ShardSpecError(f"num_shards and jobs must be >= 1, not {num_shards}, {jobs}")
+    dst = (os.path.abspath(os.path.expanduser(os.fspath(destination))) if destination
+           else default_destination(source))
+    todo = [i for i in range(num_shards)
+            if not (options.get("resume") and _complete(shard_path(dst, i, num_shards), i,
+                                                        num_shards))]
+    if jobs == 1 or len(todo) <= 1:
+        reports = [convert(source, dst, shard=(i, num_shards), **options) for i in todo]
+    else:
+        options = options | {"progress": False}
+        context = multiprocessing.get_context("spawn")  # no fork of a threaded process
+        with concurrent.futures.ProcessPoolExecutor(min(jobs, len(todo)),
+                                                    mp_context=context) as pool:
+            futures = [pool.submit(_convert_one, os.fspath(source), dst, i, num_shards,
+                                   options) for i in todo]
+            results = [future.result() for future in futures]
+        failed = [r for r in results if isinstance(r, tuple)]
+        if failed:
+            name, message = failed[0]
+            kind = getattr(errors, name, errors.LmdbioError)
+            raise (kind(message) if name != "SourceFileError" else kind(message, ""))
+        reports = [r for r in results if not isinstance(r, tuple)]
+    ShardedDatabase([shard_path(dst, i, num_shards) for i in range(num_shards)]).close()
+    return reports
+
+
+def _complete(path: str, index: int, count: int) -> bool:
+    """Whether ``path`` is a finished database of shard ``index`` of ``count``."""
+    if not os.path.exists(path):
+        return False
+    with Database(path) as db:
+        if (db.meta.shard_index, db.meta.shard_count) != (index, count):
+            raise ShardSpecError(f"{path!r} holds shard {db.meta.shard_index} of "
+                                 f"{db.meta.shard_count}, not {index} of {count}; delete it "
+                                 "or convert with --overwrite")
+    return True

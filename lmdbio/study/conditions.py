@@ -1,0 +1,32 @@
+"""The study's vocabulary, written once: what a run reads (format), how (mode), from where the
+cache stands (cache). Everything that lists, checks or orders these takes them from here."""
+
+from __future__ import annotations
+
+import importlib.util
+
+__all__ = ["BASE_FORMATS", "CACHES", "FORMATS", "MODES", "PEER_FORMATS", "installed_formats",
+           "order"]
+
+# train: ResNet-18 on this machine; emulate: a sleep of an accelerator's step (MLPerf Storage
+# style); load: the loader alone, as fast as it goes. In this order in every table and figure.
+MODES = ("train", "emulate", "load")
+CACHES = ("cold", "warm")
+BASE_FORMATS = ("imagefolder", "lmdb")       # torchvision's ImageFolder; lmdbio's ImageFolderLMDB
+PEER_FORMATS = ("webdataset", "litdata")     # the peers it is compared with (the [peers] extra)
+FORMATS = BASE_FORMATS + PEER_FORMATS
+PEER_MODULES = {"webdataset": "webdataset", "litdata": "litdata"}
+
+
+def installed_formats() -> tuple[str, ...]:
+    """Every format this machine can run: the base two and each peer whose package is installed
+    (found, not imported: importing them costs seconds)."""
+    return BASE_FORMATS + tuple(f for f in PEER_FORMATS
+                                if importlib.util.find_spec(PEER_MODULES[f]) is not None)
+
+
+def order(names: object) -> list[str]:
+    """``names`` (formats or modes) in the study's order, anything unknown after, sorted."""
+    present = set(names)  # type: ignore[call-overload]
+    known = [n for n in FORMATS + MODES if n in present]
+    return known + sorted(present - set(known))

@@ -1,0 +1,16 @@
+"""Tables and figures from every benchmark run under a results folder.
+
+``runs``: the run table (loaded, ranks folded, summarised); ``tables``: the strategies side by
+side and every table written out; ``figures``: the PNG figures. The names below are the ones
+the notebooks use: ``from lmdbio.study import report``.
+"""
+
+from lmdbio.study.report.figures import figures
+from lmdbio.study.report.runs import (KEYS, METRICS, cache_check, describe, format_parity,
+                                      load_results, per_run, ranks, run_counts, speedups,
+                                      summary)
+from lmdbio.study.report.tables import ratios, shuffle_semantics, write_tables, writers
+
+__all__ = ["KEYS", "METRICS", "cache_check", "describe", "figures", "format_parity",
+           "load_results", "per_run", "ranks", "ratios", "run_counts", "shuffle_semantics",
+           "speedups", "summary", "write_tables", "writers"]

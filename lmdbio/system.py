@@ -1,0 +1,81 @@
+"""Facts about the machine this process runs on, read from ``/proc``: which file system holds a
+path, and this process's peak memory. The converter, the reader and the study all ask these, so
+they are answered once, here (stdlib only, no daemon involved)."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+__all__ = ["NETWORK_FS_TYPES", "FsInfo", "fs_info", "is_network_fs", "mounts", "peak_rss_bytes"]
+
+# Types whose every page-cache miss is a request over a network (FUSE counts: sshfs, s3fs, ...).
+NETWORK_FS_TYPES = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "lustre", "gpfs",
+                              "glusterfs", "9p", "afs", "beegfs", "davfs", "virtiofs"})
+
+
+@dataclass(frozen=True)
+class FsInfo:
+    """The mount holding a path: mount point, type (``fuse.sshfs``), source, options."""
+
+    mount_point: str
+    fstype: str
+    source: str
+    options: str  # per-mount options followed by new superblock options
+
+
+def _unescape(field: str) -> str:
+    """Decode mountinfo's octal escapes (``\\040`` is a space)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mounts() -> list[FsInfo]:
+    """Every mount this process sees, in ``/proc/self/mountinfo`` order (stacked mounts on one
+    point: the last listed is the visible one)."""
+    infos = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as handle:
+        for line in handle:
+            # id parent major:minor root MOUNT_POINT OPTIONS [optional...] - TYPE SOURCE SUPER
+            left, _, right = line.rstrip("\n").partition(" - ")
+            fields, (fstype, source, super_options) = left.split(" "), right.split(" ", 2)
+            options = list(dict.fromkeys(fields[5].split(",") + super_options.split(",")))
+            infos.append(FsInfo(_unescape(fields[4]), _unescape(fstype),
+                                _unescape(source), ",".join(options)))
+    return infos
+
+
+def fs_info(path: str | os.PathLike[str]) -> FsInfo:
+    """The mount that holds ``path`` (longest mount-point prefix wins; among stacked mounts on
+    one point the last listed, i.e. visible, one). ``OSError`` if none does."""
+    target = os.path.realpath(path)
+    best: FsInfo | None = None
+    for info in mounts():
+        inside = target == info.mount_point or target.startswith(
+            info.mount_point.rstrip("/") + "/")
+        if inside and (best is None or len(info.mount_point) >= len(best.mount_point)):
+            best = info
+    if best is None:
+        raise OSError(f"no mount found for {target}")
+    return best
+
+
+def is_network_fs(fstype: str) -> bool:
+    """Whether a mount of type ``fstype`` reads over a network (or through FUSE)."""
+    return fstype.startswith("fuse") or fstype in NETWORK_FS_TYPES
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory since its exec (``VmHWM``). ``ru_maxrss`` is not
+    that: it keeps the parent's high-water mark across fork + exec, so a converter started from
+    a notebook kernel or a benchmark would report their size."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource  # not Linux: the best there is
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
