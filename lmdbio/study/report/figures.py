@@ -5,16 +5,18 @@ across repetitions; whiskers span the fastest and slowest run."""
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy
 
 from lmdbio.study.conditions import MODES
 from lmdbio.study.report.runs import per_run, speedups
-from lmdbio.study.report.tables import ratios
+from lmdbio.study.report.tables import ratios, write_tables
 
-__all__ = ["PLOTS", "figures"]
+__all__ = ["PLOTS", "Written", "figures", "write_report"]
 
 FORMAT_COLOURS = {"imagefolder": "#8c8c8c", "lmdb": "#1f77b4", "webdataset": "#2ca02c",
                   "litdata": "#d62728"}
@@ -204,3 +206,26 @@ def figures(runs: Any, out_dir: str) -> list[str]:
         plt.close(figure)
         paths.append(path)
     return paths
+
+
+@dataclass(frozen=True)
+class Written:
+    """What ``write_report`` wrote: ``out_dir``, and the paths of the tables and figures."""
+
+    out_dir: str
+    tables: list[str]
+    figures: list[str]
+
+    def __str__(self) -> str:  # relative to out_dir: the same lines wherever out_dir is
+        lines = [f"{len(self.tables)} tables, {len(self.figures)} figures written"]
+        lines += [f"  {os.path.relpath(path, self.out_dir)}"
+                  for path in sorted(self.tables) + sorted(self.figures)]
+        return "\n".join(lines)
+
+
+def write_report(runs: Any, out_dir: str = "", results_dir: str = "") -> Written:
+    """Every table (``write_tables``) into ``out_dir/tables`` and every figure (PNG files,
+    ``figures``) into ``out_dir/figures``; ``out_dir`` empty: a new temporary folder."""
+    out = os.path.abspath(out_dir) if out_dir else tempfile.mkdtemp(prefix="lmdbio-report-")
+    tables = write_tables(runs, os.path.join(out, "tables"), results_dir=results_dir)
+    return Written(out, sorted(tables.values()), figures(runs, os.path.join(out, "figures")))

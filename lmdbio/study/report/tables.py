@@ -16,7 +16,7 @@ from lmdbio.study.extras import pandas as _pandas
 from lmdbio.study.report.runs import KEYS, per_run, ranks, speedups, summary
 from lmdbio.study.strategies import shuffle_table
 
-__all__ = ["ratios", "shuffle_semantics", "write_tables", "writers"]
+__all__ = ["ratios", "shuffle_notes", "shuffle_semantics", "write_tables", "writers"]
 
 WRITER_COLUMNS = ["storage", "format", "images", "seconds", "images_per_s", "bytes_on_disk",
                   "peak_rss_mb", "source_cache"]
@@ -69,6 +69,13 @@ def shuffle_semantics(formats: Any = None) -> Any:
     """Layout and shuffle of each strategy (default: all four), as a table."""
     pandas = _pandas()
     return pandas.DataFrame(shuffle_table(order(formats) if formats is not None else None))
+
+
+def shuffle_notes(formats: Any = None) -> str:
+    """``shuffle_semantics`` as text: per strategy its layout, whether an epoch is a uniform
+    permutation of the samples, and how it shuffles."""
+    return "\n".join(f"{row.format} ({row.layout}; uniform permutation: {row.uniform}):\n"
+                     f"  {row.shuffle}" for row in shuffle_semantics(formats).itertuples())
 
 
 def write_tables(runs: Any, out_dir: str, results_dir: str = "") -> dict[str, str]:
