@@ -20,9 +20,9 @@ from .database import Database
 from .decode import DraftDecoder, decode_pil, decode_tensor
 from .envs import EnvOptions
 from .errors import (ConcurrentWriteError, CorruptRecordError, DatabaseNotFoundError,
-                     DestinationError, DiskFullError, FormatError, LegacyFormatError,
-                     LmdbioError, OutputExistsError, ResizeOptionError, ResumeError,
-                     ShardSetError, ShardSpecError, SourceError, SourceFileError)
+                     DestinationError, DiskFullError, FormatError, ImageDecodeError,
+                     LegacyFormatError, LmdbioError, OutputExistsError, ResizeOptionError,
+                     ResumeError, ShardSetError, ShardSpecError, SourceError, SourceFileError)
 from .folder import IMG_EXTENSIONS, find_classes, make_dataset
 from .samplers import BlockShuffleSampler
 from .shard_conversion import convert_shards
@@ -46,6 +46,7 @@ __all__ = [
     "DraftDecoder",
     "EnvOptions",
     "FormatError",
+    "ImageDecodeError",
     "ImageFolderLMDB",
     "LegacyFormatError",
     "LmdbioError",

@@ -66,10 +66,11 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _extract(args: argparse.Namespace) -> int:
+    from .errors import printable
     from .tools import extract
 
     count = extract(args.db, args.outdir, overwrite=args.overwrite, progress=not args.quiet)
-    print(f"extracted {count} files to {args.outdir}")
+    print(f"extracted {count} files to {printable(args.outdir)}")
     return 0
 
 
@@ -209,17 +210,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_guarded(command: Callable[[], int]) -> int:
     """Run ``command`` as a CLI does: an lmdbio or I/O error is one line on stderr and exit
     status 1, Ctrl-C is 130 (whoever was interrupted has said how to continue)."""
-    from .errors import LmdbioError
+    from .errors import LmdbioError, printable
 
     try:
         return command()
-    except LmdbioError as exc:
-        print(f"lmdbio: error: {exc}", file=sys.stderr)
+    except LmdbioError as exc:  # printable: one line, whatever a stored name holds
+        print(f"lmdbio: error: {printable(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     except OSError as exc:  # an I/O failure lmdbio did not anticipate: still one line
-        print(f"lmdbio: error: {exc}", file=sys.stderr)
+        print(f"lmdbio: error: {printable(exc)}", file=sys.stderr)
         return 1
 
 

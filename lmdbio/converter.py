@@ -8,8 +8,10 @@ at its last commit; ``resume=True`` continues from there when the source listing
 from __future__ import annotations
 
 import datetime
+import errno
 import fcntl
 import os
+import stat
 import sys
 import time
 from collections.abc import Sequence
@@ -19,11 +21,12 @@ from typing import Literal
 import lmdb
 
 from . import __version__
-from .errors import (ConcurrentWriteError, DestinationError, OutputExistsError, ResumeError)
+from .errors import (ConcurrentWriteError, DestinationError, OutputExistsError, ResumeError,
+                     printable)
 from .folder import IMG_EXTENSIONS
 from .format import Metadata
 from .progress import Progress
-from .publish import discard, publish
+from .publish import discard, publish, same_file
 from .resize import Resizer, check_resume_setting, make_resizer
 from .shard_plan import ShardSpec, plan, shard_path, slice_listing
 from .sources import Listing, default_read_workers, list_source, read_in_order, source_error
@@ -67,7 +70,8 @@ class ConvertReport:
             lines.append(f"resumed after {self.resumed_from} images")
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} bad files:")
-            lines += [f"  {path}: {reason}" for path, reason in self.skipped]
+            lines += [f"  {printable(path)}: {printable(reason)}"  # source names: any bytes
+                      for path, reason in self.skipped]
         return "\n".join(lines)
 
 
@@ -126,7 +130,7 @@ def convert(
     guard = _lock_partial(partial, keep=resume)
     writer = None
     try:
-        writer = LmdbWriter(partial)  # the map grows with the data (see writer.py)
+        writer = LmdbWriter(partial, fd=guard)  # the map grows with the data (writer.py)
         finished = writer.finished_metadata() if resume else None
         if finished is not None and finished.source_fingerprint == listing.fingerprint and (
                 finished.shard_index, finished.shard_count) == (spec.index, spec.count):
@@ -135,12 +139,15 @@ def convert(
             writer.close()
             state, meta = {"written": finished.num_samples}, finished
         else:
-            state = _start_state(writer, listing, resume, partial, spec, setting)
+            state = _start_state(writer, listing, resume, partial, spec, setting, on_error)
             meta = _write_records(writer, listing, spec, state, on_error=on_error,
                                   verify_images=verify_images, workers=workers,
                                   commit_bytes=commit_bytes, progress=progress,
                                   extensions=extensions, resizer=resizer)
         writer = None  # finished and closed
+        if not same_file(partial, guard):  # the name was swapped for a link meanwhile
+            raise DestinationError(f"{partial!r} was replaced during the conversion (someone "
+                                   "else writes the destination folder); convert again")
         if not publish(partial, dst, overwrite=overwrite):
             raise OutputExistsError(f"destination {dst!r} appeared during the conversion; "
                                     "convert again with --overwrite, or choose another DST")
@@ -181,36 +188,80 @@ def _check_destination(dst: str, overwrite: bool) -> None:
 def _lock_partial(partial: str, keep: bool) -> int:
     """An exclusive lock on ``DST.partial`` so two conversions never write one file.
 
-    Unless ``keep`` (resuming), a stale partial file is emptied; LMDB starts afresh on an
-    empty file, and the locked inode stays the one LMDB writes.
+    Whoever can write the destination folder can plant anything at ``DST.partial``: a symlink
+    to a victim file, a hard link to one, a FIFO, a device node, a file they own and keep
+    open. Only a regular file this user owns, with one link, opened without following a
+    symlink, is written (and resumed); anything else but a folder is unlinked (the link
+    itself, never its target) and a new file is created with ``O_EXCL``. The returned fd is
+    the inode LMDB then writes (``LmdbWriter(fd=...)``). Unless ``keep`` (resuming), a stale
+    partial file is emptied; LMDB starts afresh on an empty file.
     """
+    for _ in range(8):  # each retry follows an unlink: only a racing planter loops
+        try:
+            found = os.lstat(partial)
+        except FileNotFoundError:
+            found = None
+        except OSError as exc:
+            raise DestinationError(f"cannot inspect {partial!r} ({exc.strerror}); check that "
+                                   "the folder is readable") from None
+        if found is not None and stat.S_ISDIR(found.st_mode):
+            raise DestinationError(f"{partial!r} is a folder; remove it (lmdbio writes its "
+                                   "partial output under that name), then convert again")
+        if found is not None and not _writable_partial(found):
+            # A run killed between publish's link() and unlink() leaves DST.partial as a
+            # second name of the complete DST (tests/test_reliability_kill.py); a planted
+            # link, FIFO or foreign file: never write through any of them.
+            _unlink_quietly(partial)
+            continue
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(partial, flags | (os.O_CREAT | os.O_EXCL if found is None else 0),
+                         0o644)
+        except (FileExistsError, FileNotFoundError, IsADirectoryError):
+            continue  # changed since the lstat: look again
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # a symlink swapped in since the lstat
+                _unlink_quietly(partial)
+                continue
+            raise DestinationError(f"cannot create {partial!r} ({exc.strerror}); check that "
+                                   "the folder is writable") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ConcurrentWriteError(f"another conversion is writing {partial!r}; wait for "
+                                       "it or stop it") from None
+        held = os.fstat(fd)
+        if not _writable_partial(held) or not same_file(partial, fd):
+            os.close(fd)  # swapped or linked since the open: start again from the lstat
+            continue
+        if not keep:
+            os.ftruncate(fd, 0)
+        return fd
+    raise DestinationError(f"{partial!r} keeps being replaced while lmdbio opens it; "
+                           "someone else writes the destination folder: use a private one")
+
+
+def _writable_partial(found: os.stat_result) -> bool:
+    return (stat.S_ISREG(found.st_mode) and found.st_nlink == 1
+            and found.st_uid == os.geteuid())
+
+
+def _unlink_quietly(path: str) -> None:
     try:
-        fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
     except OSError as exc:
-        raise DestinationError(f"cannot create {partial!r} ({exc.strerror}); check that the "
-                               "folder is writable") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise ConcurrentWriteError(f"another conversion is writing {partial!r}; wait for it "
-                                   "or stop it") from None
-    if os.fstat(fd).st_nlink > 1:
-        # A run killed between publish's link() and unlink() left DST.partial as a second
-        # name of the complete DST: never write through it (tests/test_reliability_kill.py).
-        os.unlink(partial)
-        os.close(fd)
-        return _lock_partial(partial, keep)
-    if not keep:
-        os.ftruncate(fd, 0)
-    return fd
+        raise DestinationError(f"cannot remove {path!r} ({exc.strerror}), which lmdbio will "
+                               "not write through; remove it by hand") from None
 
 
 def _start_state(writer: LmdbWriter, listing: Listing, resume: bool, partial: str,
-                 spec: ShardSpec, setting: list[int | None]) -> Checkpoint:
+                 spec: ShardSpec, setting: list[int | None], on_error: str) -> Checkpoint:
     fresh: Checkpoint = {"fingerprint": listing.fingerprint, "position": 0, "written": 0,
                          "payload_bytes": 0, "skipped": [], "shard": [spec.index, spec.count],
-                         "resize": setting}
+                         "resize": setting, "on_error": on_error}
     checkpoint = writer.checkpoint()
     if checkpoint is None:
         return fresh
@@ -225,6 +276,11 @@ def _start_state(writer: LmdbWriter, listing: Listing, resume: bool, partial: st
                           f"{checkpoint['shard'][1]}, not {spec.index} of {spec.count}; resume "
                           "with the matching --shard, or convert again without --resume")
     check_resume_setting(checkpoint.get("resize", [None, None]), setting, partial)
+    started = checkpoint.get("on_error", on_error)  # absent in checkpoints before 0.1.1
+    if started != on_error:
+        raise ResumeError(f"{partial!r} was started with --on-error {started!r}, not "
+                          f"{on_error!r}; resume with --on-error {started}, or convert again "
+                          "without --resume")
     return checkpoint
 
 
@@ -243,7 +299,8 @@ def _write_records(writer: LmdbWriter, listing: Listing, spec: ShardSpec, state:
                                        "written": written + len(batch),
                                        "payload_bytes": payload_bytes, "skipped": skipped,
                                        "shard": [spec.index, spec.count],
-                                       "resize": resizer.setting if resizer else [None, None]})
+                                       "resize": resizer.setting if resizer else [None, None],
+                                       "on_error": on_error})
         written += len(batch)
         batch, batch_bytes = [], 0
 

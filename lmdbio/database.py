@@ -40,6 +40,7 @@ class Database:
         self._shared: envs.SharedEnv | None = None
         self._dbs: tuple[Any, Any] | None = None
         self._map_base: tuple[int, int | None] | None = None  # (pid, address) of the map
+        self._header: bytes = b""  # the header read at open: the file's identity (see get)
         self.meta = self._read_header()
 
     # -- opening -----------------------------------------------------------------------------
@@ -85,7 +86,20 @@ class Database:
     def _read_meta(self, key: bytes) -> bytes | None:
         env, _, meta = self._handles()
         with self._lmdb_errors("the metadata"), env.begin(db=meta) as txn:
+            if self._header:
+                self._check_identity(txn, meta)
             return txn.get(key)
+
+    def _check_identity(self, txn: lmdb.Transaction, meta: Any) -> None:
+        """The file still holds the conversion opened: a file rewritten in place (``cp B A``
+        while A is open) shows another header, and reading on would pair B's images with A's
+        class names. One more key lookup in the transaction already open, ~1 us (bytes():
+        comparing a memoryview to bytes directly costs 1.7 us more)."""
+        header = txn.get(KEY_HEADER, db=meta)
+        if header is None or bytes(header) != self._header:
+            raise FormatError(f"{self.path!r} changed while open (it now holds another "
+                              "conversion: rewritten in place?); reopen it, and publish new "
+                              "databases by rename, never by copying over an open one")
 
     def _read_header(self) -> Metadata:
         if self._read_meta(KEY_COMPLETE) != b"1":
@@ -95,6 +109,7 @@ class Database:
             raise FormatError(f"{self.path!r} holds an unfinished conversion; {hint}")
         blob = self._read_meta(KEY_HEADER)
         meta = Metadata.from_json(blob or b"", self.path)
+        self._header = bytes(blob or b"")
         with self._lmdb_errors("the record count"), \
                 self._handles()[0].begin(db=self._dbs[0]) as txn:  # type: ignore[index]
             stored = txn.stat(self._dbs[0])["entries"]  # type: ignore[index]
@@ -113,9 +128,10 @@ class Database:
         if not 0 <= index < self.meta.num_samples:
             raise IndexError(f"sample index {index} out of range for {self.meta.num_samples} "
                              f"samples in {self.path!r}")
-        env, samples, _ = self._handles()
+        env, samples, meta = self._handles()
         with self._lmdb_errors(f"record {index}", CorruptRecordError), \
                 env.begin(db=samples, buffers=True) as txn:
+            self._check_identity(txn, meta)
             value = txn.get(encode_key(index))
             if value is None:
                 raise CorruptRecordError(f"record {index} is missing from {self.path!r}; "
@@ -125,9 +141,19 @@ class Database:
             except CorruptRecordError as exc:
                 raise CorruptRecordError(f"{self.path!r}: {exc}") from None
             if label >= len(self.meta.classes):
-                raise CorruptRecordError(f"{self.path!r}: record {index} has label {label} but "
-                                         f"there are {len(self.meta.classes)} classes")
+                raise CorruptRecordError(
+                    f"{self.path!r}: record {index} ({self.stored_path(index)!r}) has label "
+                    f"{label}, outside the {len(self.meta.classes)} classes; the file is "
+                    "damaged or hostile: re-convert the source")
             return label, bytes(payload)
+
+    def stored_path(self, index: int) -> str:
+        """Sample ``index``'s path relative to the source root, for messages (``"?"`` when the
+        path list itself is unreadable)."""
+        try:
+            return self.relative_paths()[index]
+        except (FormatError, IndexError):
+            return "?"
 
     def byte_range(self, start: int, stop: int) -> tuple[int, int] | None:
         """``(offset, length)`` in the file of records ``[start, stop)``, found without reading
@@ -169,7 +195,14 @@ class Database:
 
     def targets(self) -> list[int]:
         """Each sample's class index, decoded on demand (4 bytes per sample on disk)."""
-        return decode_targets(self._read_meta(KEY_TARGETS) or b"", self.meta.num_samples)
+        targets = decode_targets(self._read_meta(KEY_TARGETS) or b"", self.meta.num_samples)
+        classes = len(self.meta.classes)
+        if targets and not 0 <= max(targets) < classes:  # ~5 ms per million, once
+            index = next(i for i, t in enumerate(targets) if t >= classes)
+            raise FormatError(f"{self.path!r}: sample {index} ({self.stored_path(index)!r}) has "
+                              f"target {targets[index]}, outside the {classes} classes; the file "
+                              "is damaged or hostile: re-convert the source")
+        return targets
 
     def lib_version(self) -> str:
         return ".".join(map(str, self._handles()[0].lib_version()))

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 from .access import SampleReader, open_database
 from .decode import decode_pil
 from .envs import EnvOptions
-from .errors import DatabaseNotFoundError
+from .errors import DatabaseNotFoundError, ImageDecodeError, LmdbioError, printable
 from .format import data_file
 from .prefetch import Prefetcher, fits_in_memory, prefetch_files, stop_all
 from .shard_set import expand_paths
@@ -133,12 +133,30 @@ class ImageFolderLMDB(Dataset):
         if index < 0:
             index += len(self)
         target, data = self.database.get(index)
-        sample = self.decode(data)
+        try:
+            sample = self.decode(data)
+        except LmdbioError:
+            raise
+        except (OSError, SyntaxError) as exc:  # PIL.UnidentifiedImageError, "truncated"...
+            raise self._undecodable(index, data, exc) from None
         if self.transform is not None:
             sample = self.transform(sample)
         if self.target_transform is not None:
             return sample, self.target_transform(target)
         return sample, target
+
+    def _undecodable(self, index: int, data: bytes, exc: BaseException) -> ImageDecodeError:
+        """Pillow's own message names a BytesIO object; this one names the record."""
+        try:
+            where = repr(self.database.relative_paths()[index])
+        except (LmdbioError, IndexError):
+            where = "path unknown"
+        what = "an empty payload" if not data else f"{len(data)} bytes starting {bytes(data[:8])!r}"
+        return ImageDecodeError(
+            f"record {index} ({where}) of {self.database.path!r} does not decode as an image "
+            f"({type(exc).__name__}: {printable(str(exc).split(' <_io.')[0].strip())}; it holds "
+            f"{what}); "
+            "run 'lmdbio verify --decode' on it and re-convert the source")
 
     def will_need(self, start: int, stop: int) -> None:
         """Ask storage for samples ``[start, stop)`` now, in one asynchronous read; a sampler

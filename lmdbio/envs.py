@@ -10,6 +10,7 @@ lazily in whichever process reads. Nothing here is pickled; readers drop their h
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from dataclasses import dataclass
 
@@ -18,7 +19,10 @@ import lmdb
 from .errors import DatabaseNotFoundError, FormatError
 from .format import data_file
 
-__all__ = ["EnvOptions", "SharedEnv", "acquire", "options_for", "release"]
+__all__ = ["EnvOptions", "SharedEnv", "acquire", "check_database_path", "options_for",
+           "release"]
+
+_MIN_LMDB_BYTES = 2 * 512  # two meta pages of the smallest page size liblmdb uses
 
 
 @dataclass(frozen=True)
@@ -52,20 +56,52 @@ def _reset_lock_in_child() -> None:
 os.register_at_fork(after_in_child=_reset_lock_in_child)
 
 
-def _identity(path: str) -> tuple[int, int]:
+def check_database_path(path: str) -> os.stat_result:
+    """The ``stat`` of the file holding ``path``'s pages, refusing before anything opens it
+    what is not a regular file: a FIFO (``open()`` would block forever), a device, a socket,
+    an empty or too short file (liblmdb's "Bad file descriptor"). A folder is accepted only as
+    a directory-style LMDB (``path/data.mdb``). Every opener goes through here (``acquire``,
+    ``verify``'s structure walk). Symlinks are followed: a reader may be pointed anywhere."""
     try:
-        stat = os.stat(path)
+        info = os.stat(path)
+        if stat.S_ISDIR(info.st_mode):
+            inner = os.path.join(path, "data.mdb")
+            if not os.path.lexists(inner):
+                # e.g. the ImageFolder itself was passed; LMDB would say "No such file..."
+                raise FormatError(f"{path!r} is a folder, not a database; to convert an "
+                                  "ImageFolder run 'lmdbio convert SRC', then read the .lmdb "
+                                  "file it writes")
+            where, info = inner, os.stat(inner)
+        else:
+            where = path
     except FileNotFoundError:
         raise DatabaseNotFoundError(f"database {path!r} does not exist; create it with "
                                     "'lmdbio convert SRC DST'") from None
-    return stat.st_dev, stat.st_ino
+    except OSError as exc:  # ELOOP, EACCES, ENAMETOOLONG...
+        raise FormatError(f"cannot open {path!r} ({exc.strerror}); check the path and its "
+                          "permissions") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(info.st_mode) else "a socket"
+                if stat.S_ISSOCK(info.st_mode) else "a device"
+                if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "not a file")
+        raise FormatError(f"{where!r} is {kind}, not a database file; pass the .lmdb file "
+                          "written by 'lmdbio convert'")
+    if info.st_size < _MIN_LMDB_BYTES:
+        raise FormatError(f"{where!r} is not an LMDB file ({info.st_size} bytes"
+                          f"{': empty' if not info.st_size else ''}); convert an ImageFolder "
+                          "with 'lmdbio convert SRC'")
+    return info
+
+
+def _identity(path: str) -> tuple[int, int]:
+    info = check_database_path(path)
+    return info.st_dev, info.st_ino
 
 
 def _open(path: str, options: EnvOptions) -> lmdb.Environment:
-    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "data.mdb")):
-        # e.g. the ImageFolder itself was passed; LMDB would say "No such file or directory"
-        raise FormatError(f"{path!r} is a folder, not a database; to convert an ImageFolder "
-                          "run 'lmdbio convert SRC', then read the .lmdb file it writes")
+    check_database_path(path)  # again: acquire() checked, but a name can change meanwhile
+    if options.lock:
+        _check_lock_file(path)
     # With a lock file, a spare read transaction owns a slot of the reader table, which is
     # shared memory: a forked DataLoader worker that closes its inherited copy (as acquire()
     # does) would abort that transaction and free the parent's slot, which a sibling then
@@ -95,6 +131,20 @@ def _open(path: str, options: EnvOptions) -> lmdb.Environment:
         env.close()
         raise
     return env
+
+
+def _check_lock_file(path: str) -> None:
+    """With ``lock=True`` liblmdb opens (creating, growing and writing) a lock file beside the
+    database, following symlinks: one planted there by whoever can write that folder would
+    have liblmdb overwrite its target. Refuse a lock file that is a link or not a file."""
+    lock = os.path.join(path, "lock.mdb") if os.path.isdir(path) else path + "-lock"
+    try:
+        found = os.lstat(lock)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(found.st_mode) or found.st_nlink > 1:
+        raise FormatError(f"{lock!r}, LMDB's lock file for {path!r}, is a symlink, a link or "
+                          "not a file; remove it, or read with lock=False (the default)")
 
 
 def _check_length(env: lmdb.Environment, path: str) -> None:

@@ -14,6 +14,7 @@ __all__ = [
     "DestinationError",
     "DiskFullError",
     "FormatError",
+    "ImageDecodeError",
     "LegacyFormatError",
     "LmdbioError",
     "OutputExistsError",
@@ -23,6 +24,7 @@ __all__ = [
     "ShardSpecError",
     "SourceError",
     "SourceFileError",
+    "printable",
 ]
 
 
@@ -86,6 +88,12 @@ class CorruptRecordError(FormatError):
     """A record's header or checksum does not match its payload."""
 
 
+class ImageDecodeError(CorruptRecordError, OSError):
+    """A record whose checksum holds but whose payload does not decode as an image (empty, not
+    an image, truncated). Also an ``OSError``, as Pillow's ``UnidentifiedImageError`` that
+    ImageFolder's loader raises, so ``except OSError`` written for ImageFolder still catches it."""
+
+
 class ShardSpecError(LmdbioError, ValueError):
     """A shard request that cannot be met (``--shard 2/2``, more shards than images...)."""
 
@@ -93,3 +101,15 @@ class ShardSpecError(LmdbioError, ValueError):
 class ShardSetError(FormatError):
     """Shard files that do not form one complete set (one missing, duplicated, or from
     another source)."""
+
+
+def printable(text: object) -> str:
+    """``text`` with every non-printable character escaped (``\\x1b``, ``\\n``, ``\\u202e``,
+    surrogate-escaped bytes ``\\udcff``...), so names read from a (possibly hostile) file
+    can neither move the cursor, clear the screen, nor fake extra lines. The CLI passes every
+    piece of stored text it prints through here."""
+    text = str(text)
+    if text.isprintable():
+        return text  # the common case: one C-level scan
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace")
+                   .decode("ascii") for c in text)

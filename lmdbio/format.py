@@ -37,6 +37,7 @@ __all__ = [
     "encode_paths",
     "encode_record",
     "encode_targets",
+    "stored_path_problems",
 ]
 
 FORMAT_NAME = "lmdbio"
@@ -127,6 +128,52 @@ def decode_paths(blob: bytes, count: int) -> list[str]:
     return paths
 
 
+_NAME_MAX = 255    # bytes in one path component (Linux, most file systems)
+MAX_DEPTH = 256    # components in one stored path: ImageFolder trees are a few levels deep
+
+
+def stored_path_problems(paths: Sequence[str], limit: int = 20) -> list[tuple[int, str]]:
+    """``(index, problem)`` for stored relative paths that ``extract`` must not write (at most
+    ``limit``): empty, absolute, ``..``/``.``/empty components, NUL, longer than PATH_MAX,
+    a component longer than NAME_MAX, deeper than ``MAX_DEPTH``, the same path twice, or a
+    file that another path needs as a folder. Linear in the total length of the paths."""
+    problems: list[tuple[int, str]] = []
+    files: dict[str, int] = {}
+    folders: dict[str, int] = {}
+    sep = os.sep
+    for index, rel in enumerate(paths):
+        if len(problems) >= limit:
+            break
+        parts = rel.replace(os.altsep, sep).split(sep) if os.altsep else rel.split(sep)
+        encoded = os.fsencode(rel)
+        reason = None
+        if not rel or os.path.isabs(rel) or "\0" in rel or any(
+                p in ("", ".", "..") for p in parts):
+            reason = "is empty, absolute, or has an empty, '.' or '..' component"
+        elif len(encoded) > _PATH_MAX:
+            reason = f"is {len(encoded)} bytes long, more than {_PATH_MAX}"
+        elif len(parts) > MAX_DEPTH:
+            reason = f"is {len(parts)} folders deep, more than {MAX_DEPTH}"
+        elif any(len(os.fsencode(p)) > _NAME_MAX for p in parts):
+            reason = f"has a name longer than {_NAME_MAX} bytes"
+        elif rel in files:
+            reason = f"is also stored path {files[rel]} (a duplicate)"
+        elif rel in folders:
+            reason = f"is a folder of stored path {folders[rel]}"
+        if reason is None:
+            files[rel] = index
+            for depth in range(1, len(parts)):
+                folder = sep.join(parts[:depth])
+                if folder in files:
+                    reason = f"needs stored path {files[folder]} as a folder"
+                    break
+                folders.setdefault(folder, index)
+        if reason is not None:
+            shown = rel if len(rel) <= 100 else f"{rel[:60]}...{rel[-30:]}"  # a message line
+            problems.append((index, f"stored path {index} {shown!r} {reason}"))
+    return problems
+
+
 def encode_targets(targets: Sequence[int]) -> bytes:
     """Targets as little-endian uint32, 4 bytes per sample (1 M samples: 4 MB, no parsing)."""
     return struct.pack(f"<{len(targets)}I", *targets)
@@ -214,8 +261,9 @@ class Metadata:
             if (meta.max_size is not None and meta.max_size < 1) or (
                     meta.quality is not None and not 1 <= meta.quality <= 100):
                 raise ValueError(f"max_size {meta.max_size}, quality {meta.quality}")
-            if not (0 <= meta.shard_index < meta.shard_count and 0 <= meta.shard_start
-                    <= meta.shard_stop <= meta.listing_total):
+            if not (0 <= meta.shard_index < meta.shard_count <= max(1, meta.listing_total)
+                    and 0 <= meta.shard_start <= meta.shard_stop <= meta.listing_total):
+                # a shard is never empty (shard_plan.plan), so count <= files listed
                 raise ValueError(f"shard {meta.shard_index} of {meta.shard_count}, positions "
                                  f"{meta.shard_start}..{meta.shard_stop} of "
                                  f"{meta.listing_total}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import io
+import operator
 import os
 import pickle
 from typing import Any
@@ -61,15 +62,30 @@ def _as_bytes(image: Any) -> bytes:
     return bytes(image)
 
 
-def _as_label(label: Any) -> int:
-    if hasattr(label, "reshape"):
-        label = label.reshape(-1)[0]  # the seed stores array([label])
-    elif isinstance(label, (list, tuple)) and len(label) == 1:
-        label = label[0]
+# Labels become a class list of max(label) + 1 names: bound them, so a crafted label of 10**12
+# cannot ask for a 10**12-element list. ImageFolder labels are below the number of classes,
+# which is at most the number of samples; a seed subset may skip classes, hence the floor.
+_MIN_LABEL_LIMIT = 1 << 16
+
+
+def _as_int(value: Any, what: str) -> int:
+    """An integer the pickle holds (Python or NumPy), never a bool, string, float or list."""
+    if hasattr(value, "reshape") and getattr(value, "size", 0) == 1:
+        value = value.reshape(-1)[0]  # the seed stores array([label])
+    elif isinstance(value, (list, tuple)) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise CorruptRecordError(f"{what} is {_short(value)}, not an integer; the seed file is "
+                                 "damaged or hostile: re-convert the source")
     try:
-        return int(label)
-    except (TypeError, ValueError):
-        raise CorruptRecordError(f"legacy record label {label!r} is not an integer") from None
+        return operator.index(value)
+    except (TypeError, ValueError, OverflowError):
+        raise CorruptRecordError(f"{what} is {_short(value)}, not an integer") from None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
 
 
 def is_legacy(txn: lmdb.Transaction) -> bool:
@@ -85,10 +101,23 @@ class LegacyDatabase:
         self.path = os.path.expanduser(os.fspath(path))
         self.options = options or envs.EnvOptions()
         self._shared: envs.SharedEnv | None = None
+        try:
+            self._length = self._read_length()
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_length(self) -> int:
         with self._env().begin() as txn:
             if not is_legacy(txn):
                 raise FormatError(f"{self.path!r} is not a pytorch-lmdb seed database")
-            self._length = int(_unpickle(txn.get(b"__len__")))
+            length = _as_int(_unpickle(txn.get(b"__len__")), f"{self.path!r}: __len__")
+            records = self._env().stat()["entries"] - 2  # all keys but __keys__, __len__
+        if not 0 <= length <= records:  # bounds every loop over the samples by the file
+            raise CorruptRecordError(f"{self.path!r}: __len__ is {length}, but the file holds "
+                                     f"{records} records; it is damaged or hostile: re-convert "
+                                     "the source")
+        return length
 
     def _env(self) -> lmdb.Environment:
         if self._shared is None or self._shared.pid != os.getpid():
@@ -108,7 +137,12 @@ class LegacyDatabase:
         value = _unpickle(blob)
         if not isinstance(value, (list, tuple)) or len(value) != 2:
             raise CorruptRecordError(f"legacy record {index} is not an (image, label) pair")
-        return _as_label(value[1]), _as_bytes(value[0])
+        label = _as_int(value[1], f"{self.path!r}: record {index}'s label")
+        if not 0 <= label < max(self._length, _MIN_LABEL_LIMIT):
+            raise CorruptRecordError(f"{self.path!r}: record {index} has label {label}, outside "
+                                     f"0..{max(self._length, _MIN_LABEL_LIMIT) - 1}; the seed "
+                                     "file is damaged or hostile: re-convert the source")
+        return label, _as_bytes(value[0])
 
     def targets(self) -> list[int]:
         """Every label; the seed stores none apart, so this reads the whole database."""

@@ -13,6 +13,7 @@ pages, 8-byte nodes; little-endian, 64-bit page numbers.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 
 from .format import data_file
@@ -163,11 +164,13 @@ def check_structure(path: str | os.PathLike[str]) -> list[str]:
     """Problems in the B-tree of the LMDB file at ``path`` (empty: sound). A path that is not
     an LMDB file at all gives no problems here: opening it reports that, with its own message."""
     path = os.fspath(path)
-    try:
-        fd = os.open(data_file(path), os.O_RDONLY)
+    try:  # O_NONBLOCK: a FIFO must not block here (envs.check_database_path refuses it)
+        fd = os.open(data_file(path), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return []
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return []  # not a database file: opening it reports that, in its own words
         first = _meta(fd, 0)
         if first is None:
             return []

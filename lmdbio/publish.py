@@ -10,9 +10,16 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 from collections.abc import Iterator
+from typing import IO, Any
 
-__all__ = ["PARTIAL_SUFFIX", "discard", "fsync_directory", "publish", "staged"]
+__all__ = ["PARTIAL_SUFFIX", "create_exclusive", "discard", "fsync_directory", "publish",
+           "same_file", "staged"]
+
+# Creating a file that must be new: fails on anything already there, a planted symlink
+# (dangling or not) included, and never follows one (O_NOFOLLOW for good measure).
+_EXCLUSIVE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -37,13 +44,39 @@ def discard(path: str | os.PathLike[str]) -> None:
             os.unlink(path)
 
 
+def create_exclusive(path: str | os.PathLike[str], mode: str = "wb", **kwargs: Any) -> IO[Any]:
+    """Open a new file for writing (``open()``'s ``mode``: "wb", "w"...), refusing with
+    ``FileExistsError`` whatever sits at ``path`` (a symlink planted by whoever can write the
+    folder is never followed). How to create the file ``staged`` yields."""
+    fd = os.open(os.fspath(path), _EXCLUSIVE, 0o644)
+    return os.fdopen(fd, mode, **kwargs)
+
+
+def same_file(path: str | os.PathLike[str], fd: int) -> bool:
+    """Whether ``path`` names, itself and not through a symlink, the regular file open as
+    ``fd``: checked before a file written through ``fd`` is published under ``path``'s
+    rename, so a name swapped meanwhile is never published."""
+    try:
+        named = os.lstat(path)
+    except OSError:
+        return False
+    held = os.fstat(fd)
+    return stat.S_ISREG(named.st_mode) and (named.st_dev, named.st_ino) == (held.st_dev,
+                                                                         held.st_ino)
+
+
 @contextlib.contextmanager
 def staged(final: str | os.PathLike[str], partial: str | os.PathLike[str] | None = None
            ) -> Iterator[str]:
     """Yield a temporary name beside ``final`` to write a file or folder into; when the block
     ends normally it replaces ``final`` (an existing one goes only then), when it raises the
     temporary output is removed. What was at the temporary name before (a killed run's
-    leftover, or a planted link) is removed first, never written through."""
+    leftover, or a planted link) is removed first, never written through.
+
+    The caller creates the temporary file with ``create_exclusive(partial)`` (or
+    ``open(partial, "x")``, also O_EXCL), a folder with ``os.mkdir``: both refuse a link
+    planted between that removal and the creation, where ``open(partial, "w")`` would follow
+    it and overwrite its target."""
     final = os.fspath(final)
     partial = os.fspath(partial) if partial is not None else final + PARTIAL_SUFFIX
     discard(partial)

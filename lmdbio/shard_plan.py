@@ -99,5 +99,6 @@ def is_glob(path: str) -> bool:
 def set_name(shard_file: str) -> str:
     """``train-00001-of-00004.lmdb`` -> ``train.lmdb`` (a name not so formed is kept)."""
     base, ext = (shard_file[:-5], ".lmdb") if shard_file.endswith(".lmdb") else (shard_file, "")
-    match = _SUFFIX.search(os.path.basename(base))
-    return base[:match.start()] + ext if match else shard_file
+    match = _SUFFIX.search(os.path.basename(base))  # offsets within the basename
+    cut = len(base) - len(os.path.basename(base)) + match.start() if match else 0
+    return base[:cut] + ext if match else shard_file

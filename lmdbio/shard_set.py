@@ -157,13 +157,19 @@ def _check_set(shards: list[Database]) -> list[Database]:
             raise ShardSetError(f"{db.path!r} and {seen[db.meta.shard_index].path!r} are both "
                                 f"shard {db.meta.shard_index} of {count}; pass each shard once")
         seen[db.meta.shard_index] = db
-    missing = [i for i in range(count) if i not in seen]
-    if missing:
-        template = shards[0].path
-        names = [shard_path(set_name(template), i, count) for i in missing]
-        raise ShardSetError(f"{len(missing)} of {count} shards missing: "
-                            f"{', '.join(repr(n) for n in names[:3])}"
-                            f"{' ...' if len(names) > 3 else ''}; convert them with 'lmdbio "
+    if len(seen) < count:
+        # count comes from a file: name the first few missing, never list them all (a header
+        # claiming 10**15 shards must cost what the files given cost, not a 10**15 list)
+        template, missing = shards[0].path, []
+        for i in range(count):
+            if i not in seen:
+                missing.append(i)
+                if len(missing) > 3:
+                    break
+        names = [shard_path(set_name(template), i, count) for i in missing[:3]]
+        raise ShardSetError(f"{count - len(seen)} of {count} shards missing: "
+                            f"{', '.join(repr(n) for n in names)}"
+                            f"{' ...' if len(missing) > 3 else ''}; convert them with 'lmdbio "
                             f"convert SRC DST --shard I/{count}' or open all of "
                             f"{shard_glob(set_name(template), count)!r}")
     ordered = [seen[i] for i in range(count)]

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import collections
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import lmdb
 
-from .envs import EnvOptions, options_for
-from .errors import CorruptRecordError, DestinationError, FormatError
-from .format import RECORD_HEADER_SIZE, decode_record, encode_key
+from .database import Database
+from .envs import EnvOptions, check_database_path, options_for
+from .errors import CorruptRecordError, FormatError, printable
+from .format import (KEY_TARGETS, RECORD_HEADER_SIZE, decode_record, decode_targets,
+                     encode_key, stored_path_problems)
 from .lmdbcheck import check_structure
 from .progress import Progress
-from .database import Database
 from .sources import check_image
+from .unpack import extract
 
 __all__ = ["DatabaseInfo", "VerifyReport", "extract", "info", "verify"]
 
@@ -45,17 +46,18 @@ class DatabaseInfo:
     def __str__(self) -> str:
         shard = (f", shard {self.shard_index} of {self.shard_count}" if self.shard_count > 1
                  else "")
-        lines = [f"{self.path}: lmdbio format v{self.format_version}{shard}, written by lmdbio "
-                 f"{self.lmdbio_version} (liblmdb {self.lmdb_version}) at {self.created_utc}",
+        text = printable  # every stored string: a crafted file must not drive the terminal
+        lines = [f"{text(self.path)}: lmdbio format v{self.format_version}{shard}, written by "
+                 f"lmdbio {text(self.lmdbio_version)} (liblmdb {text(self.lmdb_version)}) at "
+                 f"{text(self.created_utc)}",
                  f"  samples: {self.num_samples} ({self.payload_bytes / 1e6:.1f} MB of images, "
                  f"file {self.file_bytes / 1e6:.1f} MB), skipped at conversion: {self.skipped}",
-                 f"  source: {self.source_root}",
+                 f"  source: {text(self.source_root)}",
                  "  images: the source files' bytes" if self.max_size is None else
                  f"  images: downscaled to fit {self.max_size} px at conversion (JPEG quality "
                  f"{self.quality}); smaller ones unchanged",
-
                  f"  classes ({len(self.class_counts)}):"]
-        lines += [f"    {name}: {count}" for name, count in self.class_counts.items()]
+        lines += [f"    {text(name)}: {count}" for name, count in self.class_counts.items()]
         return "\n".join(lines)
 
 
@@ -86,26 +88,45 @@ class VerifyReport:
 
     def __str__(self) -> str:
         if self.ok:
-            return f"{self.path}: OK, {self.checked} records verified"
+            return f"{printable(self.path)}: OK, {self.checked} records verified"
         shown = self.problems[:20]
         more = len(self.problems) - len(shown)
-        return "\n".join([f"{self.path}: {len(self.problems)} problems in {self.checked} records"]
-                         + [f"  {p}" for p in shown] + ([f"  ... and {more} more"] if more else []))
+        return "\n".join([f"{printable(self.path)}: {len(self.problems)} problems in "
+                          f"{self.checked} records"] + [f"  {printable(p)}" for p in shown]
+                         + ([f"  ... and {more} more"] if more else []))
 
 
 def verify(path: str | os.PathLike[str], *, decode: bool = False,
            progress: bool = False) -> VerifyReport:
-    """Check every record: key sequence, header, checksum, label against the stored targets,
-    and (``decode=True``) that Pillow fully decodes the image. Reads the file sequentially."""
+    """Check every record: key sequence, header, checksum, label against the class list and
+    the stored targets, that the payload is not empty and, in a file 'lmdbio convert' wrote,
+    looks like an image (its magic bytes, or Pillow's header parse for formats without known
+    ones); ``decode=True``: that Pillow fully decodes it. And that the stored paths can be
+    extracted (no duplicates, no ``..``). Reads sequentially."""
+    check_database_path(os.path.expanduser(os.fspath(path)))  # a FIFO must not hang us
     problems = [f"LMDB structure: {p}" for p in check_structure(os.path.expanduser(path))]
     if problems:  # reading such a file through liblmdb could crash this process: stop here
         return VerifyReport(os.fspath(path), 0, problems)
     with Database(path, options_for(os.fspath(path), EnvOptions(readahead=True))) as db:
-        targets = db.targets()
+        classes = len(db.meta.classes)
+        try:  # raw: db.targets() would raise on the first bad target, verify lists them
+            targets = decode_targets(db._read_meta(KEY_TARGETS) or b"", db.meta.num_samples)
+        except FormatError as exc:
+            problems.append(f"target list: {exc}")
+            targets = []
+        relative: list[str] = []
         try:
-            db.relative_paths()
+            relative = db.relative_paths()
+            problems += [p for _, p in stored_path_problems(relative)]
         except (FormatError, ValueError, OSError) as exc:  # decode_paths wraps zlib.error
             problems.append(f"path list: {exc}")
+        named = (lambda i: f"record {i} ({relative[i]!r})") if relative else "record {}".format
+        problems += [f"target list: sample {i} has target {t}, outside the {classes} classes"
+                     for i, t in enumerate(targets) if t >= classes][:20]
+        # 'lmdbio convert' stores only payloads that passed this same check, and names
+        # itself in the header; files written otherwise (LmdbWriter, other tools) may hold
+        # any bytes, and only --decode judges them
+        images = bool(db.meta.lmdbio_version)
         env, samples, _ = db._handles()
         expected = stored_payload = 0
         with Progress(len(db), enabled=progress, unit="rec") as bar, \
@@ -116,11 +137,18 @@ def verify(path: str | os.PathLike[str], *, decode: bool = False,
                     break
                 try:
                     label, payload = decode_record(value, expected)
+                    if label >= classes:
+                        raise CorruptRecordError(f"{named(expected)} has label {label}, "
+                                                 f"outside the {classes} classes")
                     if expected < len(targets) and label != targets[expected]:
                         raise CorruptRecordError(f"record {expected} has label {label}, the "
                                                  f"target list says {targets[expected]}")
-                    if decode:
-                        check_image(bytes(payload), full_decode=True)
+                    if not len(payload):
+                        raise ValueError("the payload is empty, not an image")
+                    if decode or images and not payload[:12].tobytes().startswith(
+                            _IMAGE_MAGIC) and not (payload[:4] == b"RIFF"
+                                                   and payload[8:12] == b"WEBP"):
+                        check_image(bytes(payload), full_decode=decode)  # Pillow decides
                 except (CorruptRecordError, ValueError) as exc:
                     problems.append(f"record {expected}: {exc}")
                 bar.update(len(value))
@@ -130,9 +158,17 @@ def verify(path: str | os.PathLike[str], *, decode: bool = False,
             # at another's data passes its checksum; the total size rarely still adds up
             problems.append(f"records hold {stored_payload} payload bytes, the header says "
                             f"{db.meta.payload_bytes}")
-    if expected != len(targets) and not any("unexpected key" in p for p in problems):
+    if targets and expected != len(targets) and not any("unexpected key" in p
+                                                          for p in problems):
         problems.append(f"found {expected} records, metadata says {len(targets)}")
     return VerifyReport(os.fspath(path), expected, problems)
+
+
+# Leading bytes of the formats ImageFolder's extensions name (JPEG, PNG, BMP, TIFF, PPM/PGM;
+# WebP is RIFF....WEBP) and GIF: these pass without Pillow. Anything else, the empty payload
+# included, goes to Pillow's header parse (tens of microseconds), which decides.
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\0", b"MM\0*", b"P1", b"P2",
+                b"P3", b"P4", b"P5", b"P6", b"P7", b"GIF87a", b"GIF89a")
 
 
 def _walk(txn: lmdb.Transaction, problems: list[str]) -> Iterator[tuple[Any, Any]]:
@@ -145,54 +181,3 @@ def _walk(txn: lmdb.Transaction, problems: list[str]) -> Iterator[tuple[Any, Any
             count += 1
     except lmdb.Error as exc:
         problems.append(f"record {count}: the LMDB structure is damaged ({exc})")
-
-
-def _safe_relative(rel: str, outdir: str) -> str:
-    """``outdir/rel``, refusing absolute paths, ``..`` and anything resolving outside."""
-    # Split on this platform's separators only: on POSIX a backslash is an ordinary file-name
-    # character (ImageFolder lists "a\\b.jpg" as one file), and cannot climb out of outdir.
-    parts = rel.replace(os.altsep, os.sep).split(os.sep) if os.altsep else rel.split(os.sep)
-    if os.path.isabs(rel) or not rel or any(p in ("", ".", "..") for p in parts) or "\0" in rel:
-        raise FormatError(f"stored path {rel!r} would escape {outdir!r}; refusing to extract "
-                          "(the database may be hostile)")
-    target = os.path.join(outdir, *parts)
-    real_out = os.path.realpath(outdir)
-    if os.path.commonpath([real_out, os.path.realpath(target)]) != real_out:
-        raise FormatError(f"stored path {rel!r} resolves outside {outdir!r} (through a symlink);"
-                          " refusing to extract")
-    return target
-
-
-def extract(path: str | os.PathLike[str], outdir: str | os.PathLike[str], *,
-            overwrite: bool = False, progress: bool = False) -> int:
-    """Write the ImageFolder tree back to ``outdir``, byte for byte; returns the file count.
-
-    Each file is written under a temporary name and renamed, so no half-written image is
-    left under its final name.
-    """
-    outdir = os.path.abspath(os.path.expanduser(os.fspath(outdir)))
-    with Database(path, options_for(os.fspath(path), EnvOptions(readahead=True))) as db:
-        relative = db.relative_paths()
-        targets = [_safe_relative(rel, outdir) for rel in relative]  # all checked before I/O
-        os.makedirs(outdir, exist_ok=True)
-        with Progress(len(db), enabled=progress) as bar:
-            for index, target in enumerate(targets):
-                if os.path.lexists(target) and not overwrite:
-                    raise DestinationError(f"{target!r} already exists; pass --overwrite or "
-                                           "extract into an empty folder")
-                _, data = db.get(index)
-                folder = os.path.dirname(target)
-                os.makedirs(folder, exist_ok=True)
-                _safe_relative(relative[index], outdir)  # again, now that folders exist
-                fd, tmp = tempfile.mkstemp(dir=folder, prefix=".lmdbio-")
-                try:
-                    with os.fdopen(fd, "wb") as handle:
-                        handle.write(data)
-                    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide images from other users
-                    os.replace(tmp, target)
-                except BaseException:
-                    os.unlink(tmp)
-                    raise
-                bar.update(len(data))
-    return len(targets)
-

@@ -42,18 +42,37 @@ def _bytes_needed(items: list[tuple[bytes, bytes]]) -> int:
     return total
 
 
+def _same_inode(path: str, fd: int) -> bool:
+    try:
+        named, held = os.lstat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
+
 class LmdbWriter:
     """Append-only writer of one lmdbio file; the caller owns naming and renaming."""
 
-    def __init__(self, path: str, map_size: int = 1 << 20) -> None:
-        """``map_size`` is the initial map; keep it small (see the module docstring)."""
+    def __init__(self, path: str, map_size: int = 1 << 20, *, fd: int | None = None) -> None:
+        """``map_size`` is the initial map; keep it small (see the module docstring). ``fd``:
+        the file ``path`` names, already opened and checked by the caller (the converter's
+        locked partial); liblmdb then writes that very inode, reopened through
+        ``/proc/self/fd``, whatever ``path`` names by the time it opens (a symlink swapped in
+        after the check is never followed)."""
         self.path = path
+        target = path
+        if fd is not None and os.path.isdir("/proc/self/fd"):
+            target = f"/proc/self/fd/{fd}"
         try:
-            self.env = lmdb.open(path, subdir=False, map_size=map_size, max_dbs=2, lock=False,
-                                 readahead=False, meminit=False, sync=True, metasync=True)
+            self.env = lmdb.open(target, subdir=False, map_size=map_size, max_dbs=2,
+                                 lock=False, readahead=False, meminit=False, sync=True,
+                                 metasync=True)
         except lmdb.Error as exc:
             raise DestinationError(f"cannot create {path!r} ({exc}); check that the folder "
                                    "exists and is writable") from None
+        if fd is not None and target == path and not _same_inode(path, fd):
+            self.env.close()  # no /proc: checked after the open instead
+            raise DestinationError(f"{path!r} was replaced while being opened; convert again")
         try:  # creating the two databases is a commit: the disk may fill up right here
             self.samples = self.env.open_db(SAMPLES_DB)
             self.meta = self.env.open_db(META_DB)

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from lmdbio.publish import staged
+from lmdbio.publish import create_exclusive, staged
 from lmdbio.study import pagecache, peers
 from lmdbio.study.conditions import BASE_FORMATS, CACHES, FORMATS, MODES, PEER_FORMATS
 from lmdbio.study.distributed import DistContext, setup
@@ -199,6 +199,8 @@ def save(result: BenchResult, output_dir: str) -> None:
                               ("runs.csv", result.runs, "csv")):
         with staged(os.path.join(output_dir, name)) as partial:
             if kind == "parquet":
-                frame.to_parquet(partial, index=False)
+                with create_exclusive(partial, "wb") as handle:
+                    frame.to_parquet(handle, index=False)
             else:
-                frame.to_csv(partial, index=False)
+                with create_exclusive(partial, "w", newline="") as handle:
+                    frame.to_csv(handle, index=False)

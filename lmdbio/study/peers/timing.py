@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from lmdbio.publish import discard, staged
+from lmdbio.publish import create_exclusive, discard, staged
 from lmdbio.study import pagecache, peers
 from lmdbio.system import peak_rss_bytes
 
@@ -97,7 +97,7 @@ def measure_writers(split_dir: str, formats: Sequence[str], *, lmdb_path: str = 
             for fmt in formats]
     if csv_path:
         os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
-        with staged(csv_path) as partial, open(partial, "w", newline="") as handle:
+        with staged(csv_path) as partial, create_exclusive(partial, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=["storage", *COLUMNS])
             writer.writeheader()
             writer.writerows(rows)

@@ -1,0 +1,136 @@
+"""``extract``: write a database's ImageFolder tree back, byte for byte, never outside OUTDIR.
+
+The stored paths come from a file that may be hostile, and OUTDIR's folders may be written by
+someone else while extract runs. So every stored path is validated before anything is written
+(``format.stored_path_problems``: no ``..``, no absolute path, no duplicates, bounded length
+and depth), and every folder and file is created relative to an already opened folder (``dir_fd``)
+with ``O_NOFOLLOW``: a symlink swapped into OUTDIR at any moment makes extract stop with an
+error, never write through it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from collections import OrderedDict
+
+from .database import Database
+from .envs import EnvOptions, options_for
+from .errors import DestinationError, FormatError
+from .format import stored_path_problems
+from .progress import Progress
+
+__all__ = ["extract"]
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_OPEN_FOLDERS = 64  # folder fds kept open (listing order visits one class folder at a time)
+
+
+def extract(path: str | os.PathLike[str], outdir: str | os.PathLike[str], *,
+            overwrite: bool = False, progress: bool = False) -> int:
+    """Write the ImageFolder tree back to ``outdir``, byte for byte; returns the file count.
+
+    Each file is written under a temporary name and renamed, so no half-written image is
+    left under its final name. ``outdir`` itself may be a symlink (the caller chose it);
+    nothing below it is followed.
+    """
+    outdir = os.path.abspath(os.path.expanduser(os.fspath(outdir)))
+    with Database(path, options_for(os.fspath(path), EnvOptions(readahead=True))) as db:
+        relative = db.relative_paths()
+        problems = stored_path_problems(relative, limit=1)  # all checked before any I/O
+        if problems:
+            raise FormatError(f"{db.path!r}: {problems[0][1]}; refusing to extract anything "
+                              f"into {outdir!r} (the database is damaged or hostile)")
+        os.makedirs(outdir, exist_ok=True)
+        folders = _Folders(outdir)
+        try:
+            with Progress(len(db), enabled=progress) as bar:
+                for index, rel in enumerate(relative):
+                    *parents, name = rel.split(os.sep)
+                    folder = folders.open(parents)
+                    if not overwrite and _exists(name, folder):
+                        raise DestinationError(f"{os.path.join(outdir, rel)!r} already exists; "
+                                               "pass --overwrite or extract into an empty "
+                                               "folder")
+                    _, data = db.get(index)
+                    _write_new(folder, name, data, os.path.join(outdir, rel))
+                    bar.update(len(data))
+        finally:
+            folders.close()
+    return len(relative)
+
+
+def _exists(name: str, folder: int) -> bool:
+    try:
+        os.lstat(name, dir_fd=folder)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _write_new(folder: int, name: str, data: bytes, shown: str) -> None:
+    """``data`` as ``name`` in the open folder: a new temporary file (O_EXCL, O_NOFOLLOW),
+    then renamed over ``name`` (a link at ``name`` is replaced, never followed)."""
+    tmp = f".lmdbio-{secrets.token_hex(8)}"
+    fd = os.open(tmp, _NEW_FILE, 0o644, dir_fd=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o644)  # whatever the umask, as the source files
+            handle.write(data)
+        try:
+            os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
+        except IsADirectoryError:
+            raise DestinationError(f"{shown!r} is a folder; extract into an empty folder"
+                                   ) from None
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=folder)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+class _Folders:
+    """Open folder fds under the root, by relative components, each opened relative to its
+    parent's fd with O_NOFOLLOW (a few kept open: the listing visits folders in order)."""
+
+    def __init__(self, root: str) -> None:
+        self.root_name = root
+        self.root = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.cache: OrderedDict[tuple[str, ...], int] = OrderedDict()
+
+    def open(self, parts: list[str]) -> int:
+        key = tuple(parts)
+        if not key:
+            return self.root
+        if key in self.cache:
+            self.cache.move_to_end(key)
+            return self.cache[key]
+        parent = self.open(parts[:-1])
+        name = parts[-1]
+        try:
+            os.mkdir(name, 0o755, dir_fd=parent)
+        except FileExistsError:
+            pass
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                # FormatError, as extract has always raised for paths leaving OUTDIR
+                raise FormatError(
+                    f"{os.path.join(self.root_name, *parts)!r} is a symlink or a file, not a "
+                    "folder; refusing to extract through a symlink (extract into an empty "
+                    "folder that only you can write)") from None
+            raise
+        self.cache[key] = fd
+        while len(self.cache) > _OPEN_FOLDERS:  # the least recently used, never this one;
+            os.close(self.cache.popitem(last=False)[1])  # a parent is done with once opened
+        return fd
+
+    def close(self) -> None:
+        for fd in self.cache.values():
+            os.close(fd)
+        self.cache.clear()
+        os.close(self.root)
