@@ -73,3 +73,11 @@ print(report.format_parity(result.runs))
 
 # %% tags=["nbval-ignore-output"]
 report.summary(result.runs).drop(columns=["storage", "fs_type", "mode"]).round(4)
+
+# %% [markdown]
+# Per-batch data time and batch time of every format, cold and warm: box plots over every
+# measured batch (the first batch of each epoch, worker start-up, is left out). Also saved as
+# `batch_times.png` in `output_dir` when that is set.
+
+# %%
+report.batch_times(result.runs, result.batches, save_dir=output_dir)

@@ -71,3 +71,11 @@ report.summary(result.runs).drop(columns=["storage", "fs_type"]).round(4)
 
 # %% tags=["nbval-ignore-output"]
 report.ranks(result.runs).drop(columns=["storage", "fs_type"]).round(4)
+
+# %% [markdown]
+# Per-batch data time and batch time of every format, cold and warm: box plots over every
+# measured batch (the first batch of each epoch, worker start-up, is left out). Also saved as
+# `batch_times.png` in `output_dir` when that is set.
+
+# %%
+report.batch_times(result.runs, result.batches, save_dir=output_dir)

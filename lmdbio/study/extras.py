@@ -8,7 +8,7 @@ from typing import Any
 
 __all__ = ["EXTRAS", "pandas", "require"]
 
-EXTRAS = {"notebooks": "pip install 'lmdbio[notebooks]'", "peers": "pip install 'lmdbio[peers]'"}
+EXTRAS = {"notebooks": "pip install 'lmdbio[notebooks]'", "peers": 'pip install -e ".[peers]"'}
 
 
 def require(module: str, extra: str, purpose: str) -> Any:

@@ -10,12 +10,13 @@ from typing import Any
 
 from lmdbio.system import fs_info
 
-__all__ = ["run_metadata"]
+__all__ = ["cpu_model", "git_commit", "ram_gib", "run_metadata"]
 
 _PACKAGES = ("torch", "torchvision", "lmdb", "pillow", "numpy", "lmdbio")
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``)."""
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
@@ -26,25 +27,30 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _ram_gib() -> float:
+def ram_gib() -> float:
+    """Physical memory, GiB."""
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError):
         return float("nan")
 
 
-def _git_commit() -> str:
-    here = os.path.dirname(os.path.abspath(__file__))
+def git_commit() -> str:
+    """The checkout's short HEAD, ``-dirty`` if its tree has changes; ``unknown`` outside a
+    git checkout (e.g. an installed wheel)."""
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
-        out = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--", ".."],
+        out = subprocess.run(["git", "-C", here, "rev-parse", "--show-toplevel", "--short",
+                              "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain"],
                                capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    if out.returncode != 0:
+    lines = out.stdout.split()
+    if out.returncode != 0 or len(lines) != 2 or os.path.realpath(lines[0]) != os.path.realpath(
+            here):  # an installed package inside some other repository's tree
         return "unknown"
-    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    return lines[1] + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def _version(name: str) -> str:
@@ -62,10 +68,10 @@ def run_metadata(storage: str, data_path: str) -> dict[str, Any]:
         "fs_type": fs.fstype,
         "fs_source": fs.source,
         "mount_options": fs.options,
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count() or 0,
-        "ram_gib": round(_ram_gib(), 1),
+        "ram_gib": round(ram_gib(), 1),
         "python": platform.python_version(),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         **{f"v_{name}": _version(name) for name in _PACKAGES},
     }

@@ -1,4 +1,5 @@
-"""``lmdbio study``: the whole matrix with papermill, into ``results/``.
+"""``python -m lmdbio.study`` (``make study``): the whole matrix with papermill, into
+``results/local/`` (the committed run is ``results/reference/``; ``--results-dir`` elsewhere).
 
 For each storage target: the convert notebook, then the bench notebook once per mode (each
 runs formats x cache states, repeated in ABBA order), then the ddp notebook (the same under
@@ -10,7 +11,10 @@ the run says so when they are left out). Targets: ``ssd`` (the local work folder
 127.0.0.1 + an sshfs mount of the work folder, torn down afterwards). A target that cannot be
 had is skipped and the report says why. A failed notebook does not stop the batch: it is kept
 as ``NAME.failed.ipynb`` (with its error) and listed at the end; the exit status is non-zero.
-Finished notebooks are skipped on a re-run unless ``force``.
+A finished notebook is reused only when it was produced on this machine, by this code, with
+these parameters (``provenance``: ``NAME.run.json`` beside it); ``force`` reruns everything.
+Before it starts the runner prints its plan, and before each notebook what runs and an
+estimate of what is left (``estimates``); papermill's progress bar shows inside each.
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from lmdbio.publish import staged
+from lmdbio.publish import create_exclusive, staged
 from lmdbio.study import netfs, peers
 from lmdbio.study.conditions import BASE_FORMATS, MODES, PEER_FORMATS
+from lmdbio.study.estimates import Estimator, units
 from lmdbio.study.extras import EXTRAS
+from lmdbio.study.provenance import reusable, run_identity, save_record
 
-__all__ = ["StudyConfig", "run_study"]
+__all__ = ["Job", "StudyConfig", "notebook_dir", "run_study"]
 
 NOTEBOOK_FILES = ("convert.ipynb", "bench.ipynb", "ddp.ipynb", "report.ipynb")
 
@@ -68,8 +74,9 @@ class StudyConfig:
     ddp_mode: str = "load"           # the storage-bound mode (see README, "Scale out")
     targets: dict[str, str] = field(default_factory=lambda: {"ssd": "", "nfs": ""})
     work_dir: str = "work"
-    results_dir: str = "results"
+    results_dir: str = "results/local"  # this machine's run; results/reference: ours
     notebooks: str = ""              # the notebooks folder (default: see notebook_dir)
+    estimate_from: tuple[str, ...] = ("results/reference",)  # earlier runs, for the estimates
     force: bool = False
     peers: bool = True               # add the installed peer strategies (webdataset, litdata)
     # modes in which the peers run: the storage-bound ones; train (ResNet-18 on the CPU) measures
@@ -77,33 +84,66 @@ class StudyConfig:
     peer_modes: tuple[str, ...] = ("emulate", "load")
 
 
+@dataclass(frozen=True)
+class Job:
+    """One notebook of the plan: what runs, into which file, with which parameters."""
+
+    notebook: str
+    output: str
+    parameters: dict[str, object]
+    stable: dict[str, object]  # the parameters as the identity sees them (see provenance)
+
+
 @dataclass
 class _Outcome:
-    notebooks: str
+    notebooks: str = field(default_factory=notebook_dir)
     finished: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    estimator: Estimator = field(default_factory=Estimator)
+    left_s: float = 0.0            # the plan's estimated seconds still to run
+    position: int = 0
+    planned: int = 0
+
+
+def _minutes(seconds: float | None) -> str:
+    return "no estimate yet" if seconds is None else (
+        f"~{seconds:.0f} s" if seconds < 90 else f"~{seconds / 60:.0f} min")
 
 
 def _execute(notebook: str, output: str, parameters: dict[str, object], force: bool,
-             outcome: _Outcome) -> bool:
-    """Run ``outcome.notebooks``/``notebook`` into ``output`` via a temporary name; False if
-    it failed."""
+             outcome: _Outcome, stable: dict[str, object] | None = None) -> bool:
+    """Run ``outcome.notebooks``/``notebook`` into ``output`` via a temporary name, unless a
+    result made on this machine by this code with these parameters is there (see
+    ``provenance``); False if it failed."""
     import papermill
 
-    if os.path.exists(output) and not force:
-        print(f"[study] {output}: done earlier, skipped (use --force to rerun)", flush=True)
-        return True
+    source = os.path.join(outcome.notebooks, notebook)
+    data_path = str(parameters.get("data_dir") or os.path.dirname(output))
+    identity = run_identity(source, stable if stable is not None else parameters, data_path)
+    estimate = outcome.estimator.estimate(notebook, parameters)
+    outcome.position += 1
+    outcome.left_s = max(0.0, outcome.left_s - (estimate or 0.0))
+    step = f"({outcome.position}/{outcome.planned}) " if outcome.planned else ""
+    if not force:
+        ok, why = reusable(output, identity)
+        if ok:
+            print(f"[study] {step}{output}: done earlier, skipped ({why}; --force to rerun)",
+                  flush=True)
+            return True
+        if os.path.exists(output):
+            print(f"[study] {output}: earlier result not reused: {why}", flush=True)
     os.makedirs(os.path.dirname(output), exist_ok=True)
     failed = output.replace(".ipynb", ".failed.ipynb")
     started = time.perf_counter()
-    print(f"[study] {output} ...", flush=True)
+    print(f"[study] {step}{output}: {_describe(parameters)}; {_minutes(estimate)}, then "
+          f"{_minutes(outcome.left_s)} left", flush=True)
     try:
         with staged(output, output.replace(".ipynb", ".partial.ipynb")) as scratch:
             try:
-                papermill.execute_notebook(os.path.join(outcome.notebooks, notebook), scratch,
-                                           parameters=parameters, kernel_name="python3",
-                                           cwd=outcome.notebooks, progress_bar=False)
+                papermill.execute_notebook(source, scratch, parameters=parameters,
+                                           kernel_name="python3", cwd=outcome.notebooks,
+                                           progress_bar=True)
             except Exception:
                 if os.path.exists(scratch):  # kept: the notebook shows the traceback
                     os.replace(scratch, failed)
@@ -113,11 +153,20 @@ def _execute(notebook: str, output: str, parameters: dict[str, object], force: b
                               if str(exc) else failed)
         print(f"[study] FAILED {failed}", flush=True)
         return False
+    seconds = time.perf_counter() - started
+    save_record(output, identity, seconds, units(notebook, parameters))
+    outcome.estimator.learn(notebook, parameters, seconds)
     if os.path.exists(failed):
         os.unlink(failed)
     outcome.finished.append(output)
-    print(f"[study] {output}: {time.perf_counter() - started:.0f} s", flush=True)
+    print(f"[study] {output}: {seconds:.0f} s", flush=True)
     return True
+
+
+def _describe(parameters: dict[str, object]) -> str:
+    shown = ("storage", "mode", "formats", "writers", "n_images", "repeats", "nproc")
+    return ", ".join(f"{k} {parameters[k]}" for k in shown
+                     if parameters.get(k) not in (None, "")) or "tables and figures of every run"
 
 
 @contextlib.contextmanager
@@ -138,10 +187,14 @@ def _target(name: str, path: str, work_data: str) -> Iterator[tuple[str, str]]:
 def run_study(config: StudyConfig) -> int:
     """Run the matrix; returns the exit status (0: every notebook finished)."""
     results = os.path.abspath(config.results_dir)
-    work_data = os.path.join(os.path.abspath(config.work_dir), "data")
+    # one folder per dataset: a run with other --images or --seed never meets an earlier set
+    work_data = os.path.join(os.path.abspath(config.work_dir), "data",
+                             f"synthetic-{config.images}-s{config.seed}")
     os.makedirs(work_data, exist_ok=True)
-    outcome = _Outcome(notebook_dir(config.notebooks))
+    outcome = _Outcome(notebook_dir(config.notebooks),
+                       estimator=Estimator(results, *config.estimate_from))
     formats = _formats(config)
+    _announce(config, results, formats, outcome)
     for name, path in config.targets.items():
         try:
             with _target(name, path, work_data) as (data_dir, backing_dir):
@@ -149,7 +202,7 @@ def run_study(config: StudyConfig) -> int:
         except (netfs.NetFSUnavailable, netfs.NetFSError) as exc:
             print(f"[study] target {name} skipped: {exc}", flush=True)
             outcome.skipped.append({"target": name, "reason": str(exc)})
-    with staged(os.path.join(results, "skipped.json")) as partial, open(partial, "w") as out:
+    with staged(os.path.join(results, "skipped.json")) as partial, create_exclusive(partial, "w") as out:
         json.dump(outcome.skipped, out, indent=1)
     _execute("report.ipynb", os.path.join(results, "report.ipynb"),
              {"results_dir": results, "out_dir": results}, True, outcome)
@@ -176,18 +229,45 @@ def _formats(config: StudyConfig) -> tuple[str, ...]:
     return (*BASE_FORMATS, *found)
 
 
+def _announce(config: StudyConfig, results: str, formats: tuple[str, ...],
+              outcome: _Outcome) -> None:
+    """Print the plan: every notebook with its estimate, and the total."""
+    plan = [job for name in config.targets
+            for job in _jobs(config, name, "<data>", "", results, formats)]
+    estimates = [outcome.estimator.estimate(job.notebook, job.parameters) for job in plan]
+    outcome.planned, outcome.left_s = len(plan) + 1, sum(e or 0.0 for e in estimates)
+    unknown = sum(e is None for e in estimates)
+    print(f"[study] plan: {outcome.planned} notebooks into {results}, "
+          f"{_minutes(outcome.left_s)}{f' (+ {unknown} without an estimate)' if unknown else ''}"
+          " (estimated from earlier runs of the same notebook, mode and target; a result made "
+          "here by the same code with the same parameters is reused)", flush=True)
+    for job, estimate in zip(plan, estimates):
+        print(f"[study]   {os.path.relpath(job.output, results)}: {_minutes(estimate)}",
+              flush=True)
+
+
 def _run_target(config: StudyConfig, name: str, data_dir: str, backing_dir: str,
                 results: str, outcome: _Outcome, formats: tuple[str, ...]) -> None:
+    for job in _jobs(config, name, data_dir, backing_dir, results, formats):
+        done = _execute(job.notebook, job.output, job.parameters, config.force, outcome,
+                        job.stable)
+        if not done and job.notebook == "convert.ipynb":
+            return  # no database to bench
+
+
+def _jobs(config: StudyConfig, name: str, data_dir: str, backing_dir: str, results: str,
+          formats: tuple[str, ...]) -> list[Job]:
+    """The notebooks of one target, in order: convert, bench per mode, ddp."""
     common = {"data_dir": data_dir, "n_images": config.images, "seed": config.seed}
+    # the stand-in's mount point is a new temporary folder each time: name what it mounts
+    stable_data = f"sshfs stand-in of {backing_dir}" if backing_dir else data_dir
     writers = ",".join(f for f in formats if f != "imagefolder")
-    if not _execute("convert.ipynb", os.path.join(results, name, "convert.ipynb"),
-                    common | {"parity_limit": 256, "writers": writers, "storage": name,
-                              "backing_dir": backing_dir,
-                              "writers_csv": os.path.join(results, name, "writers.csv")},
-                    config.force, outcome):
-        return  # no database to bench
+    jobs = [("convert.ipynb", os.path.join(results, name, "convert.ipynb"),
+             common | {"parity_limit": 256, "writers": writers, "storage": name,
+                       "backing_dir": backing_dir,
+                       "writers_csv": os.path.join(results, name, "writers.csv")})]
     for mode in config.modes:
-        _execute("bench.ipynb", os.path.join(results, name, f"bench-{mode}.ipynb"), common | {
+        jobs.append(("bench.ipynb", os.path.join(results, name, f"bench-{mode}.ipynb"), common | {
             "storage": name, "backing_dir": backing_dir, "mode": mode,
             "formats": ",".join(formats if mode in config.peer_modes else
                                 ("imagefolder", "lmdb")),
@@ -195,12 +275,14 @@ def _run_target(config: StudyConfig, name: str, data_dir: str, backing_dir: str,
             "num_workers": config.num_workers, "repeats": config.repeats,
             "step_ms": config.step_ms,
             "max_batches": config.train_batches if mode == "train" else 0,
-            "output_dir": os.path.join(results, name, mode)}, config.force, outcome)
+            "output_dir": os.path.join(results, name, mode)}))
     if config.ddp_procs > 1:  # as many DataLoader workers in all as the single-process runs
-        _execute("ddp.ipynb", os.path.join(results, name, "ddp.ipynb"), common | {
+        jobs.append(("ddp.ipynb", os.path.join(results, name, "ddp.ipynb"), common | {
             "storage": name, "backing_dir": backing_dir, "mode": config.ddp_mode,
             "nproc": config.ddp_procs, "epochs": config.epochs, "batch_size": config.batch_size,
             "num_workers": max(1, config.num_workers // config.ddp_procs),
             "repeats": config.repeats, "step_ms": config.step_ms,
             "max_batches": config.train_batches if config.ddp_mode == "train" else 0,
-            "output_dir": os.path.join(results, name, "ddp")}, config.force, outcome)
+            "output_dir": os.path.join(results, name, "ddp")}))
+    return [Job(notebook, output, parameters, parameters | {"data_dir": stable_data})
+            for notebook, output, parameters in jobs]

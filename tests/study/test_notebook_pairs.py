@@ -1,7 +1,9 @@
 """The notebooks are edited as notebooks: every ``notebooks/X.ipynb`` has its jupytext pair
 ``notebooks/X.py`` (py:percent, see ``jupytext.toml``) with the same cells, and is committed in
 the state nbval can compare: run (every code cell has an execution count), one ``parameters``
-cell for papermill, kernel ``python3``, and no inline images (figures go to files).
+cell for papermill, kernel ``python3``, and no large inline images: the study's figures go to
+files; a notebook may end with one small summary figure (bench, ddp: at most
+``MAX_INLINE_IMAGE`` bytes each).
 
 After editing either side: ``.venv/bin/jupytext --sync notebooks/X.ipynb``, then execute the
 notebook (README, "The study") so that its outputs match its sources.
@@ -17,6 +19,7 @@ jupytext = pytest.importorskip("jupytext")
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 PAIRS = sorted(NOTEBOOKS.glob("*.ipynb"))
+MAX_INLINE_IMAGE = 48_000  # base64 characters: a ~35 KB PNG, the 72-dpi summary figure
 
 
 def cells(notebook: object) -> list[tuple[str, str, list[str]]]:
@@ -52,10 +55,12 @@ def problems(ipynb: Path) -> list[str]:
         if cell.get("execution_count") is None:
             found.append(f"{ipynb.name}: code cell {index} never ran (nbval: unrun reference)")
         for output in cell.get("outputs", []):
-            images = [kind for kind in output.get("data", {}) if kind.startswith("image/")]
-            if images:
-                found.append(f"{ipynb.name}: cell {index} shows {', '.join(images)} inline; "
-                             "write figures to files")
+            images = {kind: data for kind, data in output.get("data", {}).items()
+                      if kind.startswith("image/")}
+            large = [kind for kind, data in images.items() if len(data) > MAX_INLINE_IMAGE]
+            if large:
+                found.append(f"{ipynb.name}: cell {index} shows a {', '.join(large)} of over "
+                             f"{MAX_INLINE_IMAGE} bytes inline; write figures to files")
     return found
 
 
@@ -83,3 +88,16 @@ def test_a_pair_out_of_sync_is_caught(tmp_path: Path) -> None:
     assert any("differ" in p for p in problems(tmp_path / source.name))
     (tmp_path / "convert.py").unlink()
     assert any("no jupytext pair" in p for p in problems(tmp_path / source.name))
+
+
+def test_a_large_inline_image_is_caught(tmp_path: Path) -> None:
+    import nbformat
+
+    source = NOTEBOOKS / "report.ipynb"
+    notebook = nbformat.read(source, as_version=4)
+    cell = next(c for c in notebook.cells if c.cell_type == "code")
+    cell.outputs = [nbformat.v4.new_output("display_data",
+                                           {"image/png": "A" * (MAX_INLINE_IMAGE + 1)})]
+    nbformat.write(notebook, tmp_path / source.name)
+    (tmp_path / "report.py").write_text(source.with_suffix(".py").read_text())
+    assert any("inline" in p for p in problems(tmp_path / source.name))

@@ -6,12 +6,14 @@ the notebooks use: ``from lmdbio.study import report``.
 """
 
 from lmdbio.study.report.figures import Written, figures, write_report
+from lmdbio.study.report.per_batch import PngImage, batch_times
 from lmdbio.study.report.runs import (KEYS, METRICS, cache_check, describe, format_parity,
                                       load_results, per_run, ranks, run_counts, speedups,
                                       summary)
 from lmdbio.study.report.tables import (ratios, shuffle_notes, shuffle_semantics, write_tables,
                                         writers)
 
-__all__ = ["KEYS", "METRICS", "Written", "cache_check", "describe", "figures", "format_parity",
+__all__ = ["KEYS", "METRICS", "PngImage", "Written", "batch_times", "cache_check", "describe",
+           "figures", "format_parity",
            "load_results", "per_run", "ranks", "ratios", "run_counts", "shuffle_notes",
            "shuffle_semantics", "speedups", "summary", "write_report", "write_tables", "writers"]

@@ -44,6 +44,23 @@ def _bars(ax: Any, runs: Any, metric: str, scale: float, ylabel: str) -> None:
     ax.grid(axis="y", alpha=0.3)
 
 
+def _legend(figure: Any, runs: Any) -> None:
+    """One legend for the whole figure naming every format drawn in any panel (a panel's own
+    legend names only the formats of that panel)."""
+    from matplotlib.patches import Patch
+
+    formats = [f for f in FORMAT_COLOURS if f in set(runs["format"])]
+    figure.legend(handles=[Patch(color=FORMAT_COLOURS[f], label=f) for f in formats],
+                  loc="upper right", ncol=len(formats), fontsize=8, frameon=False)
+
+
+def _where_measured(runs: Any) -> str:
+    """``2 x AMD EPYC, 23.5 GiB``: the machine the runs come from (each one, if several)."""
+    machines = sorted({f"{c} cores {cpu}, {ram} GiB RAM" for cpu, c, ram in
+                       zip(runs["cpu"], runs["cores"], runs["ram_gib"])})
+    return "; ".join(machines)
+
+
 def _modes(present: Any) -> list[str]:
     """The study's modes in their order, then distributed ones (``ddp2-load``...)."""
     present = set(present)
@@ -64,9 +81,10 @@ def _per_mode(runs: Any, plt: Any, rows: list[tuple[str, float, str]],
         for i, (metric, scale, label) in enumerate(rows):
             _bars(axes[i][j], subset, metric, scale, label)
             axes[i][j].set_title(f"mode: {mode}", fontsize=10)
-    axes[0][0].legend(fontsize=8)
-    figure.suptitle(title)
-    figure.tight_layout()
+    _legend(figure, runs)
+    figure.suptitle(f"{title}\n{_where_measured(runs)}; bars: median of the runs, whiskers: "
+                    "fastest to slowest run", fontsize=10)
+    figure.tight_layout(rect=(0, 0, 1, 0.97))
     return figure
 
 
@@ -94,7 +112,8 @@ def utilisation(runs: Any, plt: Any) -> Any:
     _bars(ax, emulate, "utilisation", 100.0, "accelerator utilisation (%)")
     step = ", ".join(sorted({f"{v:g} ms" for v in emulate["step_ms"]}))
     ax.axhline(90, color="red", lw=0.8, ls="--", label="MLPerf Storage pass (90 %)")
-    ax.set_title(f"Emulated accelerator, step {step}")
+    ax.set_title(f"Emulated accelerator, step {step}: compute time / wall time\n"
+                 f"{_where_measured(emulate)}", fontsize=10)
     ax.legend(fontsize=8)
     figure.tight_layout()
     return figure
@@ -114,8 +133,11 @@ def when_lmdb_helps(runs: Any, plt: Any) -> Any:
     ax.set_yticks(range(grid.shape[0]), list(grid.index))
     for (i, j), value in numpy.ndenumerate(grid.values):
         ax.text(j, i, f"{value:.2f}x", ha="center", va="center", fontsize=9)
-    figure.colorbar(image, ax=ax, label="LMDB images/s / ImageFolder images/s")
-    ax.set_title("When does LMDB help? (>1: LMDB faster)")
+    figure.colorbar(image, ax=ax, label="LMDB / ImageFolder images/s")
+    ax.set_xlabel("mode")
+    ax.set_ylabel("storage (file system), cache state")
+    ax.set_title("When does LMDB help? LMDB / ImageFolder images/s\nmedian of the ABBA pairs "
+                 f"(>1: LMDB faster); {_where_measured(runs)}", fontsize=9)
     figure.tight_layout()
     return figure
 
@@ -142,11 +164,12 @@ def strategies(runs: Any, plt: Any) -> Any:
         ax.set_xticks(range(len(formats)), formats, rotation=30, fontsize=8)
         ax.set_yticks(range(grid.shape[0]), list(grid.index))
         for (i, k), value in numpy.ndenumerate(grid.values):
-            if value == value:  # NaN: this mode did not run that format here
-                ax.text(k, i, f"{value:.2f}x", ha="center", va="center", fontsize=8)
+            ax.text(k, i, f"{value:.2f}x" if value == value else "not run", ha="center",
+                    va="center", fontsize=8, color="black" if value == value else "#999999")
         ax.set_title(f"mode: {mode}", fontsize=10)
     figure.colorbar(image, ax=axes[0].tolist(), label="images/s / ImageFolder images/s")
-    figure.suptitle("Every storage strategy against ImageFolder (>1: faster)")
+    figure.suptitle("Every storage strategy against ImageFolder: images/s ratio, median of the "
+                    f"ABBA pairs (>1: faster)\n{_where_measured(runs)}", fontsize=10, y=1.08)
     return figure
 
 
@@ -164,11 +187,11 @@ def ddp_ranks(runs: Any, plt: Any) -> Any:
         _bars(axes[0][j], ddp[ddp["rank"] == rank], "data_mean_s", 1e3,
               "data wait per batch (ms, mean)")
         axes[0][j].set_title(f"rank {rank}", fontsize=10)
-    axes[0][0].legend(fontsize=8)
+    _legend(figure, ddp)
     modes = ", ".join(sorted(set(ddp["mode"])))
     figure.suptitle(f"torchrun, {int(ddp['world_size'].max())} ranks ({modes}): data wait "
-                    "per rank")
-    figure.tight_layout()
+                    "per rank\n" + _where_measured(ddp), fontsize=10)
+    figure.tight_layout(rect=(0, 0, 1, 0.95))
     return figure
 
 
