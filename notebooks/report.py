@@ -41,6 +41,18 @@ print(report.describe(runs, skipped))
 report.speedups(runs).round(3)
 
 # %% [markdown]
+# ## How much to trust each comparison
+#
+# A difference is called only when the two formats' images/s ranges (fastest to slowest run
+# across the repetitions) do not overlap; otherwise the verdict is "no clear difference",
+# whatever the medians say. Runs are flagged `disturbed` when other processes used more than
+# 10 % of the CPU, or the hypervisor stole more than 5 %, while they ran.
+
+# %% tags=["nbval-ignore-output"]
+print(report.disturbed_runs(runs))
+report.comparisons(runs).round(3)
+
+# %% [markdown]
 # ## The storage strategies side by side
 #
 # How each strategy shuffles (per epoch), then each one's images/s over ImageFolder's (median of

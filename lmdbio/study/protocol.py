@@ -25,6 +25,7 @@ from typing import Any
 from lmdbio.publish import create_exclusive, staged
 from lmdbio.study import pagecache, peers
 from lmdbio.study.conditions import BASE_FORMATS, CACHES, FORMATS, MODES, PEER_FORMATS
+from lmdbio.study.contention import contention, sample
 from lmdbio.study.distributed import DistContext, setup
 from lmdbio.study.extras import pandas as _pandas
 from lmdbio.study.harness import RunSpec, measure, seed_transform, shuffle_seed
@@ -164,9 +165,11 @@ def run_bench(*, data_dir: str, split_dir: str, lmdb_path: str, storage: str, mo
                            batch_size=batch_size, peer_paths=peer_paths)
         setup_s = time.perf_counter() - opened
         n_samples = len(dataset)
+        started = sample()
         try:
             batches, summary = measure(dataset, spec, num_classes=len(dataset.classes),
                                        dist=ctx)
+            busy = contention(started, sample())
         finally:
             if hasattr(dataset, "close"):
                 dataset.close()
@@ -178,7 +181,7 @@ def run_bench(*, data_dir: str, split_dir: str, lmdb_path: str, storage: str, mo
         batch_rows += [ids | row for row in batches]
         run_rows.append(common | ids | summary | {
             "resident_fraction": resident.fraction, "data_bytes": resident.bytes_total,
-            "setup_s": setup_s, "n_samples": n_samples,
+            "setup_s": setup_s, "n_samples": n_samples, **busy,
             "readahead": readahead, "threads": torch.get_num_threads()})
     gathered = ctx.gather((batch_rows, run_rows))
     if gathered is None:  # not rank 0: rank 0 writes every rank's rows

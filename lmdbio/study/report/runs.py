@@ -171,14 +171,17 @@ def format_parity(runs: Any) -> str:
 
 
 def describe(runs: Any, skipped: list[dict[str, str]]) -> str:
-    """Machine, targets (with file systems), modes, repetitions and skipped targets."""
+    """Where every run comes from: per target its machine (CPU, cores, RAM, torch, commit),
+    file system, and runs per mode; then the skipped targets."""
     runs = per_run(runs)
-    first = runs.iloc[0]
-    lines = [f"machine: {first['cpu']}, {first['cores']} cores, {first['ram_gib']} GiB RAM; "
-             f"torch {first['v_torch']}, lmdb {first['v_lmdb']}, commit {first['git_commit']}"]
-    for (storage, fs_type, options), group in runs.groupby(["storage", "fs_type",
-                                                            "mount_options"]):
+    lines = []
+    machine = ["cpu", "cores", "ram_gib", "v_torch", "v_lmdb", "git_commit"]
+    for (storage, fs_type, options, *box), group in runs.groupby(
+            ["storage", "fs_type", "mount_options", *machine]):
+        cpu, cores, ram, torch, lmdb, commit = box
         modes = ", ".join(f"{m} x{n}" for m, n in group.groupby("mode").size().items())
-        lines.append(f"target {storage}: {fs_type} ({options}); runs per mode: {modes}")
+        lines.append(f"target {storage}: {fs_type} ({options}); measured on {cpu}, {cores} "
+                     f"cores, {ram} GiB RAM; torch {torch}, lmdb {lmdb}, commit {commit}; "
+                     f"runs per mode: {modes}")
     lines += [f"skipped target {s['target']}: {s['reason']}" for s in skipped]
     return "\n".join(lines)

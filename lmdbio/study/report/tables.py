@@ -14,6 +14,7 @@ from typing import Any
 from lmdbio.study.conditions import order
 from lmdbio.study.extras import pandas as _pandas
 from lmdbio.study.report.runs import KEYS, per_run, ranks, speedups, summary
+from lmdbio.study.report.trust import comparisons
 from lmdbio.study.strategies import shuffle_table
 
 __all__ = ["ratios", "shuffle_notes", "shuffle_semantics", "write_tables", "writers"]
@@ -55,7 +56,9 @@ def writers(results_dir: str) -> Any:
     """Every ``writers.csv`` below ``results_dir`` (the convert notebooks' conversion cost
     per format and target); an empty table with the columns if there is none."""
     pandas = _pandas()
-    files = (sorted(glob.glob(os.path.join(results_dir, "**", "writers.csv"), recursive=True))
+    files = (sorted(f for f in glob.glob(os.path.join(results_dir, "**", "writers.csv"),
+                                         recursive=True)
+                    if os.path.basename(os.path.dirname(f)) != "tables")  # not our own output
              if results_dir else [])
     if not files:
         return pandas.DataFrame(columns=WRITER_COLUMNS)
@@ -79,13 +82,14 @@ def shuffle_notes(formats: Any = None) -> str:
 
 
 def write_tables(runs: Any, out_dir: str, results_dir: str = "") -> dict[str, str]:
-    """``summary``, ``speedups`` and every format's ``ratios`` over ImageFolder as CSV and
-    parquet, plus every run (``all_runs``, one row per rank), the strategies' shuffle
+    """``summary``, ``speedups``, every format's ``ratios`` over ImageFolder and the
+    ``comparisons`` with their verdicts as CSV and parquet, plus every run (``all_runs``, one row per rank), the strategies' shuffle
     (``strategies``), the conversion cost found under ``results_dir`` (``writers``) and, with
     distributed runs, the per-rank table (``ddp_ranks``)."""
     os.makedirs(out_dir, exist_ok=True)
     written = {}
     tables = [("summary", summary(runs)), ("speedups", speedups(runs)), ("all_runs", runs),
+              ("comparisons", comparisons(runs)),
               ("ratios", ratios(runs)), ("strategies", shuffle_semantics()),
               ("writers", writers(results_dir))]
     per_rank = ranks(runs)
