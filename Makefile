@@ -30,30 +30,31 @@ test-unit: $(STAMP)
 
 test-notebooks: $(STAMP)
 ifneq ($(NOTEBOOKS),)
-	$(BIN)/python -m pytest --nbval notebooks --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
+	$(BIN)/python -m pytest --nbval notebooks -p no:cacheprovider  # sanitize.cfg: conftest.py
 else
 	@echo "no notebooks yet: nothing for nbval to compare"
 endif
 
 # The long fault-injection runs (kill -9, disk full, fuzzing, 16 readers): ~5 min on 2 cores,
 # root for the mounts; summary in work/torture/summary.json (see docs/RELIABILITY.md).
+# The drivers are in tests/torture/ (run from here: they are the package tests.torture).
 torture: $(STAMP)
-	$(BIN)/python torture/run.py --trials 100 --examples 3000
+	$(BIN)/python -m tests.torture.run --trials 100 --examples 3000
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_foundation.py
+	$(BIN)/python -m lmdbio.study.bench foundation
 
 bench-shards: $(STAMP)
-	$(BIN)/python benchmarks/bench_shards.py
+	$(BIN)/python -m lmdbio.study.bench shards
 
 # Issue #4's suite: regenerates results/perf/ (CSV, PNG, targets.md) in ~20 min on 2 cores;
 # root for the sshfs mount and the memory cgroup. PERF_ARGS="--only reads,loader --no-nfs"
 PERF_ARGS ?=
 bench-perf: $(STAMP)
-	$(BIN)/python benchmarks/bench_perf.py $(PERF_ARGS)
+	$(BIN)/python -m lmdbio.study.bench perf $(PERF_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,251 @@
+"""Target 3: the end-to-end loader on the seed transform, 2 workers, cold, against the
+in-memory ceiling (the same decode + transform over bytes already in RAM), plus the fast decode
+paths and a short training run showing what they do to accuracy.
+
+Conditions (each one epoch, ``lmdbio.harness.measure`` in "load" mode, ABBA order):
+* ceiling: bytes in a list, forked workers share them; standard (PIL) decode, and draft decode;
+* ImageFolder (torchvision), lmdbio (defaults), lmdbio without prefetch, a seed-style LMDB
+  reader (pickled records, readahead off);
+* fast paths on lmdbio: ``DraftDecoder`` (PIL reduced-size JPEG decode), ``decode_tensor``
+  (torchvision.io) with the same transform in ``transforms.v2``, and a DB converted with
+  ``--max-size``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import random
+from collections.abc import Callable
+from typing import Any
+
+import lmdb
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+import lmdbio
+from lmdbio import Database
+from lmdbio.dataset import ImageFolderLMDB
+from lmdbio.decode import DraftDecoder, decode_pil, decode_tensor
+from lmdbio.study.harness import IMAGENET_MEAN, IMAGENET_STD, RunSpec, measure, seed_transform
+from lmdbio.study.synthetic import ensure_dataset
+from lmdbio.study.bench.perf_common import Storage, banner, median, write_seed_db
+
+MAX_SIZE = 160   # longer side kept by the --max-size DB: 2.5x the 64-pixel crop
+
+
+def tensor_transform(size: int = 64) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The seed transform in ``transforms.v2``, on uint8 CHW tensors from ``decode_tensor``."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(),
+                       v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+class InMemory(Dataset):
+    """The ceiling: every record's bytes already in RAM, the same decode and transform."""
+
+    def __init__(self, path: str, decode: Callable[[bytes], Any], transform: Any) -> None:
+        with Database(path) as db:
+            self.items = [db.get(i) for i in range(len(db))]
+            self.classes = db.meta.classes
+        self.decode, self.transform = decode, transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        label, data = self.items[index]
+        return self.transform(self.decode(data)), label
+
+
+class SeedLMDB(Dataset):
+    """The pytorch-lmdb seed's reader: readahead off, pickled ``(bytes, label)`` records. The
+    environment opens in each worker (py-lmdb 3 refuses the seed's inherited one)."""
+
+    def __init__(self, path: str, transform: Any) -> None:
+        self.path, self.transform, self.env = path, transform, None
+        env = self._open()
+        with env.begin() as txn:
+            self.keys = pickle.loads(txn.get(b"__keys__"))  # noqa: S301 (written by us)
+        env.close()
+        self.env, self.classes = None, ["cat", "dog"]
+
+    def _open(self) -> lmdb.Environment:
+        return lmdb.open(self.path, subdir=False, readonly=True, lock=False, readahead=False,
+                         meminit=False)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        if self.env is None:
+            self.env = self._open()
+        with self.env.begin() as txn:
+            image, label = pickle.loads(txn.get(self.keys[index]))  # noqa: S301
+        from PIL import Image
+
+        return self.transform(Image.open(io.BytesIO(image)).convert("RGB")), label
+
+    def close(self) -> None:
+        if self.env is not None:
+            self.env.close()
+            self.env = None
+
+
+def prepare(work: str, jpeg: str) -> dict[str, str]:
+    """The DBs this section reads, beside the JPEG tree (relative paths)."""
+    split = os.path.join(work, jpeg)
+    if not os.path.exists(f"{split}.seed.lmdb"):
+        write_seed_db(split, f"{split}.seed.lmdb")
+    small = f"{split}.max{MAX_SIZE}.lmdb"
+    if not os.path.exists(small):
+        lmdbio.convert(split, small, max_size=MAX_SIZE, progress=False)
+    rel = os.path.relpath(split, work)
+    return {"tree": rel, "lmdb": f"{rel}.lmdb", "seed": f"{rel}.seed.lmdb",
+            "small": f"{rel}.max{MAX_SIZE}.lmdb"}
+
+
+def conditions(storage: Storage, files: dict[str, str]) -> list[tuple[str, str, Callable[[], Any]]]:
+    """(name, file evicted before the run, dataset factory)."""
+    from torchvision.datasets import ImageFolder
+
+    std, path = seed_transform(), storage.path(files["lmdb"])
+    return [
+        ("ceiling: in memory, PIL decode", "", lambda: InMemory(path, decode_pil, std)),
+        ("ImageFolder", files["tree"], lambda: ImageFolder(storage.path(files["tree"]), std)),
+        ("lmdbio", files["lmdb"], lambda: ImageFolderLMDB(path, std)),
+        ("lmdbio, prefetch off", files["lmdb"],
+         lambda: ImageFolderLMDB(path, std, prefetch=False)),
+        ("seed-style LMDB", files["seed"], lambda: SeedLMDB(storage.path(files["seed"]), std)),
+        ("ceiling: in memory, draft decode", "",
+         lambda: InMemory(path, DraftDecoder(64), std)),
+        ("lmdbio, DraftDecoder(64)", files["lmdb"],
+         lambda: ImageFolderLMDB(path, std, decode=DraftDecoder(64))),
+        ("lmdbio, DraftDecoder(128)", files["lmdb"],
+         lambda: ImageFolderLMDB(path, std, decode=DraftDecoder(128))),
+        ("lmdbio, decode_tensor + v2", files["lmdb"],
+         lambda: ImageFolderLMDB(path, tensor_transform(), decode=decode_tensor)),
+        (f"lmdbio, --max-size {MAX_SIZE} DB", files["small"],
+         lambda: ImageFolderLMDB(storage.path(files["small"]), std)),
+    ]
+
+
+def bench_loader(storages: list[Storage], files: dict[str, str], repeats: int,
+                 workers: int = 2, batch_size: int = 128) -> list[dict]:
+    rows: list[dict] = []
+    for storage in storages:
+        variants = conditions(storage, files)
+        for repeat in range(-1, repeats):  # repeat -1: a discarded warm-up (imports, caches)
+            for name, evict, factory in variants if repeat % 2 == 0 else variants[::-1]:
+                if repeat < 0 and name != variants[0][0]:
+                    continue
+                if evict:
+                    storage.evict(evict)
+                dataset = factory()
+                spec = RunSpec(fmt=name, mode="load", cache="cold", repeat=repeat,
+                               batch_size=batch_size, num_workers=workers)
+                try:
+                    _, summary = measure(dataset, spec, num_classes=2)
+                finally:
+                    if hasattr(dataset, "close"):
+                        dataset.close()
+                if repeat < 0:
+                    continue
+                rows.append({"target": 3, "storage": storage.name, "variant": name,
+                             "repeat": repeat, "images_per_s": summary["images_per_s"],
+                             "ttfb_s": summary["ttfb_s"], "workers": workers,
+                             "batch_size": batch_size})
+        ceiling = median(rows, "images_per_s", storage=storage.name,
+                         variant="ceiling: in memory, PIL decode")
+        folder = median(rows, "images_per_s", storage=storage.name, variant="ImageFolder")
+        banner(f"[{storage.name}] target 3: end-to-end loader, seed transform, {workers} "
+               "workers, cold", {"in-memory ceiling, PIL decode (img/s)": ceiling,
+                                 "in-memory ceiling, draft decode (img/s)": median(
+                                     rows, "images_per_s", storage=storage.name,
+                                     variant="ceiling: in memory, draft decode")})
+        for name, _, _ in variants:
+            rate = median(rows, "images_per_s", storage=storage.name, variant=name)
+            print(f"   {name}: {rate:.0f} img/s = {rate / ceiling:.2f}x ceiling, "
+                  f"{rate / folder:.2f}x ImageFolder", flush=True)
+    return rows
+
+
+# -- accuracy: does the fast path hurt a short training run? -------------------------------
+
+class SmallCNN(torch.nn.Module):
+    """Four conv blocks, enough to learn the synthetic cats vs dogs at 64 px in a few epochs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[torch.nn.Module] = []
+        channels = 3
+        for width in (32, 64, 96, 128):
+            layers += [torch.nn.Conv2d(channels, width, 3, padding=1),
+                       torch.nn.BatchNorm2d(width), torch.nn.ReLU(), torch.nn.MaxPool2d(2)]
+            channels = width
+        self.features = torch.nn.Sequential(*layers)
+        self.head = torch.nn.Linear(channels, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean((2, 3)))
+
+
+def _evaluate(model: torch.nn.Module, loader: DataLoader) -> float:
+    model.eval()
+    correct = seen = 0
+    with torch.no_grad():
+        for images, targets in loader:
+            correct += int((model(images).argmax(1) == targets).sum())
+            seen += len(targets)
+    return correct / seen
+
+
+def bench_accuracy(work: str, files: dict[str, str], val_images: int, epochs: int,
+                   seeds: int = 1) -> list[dict]:
+    """Train SmallCNN on each decode path; evaluate all on the same held-out split, decoded
+    the standard way (Resize + CenterCrop 64), so only training-time decoding differs."""
+    from torchvision import transforms
+    from torchvision.datasets import ImageFolder
+
+    val_split = ensure_dataset(os.path.join(work, "jpeg-val"), val_images, seed=1)
+    val = ImageFolder(val_split, transforms.Compose([
+        transforms.Resize(64), transforms.CenterCrop(64), transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]))
+    val_loader = DataLoader(val, batch_size=256, num_workers=2)
+    std, path = seed_transform(), os.path.join(work, files["lmdb"])
+    variants = {
+        "PIL decode (standard)": lambda: ImageFolderLMDB(path, std),
+        "DraftDecoder(64)": lambda: ImageFolderLMDB(path, std, decode=DraftDecoder(64)),
+        "DraftDecoder(128)": lambda: ImageFolderLMDB(path, std, decode=DraftDecoder(128)),
+        "decode_tensor + v2": lambda: ImageFolderLMDB(path, tensor_transform(),
+                                                      decode=decode_tensor),
+        f"--max-size {MAX_SIZE} DB": lambda: ImageFolderLMDB(
+            os.path.join(work, files["small"]), std),
+    }
+    rows = []
+    print("\n== target 3: accuracy of a short training run per decode path", flush=True)
+    for seed in range(seeds):
+        for name, factory in variants.items():
+            torch.manual_seed(seed)
+            random.seed(seed)
+            model = SmallCNN()
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+            dataset = factory()
+            loader = DataLoader(dataset, batch_size=64, shuffle=True, num_workers=2,
+                                generator=torch.Generator().manual_seed(seed))
+            for _ in range(epochs):
+                model.train()
+                for images, targets in loader:
+                    optimizer.zero_grad()
+                    torch.nn.functional.cross_entropy(model(images), targets).backward()
+                    optimizer.step()
+            dataset.close()
+            rows.append({"target": 3, "variant": name, "seed": seed, "epochs": epochs,
+                         "train_images": len(dataset), "val_images": len(val),
+                         "val_accuracy": _evaluate(model, val_loader)})
+            print(f"   {name}, seed {seed}: held-out accuracy {rows[-1]['val_accuracy']:.3f}",
+                  flush=True)
+    return rows

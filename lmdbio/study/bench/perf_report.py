@@ -1,0 +1,142 @@
+"""``results/perf/``: the targets table (``targets.csv``, ``targets.md``) and the figures, from
+whatever section CSVs ``python -m lmdbio.study.bench perf`` has written (sections can be rerun
+one at a time)."""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections.abc import Callable
+
+import pandas
+
+GOALS = {  # target id -> (what, goal, comparison)
+    "1": ("cold random raw reads, DB fits in RAM, 2 DataLoader workers: lmdbio / sequential "
+          "read", 0.9, ">="),
+    "2": ("DB 4x the page cache, BlockShuffleSampler + hints: lmdbio / sequential read", 0.7, ">="),
+    "3a": ("loader, standard decode, cold: lmdbio / in-memory ceiling", 0.97, ">="),
+    "3b": ("loader, fast path (DraftDecoder(64)), cold: lmdbio / ImageFolder", 1.8, ">="),
+    "3c": ("held-out accuracy, DraftDecoder(64) minus standard decode", -0.02, ">="),
+    "3d": ("loader, --max-size 160 DB (resized at conversion), cold: lmdbio / ImageFolder", 1.8,
+           ">="),
+    "3e": ("held-out accuracy, --max-size 160 DB minus standard decode", -0.02, ">="),
+    "4a": ("converter, cold: lmdbio / seed converter (img/s)", 10.0, ">="),
+    "4b": ("converter, cold: lmdbio MB/s / source read in order", 0.8, ">="),
+    "4c": ("converter peak RSS, 5k-100k images (MB, max)", 300.0, "<="),
+    "5": ("worker anonymous PSS overhead of the Dataset, 1M minus 10k records (MB)", 5.0, "<="),
+}
+
+
+def _load(out: str, name: str) -> pandas.DataFrame | None:
+    path = os.path.join(out, name)
+    return pandas.read_csv(path) if os.path.exists(path) else None
+
+
+def _median(frame: pandas.DataFrame, column: str, **where: object) -> float:
+    mask = pandas.Series(True, index=frame.index)
+    for key, value in where.items():
+        mask &= frame[key] == value
+    values = frame.loc[mask, column].dropna()
+    return float(statistics.median(values)) if len(values) else float("nan")
+
+
+def _ratios(frame: pandas.DataFrame, storage: str,
+            by_prefix: bool = False) -> Callable[[str], float]:
+    """variant name (or its start) -> median ratio to the sequential read on ``storage``."""
+    def ratio(name: str) -> float:
+        if by_prefix:
+            name = frame[frame["variant"].str.startswith(name)]["variant"].iloc[0]
+        return _median(frame, "ratio_to_sequential", storage=storage, variant=name)
+    return ratio
+
+
+def measured_targets(out: str) -> list[dict]:
+    rows: list[dict] = []
+
+    def add(target: str, storage: str, value: float, detail: str = "") -> None:
+        what, goal, op = GOALS[target]
+        met = value >= goal if op == ">=" else value <= goal
+        rows.append({"target": target, "what": what, "storage": storage,
+                     "measured": round(value, 3), "goal": f"{op} {goal}",
+                     "met": bool(met) if value == value else False, "detail": detail})
+
+    reads = _load(out, "reads.csv")
+    if reads is not None:
+        for storage in reads["storage"].unique():
+            ratio = _ratios(reads, storage)
+            add("1", storage, ratio("lmdbio, 2 DataLoader workers (defaults)"),
+                f"one process {ratio('lmdbio (readahead on, prefetch auto)'):.2f}x (prefetch off "
+                f"{ratio('lmdbio, prefetch off'):.2f}x, readahead off "
+                f"{ratio('lmdbio, readahead off'):.2f}x); loose files "
+                f"{ratio('loose files, 2 DataLoader workers'):.2f}x with 2 workers, "
+                f"{ratio('loose files'):.2f}x in one; seed-style "
+                f"{ratio('seed-style DB (pickle, readahead off)'):.2f}x")
+    big = _load(out, "larger_than_ram.csv")
+    if big is not None:
+        for storage in big["storage"].unique():
+            ratio = _ratios(big, storage, by_prefix=True)
+            add("2", storage, ratio("BlockShuffleSampler(128, 1024) + block hints"),
+                f"same sampler without hints, kernel readahead {ratio('BlockShuffleSampler(128, 1024), no hints'):.2f}x;"
+                f" random order {ratio('random order, lmdbio'):.2f}x (readahead off), "
+                f"{ratio('random order, kernel readahead on'):.2f}x (on)")
+    loader = _load(out, "loader.csv")
+    if loader is not None:
+        for storage in loader["storage"].unique():
+            rate: Callable[[str], float] = lambda v, s=storage: _median(  # noqa: E731
+                loader, "images_per_s", storage=s, variant=v)
+            add("3a", storage, rate("lmdbio") / rate("ceiling: in memory, PIL decode"),
+                f"ImageFolder {rate('ImageFolder') / rate('ceiling: in memory, PIL decode'):.2f}x")
+            add("3b", storage, rate("lmdbio, DraftDecoder(64)") / rate("ImageFolder"),
+                f"DraftDecoder(128) {rate('lmdbio, DraftDecoder(128)') / rate('ImageFolder'):.2f}x,"
+                f" decode_tensor {rate('lmdbio, decode_tensor + v2') / rate('ImageFolder'):.2f}x")
+            add("3d", storage, rate("lmdbio, --max-size 160 DB") / rate("ImageFolder"))
+    accuracy = _load(out, "accuracy.csv")
+    if accuracy is not None:
+        standard = _median(accuracy, "val_accuracy", variant="PIL decode (standard)")
+        add("3c", "ssd", _median(accuracy, "val_accuracy", variant="DraftDecoder(64)") - standard,
+            f"standard {standard:.3f}; " + ", ".join(
+                f"{v} {_median(accuracy, 'val_accuracy', variant=v):.3f}"
+                for v in accuracy["variant"].unique() if v != "PIL decode (standard)"))
+        add("3e", "ssd",
+            _median(accuracy, "val_accuracy", variant="--max-size 160 DB") - standard)
+    convert = _load(out, "convert.csv")
+    if convert is not None:
+        for storage in convert["storage"].unique():
+            ours = _median(convert, "per_s", storage=storage, variant="lmdbio convert")
+            seed = _median(convert, "per_s", storage=storage, variant="seed converter")
+            add("4a", storage, ours / seed, f"lmdbio {ours:.0f} img/s, seed {seed:.0f} img/s")
+            add("4b", storage, _median(convert, "ratio_to_source_read", storage=storage,
+                                       variant="lmdbio convert"))
+    rss = _load(out, "convert_rss.csv")
+    if rss is not None:
+        add("4c", "ssd", float(rss["peak_rss_mb"].max()), ", ".join(
+            f"{int(r.images):,}: {r.peak_rss_mb:.0f} MB" for r in rss.itertuples()))
+    memory = _load(out, "memory.csv")
+    if memory is not None:
+        for context in memory["context"].unique():
+            part = memory[memory["context"] == context].groupby("samples")
+            anon, pss = part["anon_overhead_mb"].max(), part["pss_overhead_mb"].max()
+            add("5", context, float(anon.max() - anon.min()), "anonymous " + ", ".join(
+                f"{int(n):,}: {v:+.1f} MB" for n, v in anon.items()) + "; with mapped file "
+                "pages of the records read (shared, reclaimable) " + ", ".join(
+                f"{int(n):,}: {v:+.1f} MB" for n, v in pss.items()))
+    return rows
+
+
+def report(out: str) -> pandas.DataFrame:
+    targets = pandas.DataFrame(measured_targets(out))
+    if targets.empty:
+        return targets
+    targets.to_csv(os.path.join(out, "targets.csv"), index=False)
+    with open(os.path.join(out, "targets.md"), "w") as handle:
+        handle.write("| target | what | storage | measured | goal | met | detail |\n"
+                     "|---|---|---|---|---|---|---|\n")
+        for r in targets.itertuples():
+            handle.write(f"| {r.target} | {r.what} | {r.storage} | {r.measured} | {r.goal} | "
+                         f"{'yes' if r.met else '**no**'} | {r.detail} |\n")
+    print("\n== targets\n" + targets[["target", "storage", "measured", "goal", "met"]]
+          .to_string(index=False), flush=True)
+    from lmdbio.study.bench.perf_plots import plot_all
+
+    plot_all(out)
+    return targets

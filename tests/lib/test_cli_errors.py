@@ -1,0 +1,364 @@
+"""Bad inputs through the real CLI: exit code, one ``lmdbio: error:`` line naming the path,
+no traceback, and no DST or DST.partial left behind."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import lmdbio
+
+from tests.helpers import (REPO, assert_one_line_error, build_simple_tree, jpeg_bytes, run_cli,
+                      write)
+
+
+def assert_no_output(dst: Path) -> None:
+    assert not dst.exists(), dst
+    assert not Path(f"{dst}.partial").exists()
+    assert not Path(f"{dst}-lock").exists()
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    return build_simple_tree(tmp_path / "src", per_class=3, classes=("cat", "sea lion"))
+
+
+# -- the source -----------------------------------------------------------------------------------
+
+
+def test_missing_source(tmp_path: Path) -> None:
+    src, dst = tmp_path / "nope", tmp_path / "out.lmdb"
+    line = assert_one_line_error(run_cli("convert", src, dst), str(src), "does not exist")
+    assert "data/train" in line  # says what to pass instead
+    assert_no_output(dst)
+
+
+def test_missing_source_default_destination(tmp_path: Path) -> None:
+    src = tmp_path / "nope"
+    assert_one_line_error(run_cli("convert", src), str(src), "does not exist")
+    assert_no_output(tmp_path / "nope.lmdb")
+
+
+def test_source_is_a_file(tmp_path: Path) -> None:
+    src = write(tmp_path / "picture.jpg", jpeg_bytes(1))
+    dst = tmp_path / "out.lmdb"
+    assert_one_line_error(run_cli("convert", src, dst), str(src), "is not a directory")
+    assert_no_output(dst)
+
+
+def test_source_without_class_folders(tmp_path: Path) -> None:
+    src = tmp_path / "flat"
+    write(src / "a.jpg", jpeg_bytes(1))  # images, but no class folder
+    dst = tmp_path / "out.lmdb"
+    assert_one_line_error(run_cli("convert", src, dst), str(src), "no class folder")
+    assert_no_output(dst)
+
+
+def test_a_class_without_images(tree: Path, tmp_path: Path) -> None:
+    write(tree / "empty class" / "notes.txt", b"no images here")
+    (tree / "also empty").mkdir()
+    dst = tmp_path / "out.lmdb"
+    line = assert_one_line_error(run_cli("convert", tree, dst), str(tree),
+                                 "also empty, empty class", ".jpg", ".webp")
+    assert "cat" not in line.split("classes")[1].split(" in ")[0]
+    assert_no_output(dst)
+
+
+@pytest.mark.parametrize("kind", ["random", "empty", "broken-symlink", "directory-like"])
+def test_a_bad_image_fails_the_conversion(tree: Path, tmp_path: Path, kind: str) -> None:
+    bad = tree / "sea lion" / "bad file.jpg"
+    if kind == "random":
+        bad.write_bytes(os.urandom(5000))
+        reason = "not a readable image: cannot identify image file"
+    elif kind == "empty":
+        bad.write_bytes(b"")
+        reason = "not a readable image"
+    elif kind == "broken-symlink":
+        bad.symlink_to(tmp_path / "gone.jpg")
+        reason = "cannot read: No such file or directory"
+    else:  # a PNG signature followed by garbage
+        bad.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(100))
+        reason = "not a readable image"
+    dst = tmp_path / "out.lmdb"
+    line = assert_one_line_error(run_cli("convert", tree, dst, "-q"), repr(str(bad)), reason)
+    assert "--on-error skip" in line
+    assert "0x" not in line  # no "<_io.BytesIO object at 0x...>" noise
+    assert_no_output(dst)
+
+
+def test_a_bad_image_with_an_awkward_name_still_gives_one_line(tree: Path,
+                                                              tmp_path: Path) -> None:
+    bad = write(tree / "cat" / "bad\nname ü.jpg", b"garbage")
+    dst = tmp_path / "out.lmdb"
+    line = assert_one_line_error(run_cli("convert", tree, dst, "-q"))
+    assert repr(str(bad)) in line  # the newline is escaped, not printed
+    assert_no_output(dst)
+
+
+def test_the_error_line_stands_alone_after_a_progress_bar(tmp_path: Path) -> None:
+    tree = build_simple_tree(tmp_path / "src", per_class=30)
+    bad = write(tree / "b" / "99999.jpg", os.urandom(3000))  # last in the listing
+    dst = tmp_path / "out.lmdb"
+    proc = run_cli("convert", tree, dst, "--workers", "1")  # progress bar on
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    errors = [ln for ln in lines if "lmdbio: error:" in ln]
+    assert len(errors) == 1 and errors[0].startswith("lmdbio: error: "), proc.stderr
+    assert lines[-1] == errors[0] and str(bad) in errors[0]
+    assert_no_output(dst)
+
+
+def test_truncated_jpeg_is_caught_by_its_missing_end_marker(tree: Path, tmp_path: Path) -> None:
+    victim = tree / "cat" / "00001.jpg"
+    whole = jpeg_bytes(77, (64, 64), noise=30)
+    victim.write_bytes(whole[: len(whole) // 2])
+    dst = tmp_path / "out.lmdb"
+    for extra in ((), ("--verify-images",)):
+        line = assert_one_line_error(run_cli("convert", tree, dst, "-q", *extra),
+                                     repr(str(victim)), "truncated")
+        assert_no_output(dst)
+        assert "truncated" in line
+
+
+def test_damage_inside_a_jpeg_needs_verify_images(tree: Path, tmp_path: Path) -> None:
+    victim = tree / "cat" / "00001.jpg"
+    whole = bytearray(jpeg_bytes(77, (64, 64), noise=30))
+    table = whole.index(b"\xff\xc4")
+    whole[table + 5:table + 21] = b"\xff" * 16  # a bogus Huffman table: headers still parse
+    victim.write_bytes(bytes(whole))
+    dst = tmp_path / "out.lmdb"
+    proc = run_cli("convert", tree, dst, "-q")  # sound structure and end marker: passes
+    assert proc.returncode == 0, proc.stderr
+    assert lmdbio.info(dst).num_samples == 6
+    assert_one_line_error(run_cli("convert", tree, tmp_path / "v.lmdb", "-q",
+                                  "--verify-images"), repr(str(victim)))
+
+
+def test_jpeg_magic_around_garbage_is_refused(tree: Path, tmp_path: Path) -> None:
+    victim = tree / "cat" / "00001.jpg"
+    victim.write_bytes(b"\xff\xd8\xff" + b"garbage" * 50 + b"\xff\xd9")
+    assert_one_line_error(run_cli("convert", tree, tmp_path / "out.lmdb", "-q"),
+                          repr(str(victim)))
+
+
+# -- the destination ------------------------------------------------------------------------------
+
+
+def test_existing_destination_needs_overwrite(tree: Path, tmp_path: Path) -> None:
+    dst = write(tmp_path / "out.lmdb", b"precious")
+    assert_one_line_error(run_cli("convert", tree, dst), str(dst), "already exists",
+                          "--overwrite")
+    assert dst.read_bytes() == b"precious"
+    assert not Path(f"{dst}.partial").exists()
+    proc = run_cli("convert", tree, dst, "--overwrite", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert f"wrote 6 images of 2 classes to {dst}" in proc.stdout
+    assert lmdbio.info(dst).class_counts == {"cat": 3, "sea lion": 3}
+    assert not Path(f"{dst}.partial").exists()
+
+
+def test_overwrite_replaces_an_older_database(tree: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "out.lmdb"
+    assert run_cli("convert", tree, dst, "-q").returncode == 0
+    write(tree / "cat" / "zzz.jpg", jpeg_bytes(4242))
+    assert_one_line_error(run_cli("convert", tree, dst, "-q"), "already exists")
+    assert lmdbio.info(dst).num_samples == 6
+    assert run_cli("convert", tree, dst, "-q", "--overwrite").returncode == 0
+    assert lmdbio.info(dst).num_samples == 7
+
+
+def test_destination_folder_missing(tree: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "no" / "such" / "out.lmdb"
+    assert_one_line_error(run_cli("convert", tree, dst), str(dst.parent), "does not exist")
+    assert not dst.parent.exists()
+
+
+def test_destination_is_a_directory(tree: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "out.lmdb"
+    dst.mkdir()
+    for extra in ([], ["--overwrite"]):
+        assert_one_line_error(run_cli("convert", tree, dst, *extra), str(dst), "is a directory")
+        assert dst.is_dir() and list(dst.iterdir()) == []
+        assert not Path(f"{dst}.partial").exists()
+
+
+def test_concurrent_conversion_is_refused(tree: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "out.lmdb"
+    partial = Path(f"{dst}.partial")
+    with open(partial, "wb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running conversion holds it
+        assert_one_line_error(run_cli("convert", tree, dst), str(partial), "another conversion")
+        assert partial.exists()  # not ours to delete
+    assert not dst.exists()
+    assert run_cli("convert", tree, dst, "-q").returncode == 0  # lock released: it works
+    assert not partial.exists()
+
+
+@pytest.mark.parametrize("argv", [["--workers", "0"], ["--commit-mb", "0"],
+                                  ["--on-error", "ignore"], ["--workers", "x"]])
+def test_bad_option_values_are_usage_errors(tree: Path, tmp_path: Path, argv) -> None:
+    dst = tmp_path / "out.lmdb"
+    proc = run_cli("convert", tree, dst, *argv)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("lmdbio convert: error: argument "
+                                                   + argv[0])
+    assert_no_output(dst)
+
+
+# -- --on-error skip ------------------------------------------------------------------------------
+
+
+def test_on_error_skip_reports_and_leaves_out_bad_files(tree: Path, tmp_path: Path) -> None:
+    bad = {
+        "cat/corrupt.jpg": os.urandom(4000),
+        "cat/empty.jpg": b"",
+        os.fsdecode(b"sea lion/caf\xe9 bad.jpg"): b"not an image",  # a non-UTF-8 name
+    }
+    for rel, data in bad.items():
+        write(tree / rel, data)
+    (tree / "sea lion" / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    bad["sea lion/dangling.jpg"] = b""
+    from torchvision.datasets.folder import make_dataset as tv_make_dataset
+
+    listing = tv_make_dataset(str(tree), {"cat": 0, "sea lion": 1}, extensions=(".jpg",))
+    assert len(listing) == 10
+    dst = tmp_path / "out.lmdb"
+    # a strict UTF-8 stdout (as under an en_US.UTF-8 locale) must not choke on the latin-1 name
+    strict = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    proc = run_cli("convert", tree, dst, "-q", "--on-error", "skip", env=strict)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "wrote 6 images of 2 classes" in proc.stdout
+    assert "skipped 4 bad files:" in proc.stdout
+    for rel in bad:
+        escaped = rel.encode("utf-8", "backslashreplace").decode()  # caf\udce9
+        assert f"  {escaped}: " in proc.stdout, (escaped, proc.stdout)
+    with lmdbio.open_database(dst) as db:
+        assert len(db) == 6
+        assert sorted(p for p, _ in db.meta.skipped) == sorted(bad)
+        assert all(reason for _, reason in db.meta.skipped)
+        kept = [(os.path.relpath(p, tree), t) for p, t in listing
+                if os.path.relpath(p, tree) not in bad]
+        assert list(zip(db.relative_paths(), db.targets())) == kept
+        for index, (rel, target) in enumerate(kept):
+            assert db.get(index) == (target, (tree / rel).read_bytes())
+    info = run_cli("info", dst, "--json", env=strict)
+    assert info.returncode == 0, info.stderr
+    body = json.loads(info.stdout)
+    assert body["skipped"] == 4 and body["num_samples"] == 6
+    assert body["class_counts"] == {"cat": 3, "sea lion": 3}
+    assert "skipped at conversion: 4" in run_cli("info", dst).stdout
+    assert lmdbio.verify(dst).ok
+
+
+def test_on_error_skip_everything_in_a_class(tmp_path: Path) -> None:
+    tree = build_simple_tree(tmp_path / "src", per_class=2)
+    for path in (tree / "b").iterdir():
+        path.write_bytes(b"junk")
+    report = lmdbio.convert(tree, tmp_path / "out.lmdb", on_error="skip", progress=False)
+    assert report.num_samples == 2 and len(report.skipped) == 2
+    assert lmdbio.info(report.destination).class_counts == {"a": 2, "b": 0}
+
+
+# -- other commands -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["info", "verify", "extract"])
+def test_reading_commands_on_missing_and_non_lmdb_files(tmp_path: Path, command: str) -> None:
+    extra = [tmp_path / "outdir"] if command == "extract" else []
+    missing = tmp_path / "missing.lmdb"
+    assert_one_line_error(run_cli(command, missing, *extra), str(missing), "does not exist")
+    junk = write(tmp_path / "junk.lmdb", os.urandom(20000))
+    assert_one_line_error(run_cli(command, junk, *extra), str(junk), "not an LMDB file")
+    assert not (tmp_path / "outdir").exists()
+    assert sorted(os.listdir(tmp_path)) == ["junk.lmdb"]  # no lock file, nothing created
+
+
+# -- start-up cost: no torch ----------------------------------------------------------------------
+
+PROBE = """
+import sys
+import lmdbio
+assert "torch" not in sys.modules and "torchvision" not in sys.modules, "import lmdbio"
+import lmdbio.cli
+for argv in ([ "convert", sys.argv[1], sys.argv[2], "-q"], ["info", sys.argv[2]],
+             ["verify", sys.argv[2], "-q"], ["extract", sys.argv[2], sys.argv[3], "-q"]):
+    assert lmdbio.cli.main(argv) == 0, argv
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision"))
+print("HEAVY", heavy)
+lmdbio.ImageFolderLMDB  # the lazy attribute does import torch
+print("AFTER", "torch" in sys.modules)
+"""
+
+
+def test_cli_commands_do_not_import_torch(tree: Path, tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-c", PROBE, str(tree), str(tmp_path / "o.lmdb"),
+                           str(tmp_path / "x")], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout
+    assert "AFTER True" in proc.stdout
+
+
+def test_import_time_lists_no_torch() -> None:
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import lmdbio, lmdbio.cli"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    imported = [line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()
+                if line.startswith("import time:")]
+    assert "lmdbio.database" in imported and "lmdb" in imported
+    assert not [m for m in imported if m.split(".")[0] in ("torch", "torchvision")]
+
+
+# -- where the output goes ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("src_arg", ["train", "train/", "./train//"])
+def test_default_destination_sits_next_to_the_source(tmp_path: Path, src_arg: str) -> None:
+    build_simple_tree(tmp_path / "train", per_class=1)
+    proc = run_cli("convert", src_arg, "-q", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ["train", "train.lmdb"]
+    assert lmdbio.info(tmp_path / "train.lmdb").num_samples == 2
+
+
+def test_relative_destination_and_home_expansion(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    build_simple_tree(tmp_path / "data" / "train", per_class=1)
+    proc = run_cli("convert", "data/train", "out.lmdb", "-q", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out.lmdb").is_file()
+    monkeypatch.setenv("HOME", str(tmp_path))
+    report = lmdbio.convert("~/data/train", "~/home.lmdb", progress=False)
+    assert report.destination == str(tmp_path / "home.lmdb")
+    assert (tmp_path / "home.lmdb").is_file() and not (Path.cwd() / "~").exists()
+
+
+def test_failed_overwrite_keeps_the_old_database(tree: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "out.lmdb"
+    assert run_cli("convert", tree, dst, "-q").returncode == 0
+    before = dst.read_bytes()
+    write(tree / "cat" / "zzz.jpg", b"junk")
+    assert_one_line_error(run_cli("convert", tree, dst, "-q", "--overwrite"), "zzz.jpg")
+    assert dst.read_bytes() == before  # replaced only by a complete database
+    assert not Path(f"{dst}.partial").exists()
+    assert lmdbio.verify(dst).ok
+
+
+@pytest.mark.parametrize("command", ["info", "verify", "extract"])
+def test_reading_commands_given_the_image_folder_itself(tree: Path, tmp_path: Path,
+                                                        command: str) -> None:
+    extra = [tmp_path / "outdir"] if command == "extract" else []
+    assert_one_line_error(run_cli(command, tree, *extra), str(tree), "is a folder",
+                          "lmdbio convert")
+    assert not (tmp_path / "outdir").exists()
+    assert not (tree / "data.mdb").exists() and not (tree / "lock.mdb").exists()

@@ -1,0 +1,111 @@
+"""Record byte ranges and block hints: the offsets LMDB's map gives are the file's real bytes,
+a hint really brings them into the page cache, and the sampler hints every block before any
+of its records is drawn."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from torch.utils.data import DataLoader
+
+import lmdbio
+from lmdbio import Database, EnvOptions
+from lmdbio.study import pagecache
+from lmdbio.dataset import ImageFolderLMDB
+from lmdbio.format import RECORD_HEADER_SIZE
+from lmdbio.samplers import BlockShuffleSampler
+
+from tests.helpers import build_simple_tree
+
+
+@pytest.fixture(scope="module")
+def big_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """120 records of ~10-20 KB: overflow pages, like real JPEGs."""
+    root = tmp_path_factory.mktemp("locality")
+    tree = build_simple_tree(root / "tree", per_class=60, size=(160, 120))
+    lmdbio.convert(tree, root / "db.lmdb", progress=False)
+    return root / "db.lmdb"
+
+
+def test_byte_ranges_point_at_the_records_in_the_file(big_db: Path) -> None:
+    with Database(big_db, EnvOptions(readahead=False)) as db, open(big_db, "rb") as handle:
+        for index in range(len(db)):
+            offset, length = db.byte_range(index, index + 1)
+            _, payload = db.get(index)
+            assert length == RECORD_HEADER_SIZE + len(payload)
+            handle.seek(offset + RECORD_HEADER_SIZE)
+            assert handle.read(len(payload)) == payload
+        low, length = db.byte_range(10, 20)
+        assert low == db.byte_range(10, 11)[0]
+        assert low + length == sum(db.byte_range(19, 20))
+        assert db.byte_range(5, 5) is None and db.byte_range(len(db), len(db) + 3) is None
+        assert db.byte_range(len(db) - 2, len(db) + 5) == db.byte_range(len(db) - 2, len(db))
+
+
+def test_will_need_brings_a_block_into_the_page_cache(big_db: Path) -> None:
+    with Database(big_db, EnvOptions(readahead=False)) as db:
+        pagecache.evict(big_db)  # mapped but never touched: nothing of it stays resident
+        before = pagecache.residency(big_db).bytes_resident
+        db.will_need(0, len(db))
+        deadline = time.monotonic() + 10
+        while pagecache.residency(big_db).fraction < 0.9 and time.monotonic() < deadline:
+            time.sleep(0.05)  # WILLNEED is asynchronous
+        assert pagecache.residency(big_db).fraction >= 0.9 > before / os.path.getsize(big_db)
+
+
+class Recorder:
+    """A data source that records the hints it gets and which indices were hinted."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.calls, self.hinted = n, [], set()
+
+    def __len__(self) -> int:
+        return self.n
+
+    def will_need(self, start: int, stop: int) -> None:
+        self.calls.append((start, stop))
+        self.hinted.update(range(start, stop))
+
+
+@pytest.mark.parametrize("replicas,rank", [(1, 0), (3, 2)])
+def test_sampler_hints_each_block_before_its_records_are_drawn(replicas: int, rank: int) -> None:
+    source = Recorder(1000)
+    sampler = BlockShuffleSampler(source, block_size=64, buffer_size=128, seed=3,
+                                  num_replicas=replicas, rank=rank, hint_ahead=2)
+    drawn = []
+    for index in sampler:
+        assert index in source.hinted  # asked for before it was yielded
+        drawn.append(index)
+    assert set(drawn) == source.hinted  # and nothing this rank never reads
+    for start, stop in source.calls:  # each hint is one contiguous run inside one block
+        assert 0 < stop - start <= 64 and start // 64 == (stop - 1) // 64
+    assert len(source.calls) < len(drawn) / 10  # one request per block, not per record
+    quiet = Recorder(1000)
+    assert len(list(BlockShuffleSampler(quiet, block_size=64, hint_blocks=False))) == 1000
+    assert quiet.calls == []
+
+
+def test_dataset_with_the_sampler_in_a_dataloader(big_db: Path) -> None:
+    dataset = ImageFolderLMDB(big_db, transform=lambda image: image.size, readahead=False,
+                              prefetch=False)
+    sampler = BlockShuffleSampler(dataset, block_size=16, buffer_size=32, seed=0)
+    loader = DataLoader(dataset, batch_size=8, sampler=sampler, num_workers=2,
+                        collate_fn=lambda batch: batch)
+    targets = sorted(target for batch in loader for _, target in batch)
+    assert targets == sorted(dataset.targets)
+    dataset.close()
+
+
+def test_byte_ranges_stay_right_after_the_environment_is_reopened(big_db: Path) -> None:
+    db = Database(big_db, EnvOptions(readahead=False))
+    first = db.byte_range(3, 4)
+    db.close()  # the next read maps the file again, perhaps at another address
+    with open(big_db, "rb") as handle:
+        offset, length = db.byte_range(3, 4)
+        handle.seek(offset + RECORD_HEADER_SIZE)
+        assert handle.read(length - RECORD_HEADER_SIZE) == db.get(3)[1]
+    assert (offset, length) == first  # the same bytes of the file
+    db.close()

@@ -1,0 +1,195 @@
+"""The study side: protocol order, harness figures, report tables, the papermill runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lmdbio.study import netfs, peers
+from lmdbio.study.protocol import run_bench, schedule
+from lmdbio.study.workspace import prepare
+
+from tests.helpers import REPO
+
+pandas = pytest.importorskip("pandas")
+
+
+def test_schedule_is_abba_counterbalanced():
+    order = schedule(["imagefolder", "lmdb"], ["cold", "warm"], 2)
+    first, second = order[:4], order[4:]
+    assert [(f, c) for f, c, _ in first] == [(f, c) for f, c, _ in reversed(second)]
+    assert {r for *_, r in first} == {0} and {r for *_, r in second} == {1}
+    # every condition sits equally often in every position over a pair of repeats
+    positions = {}
+    for i, (f, c, _) in enumerate(order):
+        positions.setdefault((f, c), []).append(i % 4)
+    assert all(sorted(p) == sorted([p[0], 3 - p[0]]) for p in positions.values())
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return prepare(os.fspath(tmp_path_factory.mktemp("data")), n_images=24, seed=3)
+
+
+def test_prepare_generates_and_converts_once(tiny):
+    assert os.path.isdir(os.path.join(tiny.split_dir, "cat"))
+    assert os.path.exists(tiny.lmdb_path) and tiny.converted
+    again = prepare(tiny.data_dir, n_images=24, seed=3)
+    assert not again.converted and again.lmdb_path == tiny.lmdb_path
+
+
+@pytest.mark.slow
+def test_run_bench_rows_cache_state_and_parity(tiny, tmp_path):
+    out = tmp_path / "out"
+    result = run_bench(data_dir=tiny.data_dir, split_dir=tiny.split_dir,
+                       lmdb_path=tiny.lmdb_path, storage="local", mode="train", epochs=2,
+                       batch_size=8, num_workers=1, repeats=2, threads=1,
+                       output_dir=os.fspath(out))
+    runs, batches = result.runs, result.batches
+    assert len(runs) == 1 + 2 * 2 * 2 and runs["warmup"].sum() == 1
+    measured = runs[~runs["warmup"]]
+    assert (measured[measured["cache"] == "cold"]["resident_fraction"] <= 0.05).all()
+    assert (measured[measured["cache"] == "warm"]["resident_fraction"] >= 0.95).all()
+    # 24 images, batch 8 -> 3 batches per epoch, 2 epochs
+    assert set(batches.groupby("run_id").size()[measured["run_id"]]) == {6}
+    assert (batches["data_time"] > 0).all() and (batches["batch_time"] >= batches["data_time"]).all()
+    assert (measured["n_samples"] == 24).all() and (measured["fs_type"] != "").all()
+    # same pixels, shuffle and augmentation -> identical losses for both formats
+    pairs = measured.pivot_table(index=["cache", "repeat"], columns="format",
+                                 values="last_epoch_loss")
+    assert (pairs["lmdb"] == pairs["imagefolder"]).all()
+    for name in ("batches.parquet", "runs.parquet", "runs.csv"):
+        assert (out / name).exists()
+    assert len(pandas.read_parquet(out / "runs.parquet")) == len(runs)
+
+
+def test_emulate_mode_reports_utilisation(tiny):
+    result = run_bench(data_dir=tiny.data_dir, split_dir=tiny.split_dir,
+                       lmdb_path=tiny.lmdb_path, storage="local", mode="emulate",
+                       caches=["warm"], batch_size=8, num_workers=1, step_ms=30, warmup=False)
+    runs = result.runs
+    assert (runs["utilisation"] > 0).all() and (runs["utilisation"] <= 1).all()
+    assert (result.batches["step_time"] >= 0.029).all()
+
+
+@pytest.mark.slow
+def test_report_tables_and_figures(tiny, tmp_path):
+    from lmdbio.study import report
+
+    for storage in ("ssd", "other"):
+        run_bench(data_dir=tiny.data_dir, split_dir=tiny.split_dir, lmdb_path=tiny.lmdb_path,
+                  storage=storage, mode="load", batch_size=8, num_workers=1, repeats=2,
+                  output_dir=os.fspath(tmp_path / storage / "load"))
+    (tmp_path / "skipped.json").write_text(json.dumps([{"target": "nfs", "reason": "why"}]))
+    runs, batches, skipped = report.load_results(os.fspath(tmp_path))
+    assert not runs["warmup"].any() and len(runs) == 2 * 2 * 2 * 2
+    speed = report.speedups(runs)
+    assert len(speed) == 4 and (speed["pairs"] == 2).all() and (speed["speedup"] > 0).all()
+    tables = report.write_tables(runs, os.fspath(tmp_path / "tables"))
+    assert os.path.getsize(tables["speedups.csv"]) > 0
+    figures = report.figures(runs, os.fspath(tmp_path / "figures"))
+    names = sorted(os.path.basename(f) for f in figures)
+    assert names == ["data_and_batch_time.png", "strategies.png", "throughput.png",
+                     "time_to_first_batch.png", "when_lmdb_helps.png"]  # no emulate: no utilisation
+    ratios = pandas.read_csv(tables["ratios.csv"])  # every format over ImageFolder
+    assert set(ratios["format"]) == {"lmdb"} and (ratios["pairs"] == 2).all()
+    assert list(pandas.read_csv(tables["strategies.csv"])["format"]) == [
+        "imagefolder", "lmdb", "webdataset", "litdata"]
+    assert all(open(f, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for f in figures)
+    assert "skipped target nfs: why" in report.describe(runs, skipped)
+
+
+def _study(tmp_path, *extra):
+    cmd = [sys.executable, "-m", "lmdbio.cli", "study", "--images", "16", "--repeats", "1",
+           "--batch-size", "8", "--num-workers", "1", "--work-dir", os.fspath(tmp_path / "w"),
+           "--results-dir", os.fspath(tmp_path / "r"), *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+@pytest.mark.sshfs
+@pytest.mark.skipif(not netfs.available()[0], reason=netfs.available()[1])
+def test_study_runs_both_targets_and_tears_down(tmp_path):
+    done = _study(tmp_path, "--modes", "load")
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = tmp_path / "r"
+    for target in ("ssd", "nfs"):
+        assert (results / target / "convert.ipynb").exists()
+        assert (results / target / "bench-load.ipynb").exists()
+        runs = pandas.read_parquet(results / target / "load" / "runs.parquet")
+        assert set(runs["storage"]) == {target}
+        assert (results / target / "ddp.ipynb").exists()  # the torchrun cell, 2 ranks
+        ddp = pandas.read_parquet(results / target / "ddp" / "runs.parquet")
+        assert set(ddp["storage"]) == {target} and set(ddp["rank"]) == {0, 1}
+        assert set(ddp["world_size"]) == {2} and set(ddp["mode"]) == {"load"}
+    nfs_runs = pandas.read_parquet(results / "nfs" / "load" / "runs.parquet")
+    assert set(nfs_runs["fs_type"]) == {"fuse.sshfs"}
+    found = peers.available()  # the peers extra: its strategies join every target's matrix
+    assert set(nfs_runs["format"]) == {"imagefolder", "lmdb", *found}
+    for target in ("ssd", "nfs"):
+        written = pandas.read_csv(results / target / "writers.csv")
+        assert list(written["format"]) == ["lmdb", *found] and (written["images"] == 16).all()
+    assert ("peer strategies included" if found else "skipped: not installed") in done.stdout
+    assert (results / "figures" / "when_lmdb_helps.png").exists()
+    assert (results / "figures" / "ddp_ranks.png").exists()
+    speedups = pandas.read_csv(results / "tables" / "speedups.csv")
+    assert set(speedups["mode"]) == {"load", "ddp2-load"}
+    assert len(pandas.read_csv(results / "tables" / "ddp_ranks.csv")) == 2 * 2 * 2 * 2
+    assert (results / "tables" / "speedups.csv").exists()
+    assert json.loads((results / "skipped.json").read_text()) == []
+    with open("/proc/self/mountinfo") as handle:
+        assert "sshfs" not in handle.read()
+    # a second run skips finished notebooks
+    again = _study(tmp_path, "--modes", "load", "--no-nfs", "--no-peers")
+    assert "done earlier, skipped" in again.stdout and again.returncode == 0
+    assert "left out (--no-peers)" in again.stdout
+
+
+@pytest.mark.slow
+def test_study_keeps_failed_notebook_and_exits_nonzero(tmp_path):
+    done = _study(tmp_path, "--modes", "bogus", "--no-nfs", "--ddp-procs", "0")
+    assert done.returncode == 1
+    failed = tmp_path / "r" / "ssd" / "bench-bogus.failed.ipynb"
+    assert failed.exists() and "mode must be one of" in failed.read_text()
+    assert not (tmp_path / "r" / "ssd" / "bench-bogus.ipynb").exists()
+    assert "failed:" in done.stderr
+
+
+def _papermill(tmp_path, *params):
+    papermill = os.path.join(os.path.dirname(sys.executable), "papermill")
+    out = tmp_path / "out.ipynb"
+    cmd = [papermill, "notebooks/bench.ipynb", os.fspath(out), *params,
+           "-p", "mode", "load", "-p", "cache", "warm"]  # keep it short; defaults otherwise
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out.read_text()
+
+
+@pytest.mark.slow
+def test_bench_notebook_as_documented_on_an_empty_dir(tmp_path):
+    data = tmp_path / "empty"
+    data.mkdir()
+    text = _papermill(tmp_path, "-p", "data_dir", os.fspath(data))
+    assert sorted(os.listdir(data / "train")) == ["cat", "dog"]
+    assert (data / "train.lmdb").exists()
+    assert "64 samples" in text and "lmdb/warm: 1" in text
+
+
+@pytest.mark.slow
+def test_bench_notebook_uses_an_existing_imagefolder_as_is(tmp_path):
+    from PIL import Image
+
+    data = tmp_path / "mine"
+    for name, colour in (("apple", "red"), ("pear", "green")):
+        (data / "train" / name).mkdir(parents=True)
+        for i in range(5):
+            Image.new("RGB", (40 + i, 30), colour).save(data / "train" / name / f"{i}.png")
+    before = sorted(p.relative_to(data) for p in (data / "train").rglob("*"))
+    text = _papermill(tmp_path, "-p", "data_dir", os.fspath(data))
+    assert sorted(p.relative_to(data) for p in (data / "train").rglob("*")) == before
+    assert "10 samples, classes {'apple': 5, 'pear': 5}" in text
