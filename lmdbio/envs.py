@@ -105,7 +105,7 @@ def _open(path: str, options: EnvOptions) -> lmdb.Environment:
     # With a lock file, a spare read transaction owns a slot of the reader table, which is
     # shared memory: a forked DataLoader worker that closes its inherited copy (as acquire()
     # does) would abort that transaction and free the parent's slot, which a sibling then
-    # takes (MDB_BAD_RSLOT; tests/test_reliability_concurrency.py). So no spares with a lock.
+    # takes (MDB_BAD_RSLOT; tests/torture/test_reliability_concurrency.py). So no spares with a lock.
     spare = 0 if options.lock else options.max_spare_txns
     try:
         env = lmdb.open(path, subdir=os.path.isdir(path), readonly=True, create=False,

@@ -2,7 +2,7 @@
 
 liblmdb trusts its pages: a damaged node offset, key size, data size or child page number
 makes it read past the page, and past the end of the file mapping, which kills the process
-with SIGBUS or SIGSEGV instead of raising an error (found by tests/test_reliability_fuzz.py).
+with SIGBUS or SIGSEGV instead of raising an error (found by tests/torture/test_reliability_fuzz.py).
 Records carry their own CRC-32 (docs/FORMAT.md), but the B-tree around them does not. So
 ``lmdbio verify`` first walks every branch, leaf and overflow page of the file through
 ordinary reads, checking what liblmdb would otherwise trust; only a file that passes is then
