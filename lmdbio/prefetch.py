@@ -23,6 +23,8 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
+from .system import proc_kib_field
+
 __all__ = ["Prefetcher", "fits_in_memory", "memory_budget", "prefetch_files", "stop_all"]
 
 CHUNK_BYTES = 8 << 20   # large enough that each read is one sequential stream, small enough to stop fast
@@ -31,13 +33,9 @@ _UNLIMITED = 1 << 60     # cgroup v1 reports "no limit" as a huge number
 
 
 def _meminfo_available() -> int:
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    available = proc_kib_field("/proc/meminfo", "MemAvailable")
+    if available is not None:
+        return available
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 

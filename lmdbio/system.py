@@ -8,7 +8,8 @@ import os
 import re
 from dataclasses import dataclass
 
-__all__ = ["NETWORK_FS_TYPES", "FsInfo", "fs_info", "is_network_fs", "mounts", "peak_rss_bytes"]
+__all__ = ["NETWORK_FS_TYPES", "FsInfo", "fs_info", "is_network_fs", "mounts", "peak_rss_bytes",
+           "proc_kib_field"]
 
 # Types whose every page-cache miss is a request over a network (FUSE counts: sshfs, s3fs, ...).
 NETWORK_FS_TYPES = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "lustre", "gpfs",
@@ -65,17 +66,26 @@ def is_network_fs(fstype: str) -> bool:
     return fstype.startswith("fuse") or fstype in NETWORK_FS_TYPES
 
 
+def proc_kib_field(path: str, key: str) -> int | None:
+    """The ``key: N kB`` line of a ``/proc`` file such as ``/proc/meminfo`` or
+    ``/proc/self/status``, in bytes; None when the file or the line is missing."""
+    try:
+        with open(path) as handle:
+            for line in handle:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident memory since its exec (``VmHWM``). ``ru_maxrss`` is not
     that: it keeps the parent's high-water mark across fork + exec, so a converter started from
     a notebook kernel or a benchmark would report their size."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    peak = proc_kib_field("/proc/self/status", "VmHWM")
+    if peak is not None:
+        return peak
     import resource  # not Linux: the best there is
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
