@@ -46,6 +46,16 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return python
 
 
+def test_the_checkout_install_is_untouched(installed: Path) -> None:
+    """Installing the wheel elsewhere must not uninstall this environment's lmdbio (pip with
+    --prefix would: it removes the distribution it finds on sys.path first)."""
+    from importlib import metadata
+
+    assert metadata.distribution("lmdbio").locate_file("") is not None
+    proc = run(sys.executable, "-m", "pip", "show", "lmdbio", cwd=REPO)
+    assert "Name: lmdbio" in proc.stdout
+
+
 def test_the_wheel_is_what_gets_imported(installed: Path, tmp_path: Path) -> None:
     where = run(installed, "-c", "import lmdbio, lmdbio.study; print(lmdbio.__file__)",
                 cwd=tmp_path).stdout.strip()

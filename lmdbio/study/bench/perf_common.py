@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import lmdb
 
 import lmdbio
-from lmdbio.study import netfs, pagecache
 from lmdbio.folder import find_classes, make_dataset
+from lmdbio.publish import create_exclusive, discard, staged
+from lmdbio.study import netfs, pagecache
 from lmdbio.study.synthetic import ensure_dataset
 
 MB = 1e6
@@ -78,15 +79,13 @@ def raw_tree(work: str, jpeg_split: str, replicas: int) -> str:
     split = os.path.join(work, "raw", f"{tree}-x{replicas}")
     source = os.path.join(work, jpeg_split)
     if not os.path.isdir(split):
-        partial = split + ".partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        for path, _ in make_dataset(source, find_classes(source)[1]):
-            folder = os.path.join(partial, os.path.basename(os.path.dirname(path)))
-            os.makedirs(folder, exist_ok=True)
-            stem, ext = os.path.splitext(os.path.basename(path))
-            for copy in range(replicas):
-                shutil.copyfile(path, os.path.join(folder, f"{stem}.r{copy}{ext}"))
-        os.rename(partial, split)
+        with staged(split) as partial:
+            for path, _ in make_dataset(source, find_classes(source)[1]):
+                folder = os.path.join(partial, os.path.basename(os.path.dirname(path)))
+                os.makedirs(folder, exist_ok=True)
+                stem, ext = os.path.splitext(os.path.basename(path))
+                for copy in range(replicas):
+                    shutil.copyfile(path, os.path.join(folder, f"{stem}.r{copy}{ext}"))
     if not os.path.exists(f"{split}.lmdb"):
         lmdbio.convert(split, f"{split}.lmdb", progress=False)
     if not os.path.exists(f"{split}.seed.lmdb"):
@@ -97,18 +96,22 @@ def raw_tree(work: str, jpeg_split: str, replicas: int) -> str:
 def write_seed_db(split: str, dst: str) -> None:
     """The seed's layout: pickle((jpeg bytes, label)) under str(i), ``__keys__``/``__len__``."""
     samples = make_dataset(split, find_classes(split)[1])
-    partial = dst + ".partial"
-    env = lmdb.open(partial, subdir=False, map_size=1 << 36, meminit=False, lock=False)
-    with env.begin(write=True) as txn:
-        for i, (path, label) in enumerate(samples):
-            with open(path, "rb") as handle:
-                txn.put(str(i).encode(), pickle.dumps((handle.read(), label)))
-        keys = [str(i).encode() for i in range(len(samples))]
-        txn.put(b"__keys__", pickle.dumps(keys))
-        txn.put(b"__len__", pickle.dumps(len(keys)))
-    env.copy(dst, compact=True)  # shrink the file to its pages, as the seed's would be after use
-    env.close()
-    os.unlink(partial)
+    with staged(dst) as partial:
+        work = partial + ".work"  # written in key order, then compacted into the partial
+        discard(work)
+        try:
+            env = lmdb.open(work, subdir=False, map_size=1 << 36, meminit=False, lock=False)
+            with env.begin(write=True) as txn:
+                for i, (path, label) in enumerate(samples):
+                    with open(path, "rb") as handle:
+                        txn.put(str(i).encode(), pickle.dumps((handle.read(), label)))
+                keys = [str(i).encode() for i in range(len(samples))]
+                txn.put(b"__keys__", pickle.dumps(keys))
+                txn.put(b"__len__", pickle.dumps(len(keys)))
+            env.copy(partial, compact=True)  # shrunk to its pages, as the seed's after use
+            env.close()
+        finally:
+            discard(work)
 
 
 def sequential_mb_s(storage: Storage, relative: str, chunk: int = 8 << 20) -> float:
@@ -145,12 +148,10 @@ def median(rows: list[dict], key: str, **where: object) -> float:
 def write_rows(rows: list[dict], path: str) -> None:
     """One tidy CSV per section, written via a temp name."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    partial = path + ".partial"
-    with open(partial, "w", newline="") as handle:
+    with staged(path) as partial, create_exclusive(partial, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=sorted({k for r in rows for k in r}))
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(partial, path)
 
 
 def banner(title: str, limits: dict[str, float]) -> None:

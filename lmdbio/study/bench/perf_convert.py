@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from lmdbio.publish import staged
 from lmdbio.study.bench import converters
 from lmdbio.study.bench.perf_common import MB, Storage, banner, median, tree_sequential_mb_s
 
@@ -70,14 +71,13 @@ def linked_tree(work: str, jpeg: str, n: int) -> str:
         return root
     source = os.path.join(work, jpeg)
     files = make_dataset(source, find_classes(source)[1])
-    partial = root + ".partial"
-    for i in range(n):
-        path = files[i % len(files)][0]
-        folder = os.path.join(partial, os.path.basename(os.path.dirname(path)))
-        if i < len(files):
-            os.makedirs(folder, exist_ok=True)
-        os.link(path, os.path.join(folder, f"{i:06d}.jpg"))
-    os.rename(partial, root)
+    with staged(root) as partial:
+        for i in range(n):
+            path = files[i % len(files)][0]
+            folder = os.path.join(partial, os.path.basename(os.path.dirname(path)))
+            if i < len(files):
+                os.makedirs(folder, exist_ok=True)
+            os.link(path, os.path.join(folder, f"{i:06d}.jpg"))
     return root
 
 

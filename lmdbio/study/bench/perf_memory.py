@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lmdbio.dataset import ImageFolderLMDB
 from lmdbio.format import Metadata
+from lmdbio.publish import staged
 from lmdbio.writer import LmdbWriter
 from lmdbio.study.bench.perf_common import banner
 
@@ -35,19 +36,18 @@ def tiny_db(work: str, n: int) -> str:
     if os.path.exists(path):
         return path
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    partial = path + ".partial"
-    writer = LmdbWriter(partial)
-    step = 50_000
-    for start in range(0, n, step):
-        count = min(step, n - start)
-        writer.commit(start, [(i % 2, PAYLOAD) for i in range(start, start + count)],
-                      {"position": start + count})
-    paths = [f"{('cat', 'dog')[i % 2]}/{i:07d}.jpg" for i in range(n)]
-    writer.finish(Metadata(num_samples=n, classes=["cat", "dog"], source_root="/synthetic",
-                           source_fingerprint="tiny", extensions=[".jpg"],
-                           payload_bytes=n * len(PAYLOAD)),
-                  paths, [i % 2 for i in range(n)])
-    os.replace(partial, path)
+    with staged(path) as partial:
+        writer = LmdbWriter(partial)
+        step = 50_000
+        for start in range(0, n, step):
+            count = min(step, n - start)
+            writer.commit(start, [(i % 2, PAYLOAD) for i in range(start, start + count)],
+                          {"position": start + count})
+        paths = [f"{('cat', 'dog')[i % 2]}/{i:07d}.jpg" for i in range(n)]
+        writer.finish(Metadata(num_samples=n, classes=["cat", "dog"], source_root="/synthetic",
+                               source_fingerprint="tiny", extensions=[".jpg"],
+                               payload_bytes=n * len(PAYLOAD)),
+                      paths, [i % 2 for i in range(n)])
     return path
 
 
