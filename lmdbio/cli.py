@@ -24,7 +24,10 @@ def _convert(args: argparse.Namespace) -> int:
     options = dict(overwrite=args.overwrite, resume=args.resume, on_error=args.on_error,
                    verify_images=args.verify_images, workers=args.workers,
                    commit_bytes=args.commit_mb << 20, progress=not args.quiet,
-                   max_size=args.max_size, quality=args.quality)
+                   max_size=args.max_size, quality=args.quality, check=args.check,
+                   allow_empty=args.allow_empty)
+    if args.extensions:
+        options["extensions"] = tuple(args.extensions.split(","))
     shard = parse_shard(args.shard) if args.shard else None
     if args.jobs > 1 and not args.num_shards:
         raise ShardSpecError(f"--jobs {args.jobs} needs --num-shards N; to convert one shard "
@@ -101,8 +104,18 @@ def register_convert(commands: argparse._SubParsersAction) -> None:
                    help="continue an interrupted conversion from its last commit")
     p.add_argument("--on-error", choices=("fail", "skip"), default="fail",
                    help="what to do with unreadable or non-image files")
-    p.add_argument("--verify-images", action="store_true",
-                   help="fully decode each image (catches truncated files; slower)")
+    p.add_argument("--check", choices=("decode", "full", "structure"), default="decode",
+                   help="what a file must pass to be stored: 'decode' loads it as "
+                   "ImageFolder's loader would (bomb limit, decode, RGB; JPEGs at 1/8 DCT "
+                   "scale, which still decodes all their data); 'full' decodes at full size; "
+                   "'structure' only checks headers and end markers (faster: stored files may "
+                   "still fail to decode)")
+    p.add_argument("--verify-images", action="store_true", help="the same as --check full")
+    p.add_argument("--extensions", metavar="EXT,EXT",
+                   help="file extensions to list, comma-separated (default: ImageFolder's)")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="keep class folders without images as empty classes, as "
+                   "ImageFolder(allow_empty=True)")
     p.add_argument("--workers", type=_positive_int, default=None,
                    help="parallel file reads (default: 16 on a network FS, 4 on a local disk)")
     p.add_argument("--commit-mb", type=_positive_int, default=32,
@@ -120,7 +133,8 @@ def register_convert(commands: argparse._SubParsersAction) -> None:
                    "images keep their bytes. Recorded in the metadata")
     p.add_argument("--quality", type=_quality, metavar="Q",
                    help="with --max-size: JPEG quality (1-100) of re-encoded images; None means 90")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar; a failure is one line on stderr")
     p.set_defaults(handler=_convert)
 
 
@@ -215,13 +229,35 @@ def run_guarded(command: Callable[[], int]) -> int:
     try:
         return command()
     except LmdbioError as exc:  # printable: one line, whatever a stored name holds
-        print(f"lmdbio: error: {printable(exc)}", file=sys.stderr)
+        print(f"lmdbio: error: {cli_wording(printable(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     except OSError as exc:  # an I/O failure lmdbio did not anticipate: still one line
         print(f"lmdbio: error: {printable(exc)}", file=sys.stderr)
         return 1
+
+
+_API_OPTION = None
+
+
+def cli_wording(text: str) -> str:
+    """An error written for the Python API, in the command line's words: ``on_error="skip"``
+    -> ``--on-error skip``, ``allow_empty=True`` -> ``--allow-empty``, ``resume=True`` ->
+    ``--resume``..."""
+    import re
+
+    global _API_OPTION
+    if _API_OPTION is None:
+        _API_OPTION = re.compile(r'\b(on_error|check)=["\'](\w+)["\']|\b(allow_empty|resume|'
+                                 r'overwrite|verify_images)=True\b')
+
+    def spell(match: re.Match[str]) -> str:
+        if match[1]:
+            return f"--{match[1].replace('_', '-')} {match[2]}"
+        return f"--{match[3].replace('_', '-')}"
+    text = re.sub(r" \((?:overwrite|resume)=True\)", "", text)  # "--overwrite (overwrite=True)"
+    return _API_OPTION.sub(spell, text)
 
 
 if __name__ == "__main__":

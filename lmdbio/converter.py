@@ -7,30 +7,42 @@ at its last commit; ``resume=True`` continues from there when the source listing
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import datetime
-import errno
-import fcntl
 import os
-import stat
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import lmdb
 
 from . import __version__
-from .errors import (ConcurrentWriteError, DestinationError, OutputExistsError, ResumeError,
-                     printable)
-from .folder import IMG_EXTENSIONS
+from .errors import (
+    DestinationError,
+    OutputExistsError,
+    ResumeError,
+    SourceError,
+    printable,
+)
+from .folder import DEFAULT, selection
 from .format import Metadata
+from .partial_lock import lock_partial
 from .progress import Progress
 from .publish import discard, publish, same_file
 from .resize import Resizer, check_resume_setting, make_resizer
 from .shard_plan import ShardSpec, plan, shard_path, slice_listing
-from .sources import Listing, default_read_workers, list_source, read_in_order, source_error
+from .sources import (
+    Listing,
+    default_read_workers,
+    list_source,
+    read_in_order,
+    source_error,
+)
 from .system import peak_rss_bytes
+from .validate import CHECKS, Check, capture_warnings
 from .writer import Checkpoint, LmdbWriter
 
 __all__ = ["ConvertReport", "convert", "default_destination"]
@@ -52,6 +64,8 @@ class ConvertReport:
     resumed_from: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     peak_rss_bytes: int = 0
+    check: str = "decode"  # what every stored file passed (lmdbio.validate)
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (path, Pillow's warning)
 
     @property
     def images_per_second(self) -> float:
@@ -72,6 +86,9 @@ class ConvertReport:
             lines.append(f"skipped {len(self.skipped)} bad files:")
             lines += [f"  {printable(path)}: {printable(reason)}"  # source names: any bytes
                       for path, reason in self.skipped]
+        if self.warnings:
+            lines.append(f"{len(self.warnings)} warnings while checking the images (stored):")
+            lines += [f"  {printable(path)}: {printable(text)}" for path, text in self.warnings]
         return "\n".join(lines)
 
 
@@ -91,11 +108,14 @@ def convert(
     verify_images: bool = False,
     workers: int | None = None,
     commit_bytes: int = 32 << 20,
-    extensions: Sequence[str] = IMG_EXTENSIONS,
+    extensions: Sequence[str] | str | None = DEFAULT,
     progress: bool = True,
     shard: tuple[int, int] | None = None,
     max_size: int | None = None,
     quality: int | None = None,
+    is_valid_file: Callable[[str], bool] | None = None,
+    allow_empty: bool = False,
+    check: Check = "decode",
 ) -> ConvertReport:
     """Convert the ImageFolder at ``source`` into the LMDB file ``destination``.
 
@@ -103,8 +123,17 @@ def convert(
     Files are read by ``workers`` threads (default: 16 on a network or FUSE file system, 4 on
     a local disk: ``sources.default_read_workers``); records are committed every
     ``commit_bytes``.
-    ``on_error="skip"`` leaves out unreadable or non-image files and lists them in the report
-    and the metadata; ``verify_images`` fully decodes each image (catches truncated JPEGs).
+    ``extensions`` / ``is_valid_file`` / ``allow_empty`` select files and classes as
+    ImageFolder's do (``extensions`` defaults to ``IMG_EXTENSIONS`` unless ``is_valid_file`` is
+    given; both is a ``ValueError``).
+    ``check`` is what a file must pass to be stored (``lmdbio.validate``): ``"decode"``
+    (default) loads it as ImageFolder's loader would (bomb limit, decode, RGB; JPEGs at 1/8
+    DCT scale), ``"full"`` (also ``verify_images=True``) exactly so, ``"structure"`` only
+    checks headers and end markers (faster; may store files that fail to decode).
+    ``on_error="skip"`` leaves out files that fail and lists them with their reason in the
+    report and the metadata; a class that loses every file is an error unless
+    ``allow_empty``, and so is a conversion that stores nothing. Pillow's warnings go to the
+    report (``warnings``), not to stderr.
     ``shard=(i, n)`` writes only shard ``i`` of ``n`` (a contiguous block of the listing) to
     ``destination`` with ``-0000i-of-0000n`` before ``.lmdb`` (see ``lmdbio.shards``).
     ``max_size`` downscales images longer than that many pixels and re-encodes them (JPEGs
@@ -112,22 +141,27 @@ def convert(
     """
     if on_error not in ("fail", "skip"):
         raise ValueError(f"on_error must be 'fail' or 'skip', not {on_error!r}")
+    if check not in CHECKS:
+        raise ValueError(f"check must be one of {', '.join(map(repr, CHECKS))}, not {check!r}")
+    check = "full" if verify_images else check
+    extensions, is_valid_file = selection(extensions, is_valid_file)
     workers = default_read_workers(source) if workers is None else workers
     if workers < 1 or commit_bytes < 1:
         raise ValueError(f"workers and commit_bytes must be >= 1, not {workers}, {commit_bytes}")
     resizer = make_resizer(max_size, quality)
     setting = resizer.setting if resizer else [None, None]
     started = time.perf_counter()
-    extensions = (extensions,) if isinstance(extensions, str) else tuple(extensions)
     dst = (os.path.abspath(os.path.expanduser(os.fspath(destination))) if destination
            else default_destination(source))  # "~" expanded as for the source
     dst = shard_path(dst, *shard) if shard else dst
     _check_destination(dst, overwrite)
-    listing = list_source(source, extensions, workers)
+    listing = list_source(source, extensions, workers, is_valid_file=is_valid_file,
+                          allow_empty=allow_empty)
     spec = plan(*shard, len(listing)) if shard else ShardSpec(0, 1, 0, len(listing), len(listing))
-    listing = slice_listing(listing, spec)  # the fingerprint stays the whole source's
+    listing = dataclasses.replace(slice_listing(listing, spec),  # the fingerprint stays
+                                  given=listing.given)  # the whole source's
     partial = dst + ".partial"
-    guard = _lock_partial(partial, keep=resume)
+    guard = lock_partial(partial, keep=resume)
     writer = None
     try:
         writer = LmdbWriter(partial, fd=guard)  # the map grows with the data (writer.py)
@@ -139,11 +173,14 @@ def convert(
             writer.close()
             state, meta = {"written": finished.num_samples}, finished
         else:
-            state = _start_state(writer, listing, resume, partial, spec, setting, on_error)
-            meta = _write_records(writer, listing, spec, state, on_error=on_error,
-                                  verify_images=verify_images, workers=workers,
-                                  commit_bytes=commit_bytes, progress=progress,
-                                  extensions=extensions, resizer=resizer)
+            state = _start_state(writer, listing, resume, partial, spec, setting, on_error,
+                                 check)
+            with capture_warnings():
+                meta = _write_records(writer, listing, spec, state, on_error=on_error,
+                                      check=check, workers=workers,
+                                      commit_bytes=commit_bytes, progress=progress,
+                                      extensions=extensions or (), resizer=resizer,
+                                      allow_empty=allow_empty)
         writer = None  # finished and closed
         if not same_file(partial, guard):  # the name was swapped for a link meanwhile
             raise DestinationError(f"{partial!r} was replaced during the conversion (someone "
@@ -170,7 +207,8 @@ def convert(
         classes=meta.classes, payload_bytes=meta.payload_bytes,
         file_bytes=os.path.getsize(dst), seconds=time.perf_counter() - started,
         resumed_from=state["written"], skipped=meta.skipped,
-        peak_rss_bytes=peak_rss_bytes())
+        peak_rss_bytes=peak_rss_bytes(), check=meta.check or check,
+        warnings=list(meta.warnings))
 
 
 def _check_destination(dst: str, overwrite: bool) -> None:
@@ -185,83 +223,13 @@ def _check_destination(dst: str, overwrite: bool) -> None:
                                 "(overwrite=True) to replace it, or choose another DST")
 
 
-def _lock_partial(partial: str, keep: bool) -> int:
-    """An exclusive lock on ``DST.partial`` so two conversions never write one file.
-
-    Whoever can write the destination folder can plant anything at ``DST.partial``: a symlink
-    to a victim file, a hard link to one, a FIFO, a device node, a file they own and keep
-    open. Only a regular file this user owns, with one link, opened without following a
-    symlink, is written (and resumed); anything else but a folder is unlinked (the link
-    itself, never its target) and a new file is created with ``O_EXCL``. The returned fd is
-    the inode LMDB then writes (``LmdbWriter(fd=...)``). Unless ``keep`` (resuming), a stale
-    partial file is emptied; LMDB starts afresh on an empty file.
-    """
-    for _ in range(8):  # each retry follows an unlink: only a racing planter loops
-        try:
-            found = os.lstat(partial)
-        except FileNotFoundError:
-            found = None
-        except OSError as exc:
-            raise DestinationError(f"cannot inspect {partial!r} ({exc.strerror}); check that "
-                                   "the folder is readable") from None
-        if found is not None and stat.S_ISDIR(found.st_mode):
-            raise DestinationError(f"{partial!r} is a folder; remove it (lmdbio writes its "
-                                   "partial output under that name), then convert again")
-        if found is not None and not _writable_partial(found):
-            # A run killed between publish's link() and unlink() leaves DST.partial as a
-            # second name of the complete DST (tests/test_reliability_kill.py); a planted
-            # link, FIFO or foreign file: never write through any of them.
-            _unlink_quietly(partial)
-            continue
-        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-        try:
-            fd = os.open(partial, flags | (os.O_CREAT | os.O_EXCL if found is None else 0),
-                         0o644)
-        except (FileExistsError, FileNotFoundError, IsADirectoryError):
-            continue  # changed since the lstat: look again
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:  # a symlink swapped in since the lstat
-                _unlink_quietly(partial)
-                continue
-            raise DestinationError(f"cannot create {partial!r} ({exc.strerror}); check that "
-                                   "the folder is writable") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise ConcurrentWriteError(f"another conversion is writing {partial!r}; wait for "
-                                       "it or stop it") from None
-        held = os.fstat(fd)
-        if not _writable_partial(held) or not same_file(partial, fd):
-            os.close(fd)  # swapped or linked since the open: start again from the lstat
-            continue
-        if not keep:
-            os.ftruncate(fd, 0)
-        return fd
-    raise DestinationError(f"{partial!r} keeps being replaced while lmdbio opens it; "
-                           "someone else writes the destination folder: use a private one")
-
-
-def _writable_partial(found: os.stat_result) -> bool:
-    return (stat.S_ISREG(found.st_mode) and found.st_nlink == 1
-            and found.st_uid == os.geteuid())
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise DestinationError(f"cannot remove {path!r} ({exc.strerror}), which lmdbio will "
-                               "not write through; remove it by hand") from None
-
-
 def _start_state(writer: LmdbWriter, listing: Listing, resume: bool, partial: str,
-                 spec: ShardSpec, setting: list[int | None], on_error: str) -> Checkpoint:
+                 spec: ShardSpec, setting: list[int | None], on_error: str,
+                 check: str) -> Checkpoint:
     fresh: Checkpoint = {"fingerprint": listing.fingerprint, "position": 0, "written": 0,
                          "payload_bytes": 0, "skipped": [], "shard": [spec.index, spec.count],
-                         "resize": setting, "on_error": on_error}
+                         "resize": setting, "on_error": on_error, "check": check,
+                         "warnings": []}
     checkpoint = writer.checkpoint()
     if checkpoint is None:
         return fresh
@@ -279,16 +247,22 @@ def _start_state(writer: LmdbWriter, listing: Listing, resume: bool, partial: st
     started = checkpoint.get("on_error", on_error)  # absent in checkpoints before 0.1.1
     if started != on_error:
         raise ResumeError(f"{partial!r} was started with --on-error {started!r}, not "
-                          f"{on_error!r}; resume with --on-error {started}, or convert again "
-                          "without --resume")
+                          f"{on_error!r}; resume with on_error=\"{started}\", or convert again "
+                          "without resume=True")
+    started = checkpoint.get("check", check)  # absent in checkpoints before check=
+    if started != check:
+        raise ResumeError(f"{partial!r} was started with check={started!r}, not {check!r}; "
+                          f"resume with check=\"{started}\", or convert again without "
+                          "resume=True")
     return checkpoint
 
 
 def _write_records(writer: LmdbWriter, listing: Listing, spec: ShardSpec, state: Checkpoint, *,
-                   on_error: OnError, verify_images: bool, workers: int, commit_bytes: int,
+                   on_error: OnError, check: Check, workers: int, commit_bytes: int,
                    progress: bool, extensions: Sequence[str],
-                   resizer: Resizer | None) -> Metadata:
+                   resizer: Resizer | None, allow_empty: bool) -> Metadata:
     skipped: list[list[str]] = [list(item) for item in state["skipped"]]
+    noted: list[list[str]] = [list(item) for item in state.get("warnings", [])]
     written, payload_bytes = state["written"], state["payload_bytes"]
     batch: list[bytes] = []  # encoded records: each payload is held once until its commit
     batch_bytes = 0
@@ -300,13 +274,16 @@ def _write_records(writer: LmdbWriter, listing: Listing, spec: ShardSpec, state:
                                        "payload_bytes": payload_bytes, "skipped": skipped,
                                        "shard": [spec.index, spec.count],
                                        "resize": resizer.setting if resizer else [None, None],
-                                       "on_error": on_error})
+                                       "on_error": on_error, "check": check,
+                                       "warnings": noted})
         written += len(batch)
         batch, batch_bytes = [], 0
 
     with Progress(len(listing), state["position"], enabled=progress) as bar:
         for result in read_in_order(listing, state["position"], workers=workers,
-                                    full_decode=verify_images, transform=resizer):
+                                    check=check, transform=resizer):
+            noted += [[listing.relative_paths[result.position], text]
+                      for text in result.warnings]
             if result.data is None:
                 if on_error == "fail":
                     raise source_error(listing, result)
@@ -322,6 +299,7 @@ def _write_records(writer: LmdbWriter, listing: Listing, spec: ShardSpec, state:
             commit(len(listing))
     keep = set(range(len(listing))) - _skipped_positions(listing, skipped)
     positions = sorted(keep)
+    _check_what_is_left(listing, positions, skipped, allow_empty)
     meta = Metadata(
         num_samples=written, classes=listing.classes, source_root=listing.root,
         source_fingerprint=listing.fingerprint, extensions=list(extensions),
@@ -331,7 +309,8 @@ def _write_records(writer: LmdbWriter, listing: Listing, spec: ShardSpec, state:
         shard_index=spec.index, shard_count=spec.count, shard_start=spec.start,
         shard_stop=spec.stop, listing_total=spec.total,
         max_size=resizer.max_size if resizer else None,
-        quality=resizer.quality if resizer else None)
+        quality=resizer.quality if resizer else None, source_as_given=listing.given,
+        check=check, warnings=[(p, w) for p, w in noted])
     writer.finish(meta, [listing.relative_paths[i] for i in positions],
                   [listing.targets[i] for i in positions])
     return meta
@@ -341,3 +320,23 @@ def _skipped_positions(listing: Listing, skipped: list[list[str]]) -> set[int]:
     names = {path for path, _ in skipped}
     return {i for i, rel in enumerate(listing.relative_paths) if rel in names}
 
+
+def _check_what_is_left(listing: Listing, positions: list[int], skipped: list[list[str]],
+                        allow_empty: bool) -> None:
+    """An all-refused conversion is an error, not an empty database; so is a class whose every
+    file was refused (it would be an empty class, which ImageFolder refuses unless
+    ``allow_empty``)."""
+    if not skipped:
+        return
+    if not positions:
+        path, reason = skipped[0]
+        raise SourceError(f"every one of the {len(skipped)} files of {listing.root!r} was "
+                          f"refused (the first, {path!r}: {reason}); nothing to store: fix the "
+                          "files, or check them with check=\"structure\" if you trust them")
+    listed = collections.Counter(listing.targets)
+    kept = collections.Counter(listing.targets[i] for i in positions)
+    lost = [listing.classes[c] for c in sorted(listed) if not kept[c]]
+    if lost and not allow_empty:
+        raise SourceError(f"every file of the classes {', '.join(lost)} was refused (see "
+                          "the reasons with on_error=\"fail\"); fix the files, or pass "
+                          "allow_empty=True to keep them as empty classes")

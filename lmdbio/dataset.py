@@ -7,17 +7,30 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from torch.utils.data import Dataset
+from PIL import Image
+from torchvision.datasets import ImageFolder, VisionDataset
 
 from .access import SampleReader, open_database
 from .decode import decode_pil
 from .envs import EnvOptions
-from .errors import DatabaseNotFoundError, ImageDecodeError, LmdbioError, printable
+from .errors import (
+    CorruptRecordError,
+    DatabaseNotFoundError,
+    ImageDecodeError,
+    LmdbioError,
+    printable,
+)
 from .format import data_file
 from .prefetch import Prefetcher, fits_in_memory, prefetch_files, stop_all
 from .shard_set import expand_paths
 
-__all__ = ["ImageFolderLMDB"]
+__all__ = ["ImageFolderLMDB", "ImageTooLargeError"]
+
+
+class ImageTooLargeError(ImageDecodeError, Image.DecompressionBombError):
+    """A stored image over Pillow's decompression-bomb limit (only a ``check="structure"``
+    conversion stores one): Pillow's own ``DecompressionBombError``, as ImageFolder's loader
+    raises, and an ``ImageDecodeError`` naming the record."""
 
 
 def _fits_in_memory(root: str | list[str]) -> bool:
@@ -29,8 +42,14 @@ def _fits_in_memory(root: str | list[str]) -> bool:
         return True
 
 
-class ImageFolderLMDB(Dataset):
+class ImageFolderLMDB(ImageFolder):
     """Samples of an lmdbio database, indexed exactly like ``ImageFolder`` on the source tree.
+
+    A ``torchvision.datasets.ImageFolder`` (so a ``VisionDataset``): ``isinstance`` checks,
+    ``wrap_dataset_for_transforms_v2``, ``transforms`` (a ``StandardTransform``) and the repr
+    are torchvision's; only ``root`` is the database (ImageFolder's is the source folder,
+    which need not exist here). ``find_classes``/``make_dataset`` are ImageFolder's (they read
+    a folder on disk, not the database).
 
     Args:
         root: the ``.lmdb`` file written by ``lmdbio convert``; or the shards of one
@@ -57,7 +76,11 @@ class ImageFolderLMDB(Dataset):
             unpickling runs code chosen by whoever wrote the file.
 
     Attributes ``classes``, ``class_to_idx``, ``samples`` (``imgs``) and ``targets`` are those of
-    ``ImageFolder(source)``; ``samples``/``targets`` are decoded on first use, so opening a
+    ``ImageFolder(source)``, ``source`` spelled as it was given to ``convert`` (files written
+    before lmdbio recorded that spelling: its absolute path); ``extensions`` those the
+    conversion listed (``None`` after ``is_valid_file``); ``loader(path)`` loads a ``samples``
+    path from the database (decoded by ``decode``, no transform), as ImageFolder's loader
+    loads it from the source; ``samples``/``targets`` are decoded on first use, so opening a
     database with a million samples reads a few hundred bytes. The LMDB environment is opened
     lazily in each process that reads (safe with DataLoader workers under fork, spawn and
     forkserver) and is not pickled.
@@ -70,12 +93,13 @@ class ImageFolderLMDB(Dataset):
                  readahead: bool | str = "auto", prefetch: bool | str = "auto",
                  lock: bool = False, max_readers: int = 126, verify_checksums: bool = True,
                  allow_pickle: bool = False) -> None:
+        VisionDataset.__init__(self, None, transform=transform,  # type: ignore[arg-type]
+                               target_transform=target_transform)  # sets ``transforms``
         self.root: str | list[str] = (  # expanded as torchvision's VisionDataset does
             os.path.expanduser(os.fspath(root)) if isinstance(root, (str, os.PathLike))
             else [os.path.expanduser(os.fspath(p)) for p in root])
-        self.transform = transform
-        self.target_transform = target_transform
         self.decode = decode
+        self._index_of: dict[str, int] | None = None
         for name, value in (("readahead", readahead), ("prefetch", prefetch)):
             if value not in (True, False, "auto"):
                 raise ValueError(f"{name} must be True, False or 'auto', not {value!r}")
@@ -118,12 +142,31 @@ class ImageFolderLMDB(Dataset):
     def samples(self) -> list[tuple[str, int]]:
         """``(path in the source tree, target)``, as ImageFolder lists them."""
         if self._samples is None:
-            source = self.database.meta.source_root
+            source = self.database.meta.samples_root
             self._samples = [(os.path.join(source, rel), target) for rel, target
                              in zip(self.database.relative_paths(), self.targets)]
         return self._samples
 
     imgs = samples
+
+    @property
+    def extensions(self) -> tuple[str, ...] | None:
+        """The extensions the conversion listed; ``None`` when it used ``is_valid_file``."""
+        return tuple(self.database.meta.extensions) or None
+
+    @property
+    def loader(self) -> Callable[[str], Any]:
+        """``path`` (as in ``samples``) -> the decoded image, read from the database."""
+        return self._load_path
+
+    def _load_path(self, path: str | os.PathLike[str]) -> Any:
+        if self._index_of is None:
+            self._index_of = {p: i for i, (p, _) in enumerate(self.samples)}
+        index = self._index_of.get(os.fspath(path))
+        if index is None:
+            raise FileNotFoundError(f"{os.fspath(path)!r} is not a sample of "
+                                    f"{self.database.path!r}; pass a path from .samples")
+        return self._decode(index, self._get(index)[1])
 
     def __len__(self) -> int:
         return len(self.database)
@@ -132,27 +175,56 @@ class ImageFolderLMDB(Dataset):
         index = int(index)
         if index < 0:
             index += len(self)
-        target, data = self.database.get(index)
-        try:
-            sample = self.decode(data)
-        except LmdbioError:
-            raise
-        except (OSError, SyntaxError) as exc:  # PIL.UnidentifiedImageError, "truncated"...
-            raise self._undecodable(index, data, exc) from None
+        target, data = self._get(index)
+        sample = self._decode(index, data)
         if self.transform is not None:
             sample = self.transform(sample)
         if self.target_transform is not None:
             return sample, self.target_transform(target)
         return sample, target
 
-    def _undecodable(self, index: int, data: bytes, exc: BaseException) -> ImageDecodeError:
-        """Pillow's own message names a BytesIO object; this one names the record."""
+    def _where(self, index: int) -> str:
         try:
-            where = repr(self.database.relative_paths()[index])
+            return repr(self.database.relative_paths()[index])
         except (LmdbioError, IndexError):
-            where = "path unknown"
+            return "path unknown"
+
+    def _get(self, index: int) -> tuple[int, bytes]:
+        """The record; a damaged one's error names its index, stored path and the remedy."""
+        try:
+            return self.database.get(index)
+        except LmdbioError as exc:
+            text, mark = str(exc), f"record {index} ("
+            if mark not in text:  # the message lacks the stored path: lead with it
+                text = f"{mark}{self._where(index)}): {text}"
+            if "re-convert" not in text and "restore" not in text:
+                text += "; run 'lmdbio verify' on it and re-convert the source"
+            try:
+                error = type(exc)(text)
+            except TypeError:  # a class with a richer constructor
+                error = CorruptRecordError(text)
+            raise error from None
+
+    def _decode(self, index: int, data: bytes) -> Any:
+        try:
+            return self.decode(data)
+        except (LmdbioError, MemoryError):
+            raise
+        except Image.DecompressionBombError as exc:
+            raise self._undecodable(index, data, exc, ImageTooLargeError) from None
+        except (OSError, SyntaxError, ValueError) as exc:  # PIL.UnidentifiedImageError,
+            # "truncated", a mode convert() refuses...: ImageDecodeError is an OSError and a
+            # ValueError, so code written for ImageFolder's loader still catches it
+            raise self._undecodable(index, data, exc) from None
+        except Exception as exc:
+            raise self._undecodable(index, data, exc) from exc  # payload; kept in the chain
+
+    def _undecodable(self, index: int, data: bytes, exc: BaseException,
+                     kind: type[ImageDecodeError] = ImageDecodeError) -> ImageDecodeError:
+        """Pillow's own message names a BytesIO object; this one names the record."""
+        where = self._where(index)
         what = "an empty payload" if not data else f"{len(data)} bytes starting {bytes(data[:8])!r}"
-        return ImageDecodeError(
+        return kind(
             f"record {index} ({where}) of {self.database.path!r} does not decode as an image "
             f"({type(exc).__name__}: {printable(str(exc).split(' <_io.')[0].strip())}; it holds "
             f"{what}); "
@@ -173,16 +245,24 @@ class ImageFolderLMDB(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_prefetchers"] = []  # threads stay in the process that started them
+        state["_index_of"] = None  # rebuilt on use
         return state
 
     def __repr__(self) -> str:
+        """torchvision's layout; also when a transform is a class such as ``str``, whose repr
+        torchvision's ``StandardTransform`` cannot format."""
+        try:
+            return super().__repr__()
+        except TypeError:
+            pass
         body = [f"Number of datapoints: {len(self)}", f"Root location: {self.root}"]
-        if self.transform is not None or self.target_transform is not None:
-            body.append("StandardTransform")
-            for name, value in (("Transform", self.transform),
-                                ("Target transform", self.target_transform)):
+        body += self.extra_repr().splitlines()
+        if self.transforms is not None:
+            body.append(type(self.transforms).__name__)
+            for head, value in (("Transform: ", self.transform),
+                                ("Target transform: ", self.target_transform)):
                 if value is not None:
                     lines = repr(value).splitlines()
-                    body += [f"{name}: {lines[0]}"] + [" " * (len(name) + 2) + ln
-                                                       for ln in lines[1:]]
-        return "\n".join([f"Dataset {type(self).__name__}"] + ["    " + line for line in body])
+                    body += [head + lines[0]] + [" " * len(head) + ln for ln in lines[1:]]
+        return "\n".join([f"Dataset {type(self).__name__}"]
+                         + [" " * self._repr_indent + line for line in body])

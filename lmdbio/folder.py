@@ -2,7 +2,7 @@
 
 Importing torchvision costs seconds, and ``lmdbio convert`` must start fast, so this module
 mirrors ``torchvision.datasets.folder.find_classes`` / ``make_dataset`` without importing it.
-``tests/test_folder_parity.py`` holds the two together: index *i* here is index *i* there.
+``tests/lib/test_parity.py`` holds the two together: index *i* here is index *i* there.
 The only deliberate difference: a directory loop through symlinks raises ``SourceError``
 instead of walking until the path gets too long.
 """
@@ -10,11 +10,13 @@ instead of walking until the path gets too long.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from .errors import SourceError
 
-__all__ = ["IMG_EXTENSIONS", "find_classes", "has_file_allowed_extension", "make_dataset"]
+__all__ = ["IMG_EXTENSIONS", "find_classes", "has_file_allowed_extension", "make_dataset",
+           "selection"]
 
 # Same tuple, same order as torchvision.datasets.folder.IMG_EXTENSIONS.
 IMG_EXTENSIONS: tuple[str, ...] = (
@@ -59,18 +61,53 @@ def _walk_checked(target_dir: str) -> list[tuple[str, list[str], list[str]]]:
     return walked
 
 
+class _Default:
+    def __repr__(self) -> str:
+        return "IMG_EXTENSIONS unless is_valid_file is given"
+
+
+DEFAULT: Any = _Default()  # "not given": ImageFolder's own rule decides (``selection``)
+
+
+def selection(extensions: Sequence[str] | str | None = DEFAULT,
+              is_valid_file: Callable[[str], bool] | None = None
+              ) -> tuple[tuple[str, ...] | None, Callable[[str], bool] | None]:
+    """``(extensions, is_valid_file)`` as ImageFolder passes them to ``make_dataset``:
+    ``IMG_EXTENSIONS`` unless ``is_valid_file`` is given; both given, or both None, is
+    torchvision's ``ValueError``."""
+    if extensions is DEFAULT:
+        extensions = IMG_EXTENSIONS if is_valid_file is None else None
+    if (extensions is None) == (is_valid_file is None):
+        raise ValueError("Both extensions and is_valid_file cannot be None or not None at the "
+                         "same time")
+    if extensions is not None:
+        extensions = (extensions,) if isinstance(extensions, str) else tuple(extensions)
+    return extensions, is_valid_file
+
+
 def make_dataset(
     directory: str | os.PathLike[str],
-    class_to_idx: dict[str, int],
-    extensions: Sequence[str] = IMG_EXTENSIONS,
+    class_to_idx: dict[str, int] | None = None,
+    extensions: Sequence[str] | str | None = DEFAULT,
+    is_valid_file: Callable[[str], bool] | None = None,
+    allow_empty: bool = False,
 ) -> list[tuple[str, int]]:
-    """``(path, class_index)`` pairs in torchvision's order; paths are joined to ``directory``.
+    """``(path, class_index)`` pairs in torchvision's order; paths are joined to ``directory``
+    as given (``~`` expanded), and ``is_valid_file`` sees them so.
 
-    Raises ``SourceError`` naming the classes that hold no file with an allowed extension.
+    As torchvision 0.29's ``make_dataset``, except that ``extensions`` left out means
+    ``IMG_EXTENSIONS`` (or none, when ``is_valid_file`` is given), as ImageFolder passes it.
+    Raises ``SourceError`` (a ``FileNotFoundError``) with torchvision's message naming the
+    classes that hold no valid file, unless ``allow_empty``.
     """
     directory = os.path.expanduser(os.fspath(directory))
-    if isinstance(extensions, str):
-        extensions = (extensions,)
+    if class_to_idx is None:
+        _, class_to_idx = find_classes(directory)
+    elif not class_to_idx:
+        raise ValueError("'class_to_index' must have at least one entry to collect any samples.")
+    extensions, is_valid_file = selection(extensions, is_valid_file)
+    valid: Callable[[str], bool] = (is_valid_file if extensions is None else
+                                    lambda path: has_file_allowed_extension(path, extensions))
     instances: list[tuple[str, int]] = []
     available: set[str] = set()
     for target_class in sorted(class_to_idx):
@@ -81,13 +118,21 @@ def make_dataset(
         for root, _, fnames in sorted(_walk_checked(target_dir)):
             for fname in sorted(fnames):
                 path = os.path.join(root, fname)
-                if has_file_allowed_extension(path, extensions):
+                if valid(path):
                     instances.append((path, class_index))
                     available.add(target_class)
-    empty = sorted(set(class_to_idx) - available)
-    if empty:
-        raise SourceError(
-            f"found no valid file for the classes {', '.join(empty)} in {directory!r}; "
-            f"supported extensions are {', '.join(extensions)}: add images or remove the folders"
-        )
+    empty = set(class_to_idx) - available
+    if empty and not allow_empty:
+        raise SourceError(empty_classes_message(empty, extensions)
+                          + f" (in {directory!r}: add images, remove the folders, or pass "
+                          "allow_empty=True to keep them as empty classes)")
     return instances
+
+
+def empty_classes_message(empty: set[str], extensions: Sequence[str] | str | None) -> str:
+    """torchvision's words, exactly."""
+    msg = f"Found no valid file for the classes {', '.join(sorted(empty))}. "
+    if extensions is not None:
+        msg += ("Supported extensions are: "
+                f"{extensions if isinstance(extensions, str) else ', '.join(extensions)}")
+    return msg

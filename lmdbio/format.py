@@ -214,6 +214,19 @@ class Metadata:
     # and re-encoded (JPEGs at JPEG quality ``quality``); None: the source files' bytes.
     max_size: int | None = None
     quality: int | None = None
+    # The source as the caller spelled it to convert ("data/train"; "~" expanded, as
+    # torchvision does): ImageFolderLMDB.samples join their relative paths to it, as
+    # ImageFolder(that spelling) lists them. "" (files before it): source_root.
+    source_as_given: str = ""
+    # What every stored file passed at conversion (lmdbio.validate: "decode", "full",
+    # "structure"); "" in files written before the check existed (structure).
+    check: str = ""
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (relative path, warning)
+
+    @property
+    def samples_root(self) -> str:
+        """The root ``samples`` paths are joined to (see ``source_as_given``)."""
+        return self.source_as_given or self.source_root
 
     def __post_init__(self) -> None:
         listed = self.num_samples + len(self.skipped) if isinstance(self.num_samples, int) else -1
@@ -252,6 +265,7 @@ class Metadata:
             fields = {k: body[k] for k in cls.__dataclass_fields__ if k in body}
             _check_types(fields)
             fields["skipped"] = [tuple(item) for item in fields.get("skipped", [])]
+            fields["warnings"] = [tuple(item) for item in fields.get("warnings", [])]
             meta = cls(**fields)
             if len(meta.classes) != len(set(meta.classes)) or meta.num_samples < 0:
                 raise ValueError("duplicate classes or negative count")
@@ -278,7 +292,7 @@ _FIELD_TYPES: dict[str, type] = {
     "extensions": list, "payload_bytes": int, "skipped": list, "lmdbio_version": str,
     "lmdb_version": str, "created_utc": str, "format_version": int, "shard_index": int,
     "shard_count": int, "shard_start": int, "shard_stop": int, "listing_total": int,
-    "max_size": int, "quality": int,
+    "max_size": int, "quality": int, "source_as_given": str, "check": str, "warnings": list,
 }
 _NULLABLE = frozenset({"max_size", "quality"})
 
@@ -295,6 +309,7 @@ def _check_types(fields: dict[str, Any]) -> None:
     for name in ("classes", "extensions"):
         if not all(isinstance(item, str) for item in fields.get(name, [])):
             raise ValueError(f"{name} must be a list of strings")
-    if not all(isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item)
-               for item in fields.get("skipped", [])):
-        raise ValueError("skipped must be a list of [path, reason] pairs")
+    for name in ("skipped", "warnings"):
+        if not all(isinstance(item, list) and len(item) == 2
+                   and all(isinstance(x, str) for x in item) for item in fields.get(name, [])):
+            raise ValueError(f"{name} must be a list of [path, text] pairs")

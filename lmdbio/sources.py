@@ -8,9 +8,8 @@ in-flight reads is bounded in count and bytes, so memory stays flat in the datas
 from __future__ import annotations
 
 import collections
-import hashlib
 import fcntl
-import io
+import hashlib
 import os
 import stat
 from collections.abc import Callable, Iterator, Sequence
@@ -21,6 +20,7 @@ from .errors import SourceFileError
 from .folder import IMG_EXTENSIONS, find_classes, make_dataset
 from .format import encode_record
 from .system import fs_info, is_network_fs
+from .validate import Check, check_image, check_payload, collecting_warnings  # noqa: F401
 
 __all__ = ["LOCAL_READ_WORKERS", "NETWORK_READ_WORKERS", "Listing", "ReadResult",
            "default_read_workers", "list_source", "read_in_order"]
@@ -36,6 +36,7 @@ class Listing:
     targets: list[int]
     sizes: list[int]
     fingerprint: str               # sha256 of classes, paths, sizes and mtimes
+    given: str = ""                # the root as the caller spelled it ("~" expanded)
 
     def __len__(self) -> int:
         return len(self.relative_paths)
@@ -47,6 +48,7 @@ class ReadResult:
     data: bytes | None             # the encoded record (format.encode_record); None when bad
     error: str | None = None
     payload_bytes: int = 0         # the image's bytes in the record
+    warnings: tuple[str, ...] = () # what Pillow warned about while checking it
 
 
 LOCAL_READ_WORKERS, NETWORK_READ_WORKERS = 4, 16
@@ -64,15 +66,22 @@ def default_read_workers(root: str | os.PathLike[str]) -> int:
     return NETWORK_READ_WORKERS if is_network_fs(fstype) else LOCAL_READ_WORKERS
 
 
-def list_source(root: str | os.PathLike[str], extensions: Sequence[str] = IMG_EXTENSIONS,
-                workers: int = 8) -> Listing:
-    """List ``root`` exactly as ``torchvision.datasets.ImageFolder`` would, and stat each file."""
-    root = os.path.abspath(os.path.expanduser(os.fspath(root)))
+def list_source(root: str | os.PathLike[str],
+                extensions: Sequence[str] | None = IMG_EXTENSIONS, workers: int = 8, *,
+                is_valid_file: Callable[[str], bool] | None = None,
+                allow_empty: bool = False) -> Listing:
+    """List ``root`` exactly as ``torchvision.datasets.ImageFolder(root, is_valid_file=...,
+    allow_empty=...)`` would (``is_valid_file`` sees the paths it would see), and stat each
+    file."""
+    given = os.path.expanduser(os.fspath(root))
+    root = os.path.abspath(given)
     classes, class_to_idx = find_classes(root)
-    samples = make_dataset(root, class_to_idx, extensions)
-    relative = [os.path.relpath(path, root) for path, _ in samples]
+    samples = make_dataset(given, class_to_idx, extensions, is_valid_file=is_valid_file,
+                           allow_empty=allow_empty)
+    relative = [os.path.relpath(path, given) for path, _ in samples]
     targets = [target for _, target in samples]
-    paths = [path for path, _ in samples]
+    paths = [os.path.join(root, rel) for rel in relative]
+    extensions = () if extensions is None else extensions
     runs = [paths[i:i + _STAT_RUN] for i in range(0, len(paths), _STAT_RUN)]
     with ThreadPoolExecutor(workers) as pool:  # stat is a round trip each on a network FS
         # runs of files per task: one future per file (~2 KB each) was 200 MB at 100k files
@@ -85,7 +94,7 @@ def list_source(root: str | os.PathLike[str], extensions: Sequence[str] = IMG_EX
         size, mtime = stat if stat else (-1, -1)
         sizes.append(max(size, 0))
         digest.update(os.fsencode(rel) + f"\0{size}\0{mtime}\1".encode())
-    return Listing(root, classes, relative, targets, sizes, digest.hexdigest())
+    return Listing(root, classes, relative, targets, sizes, digest.hexdigest(), given)
 
 
 _STAT_RUN = 256
@@ -103,73 +112,7 @@ def _stat_or_none(path: str) -> tuple[int, int] | None:
     return stat.st_size, stat.st_mtime_ns
 
 
-_JPEG_START, _JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
-_PNG_START, _PNG_HEADER, _PNG_END = b"\x89PNG\r\n\x1a\n", b"\x00\x00\x00\rIHDR", b"IEND\xaeB`\x82"
-_JPEG_NOT_FRAMES = (0xC4, 0xC8, 0xCC)  # DHT, JPG, DAC share the 0xC? range with SOF markers
-
-
-def _jpeg_headers_ok(data: bytes) -> bool:
-    """Walk the marker segments from SOI to the start of scan: each well-formed, a frame
-    header (SOF) among them. What Pillow's header parse checks, without its cost."""
-    pos, seen_frame = 2, False
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            return False
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker == 0xDA:  # start of scan: the entropy-coded image follows
-            return seen_frame
-        if marker in (0xD8, 0xD9, 0x01) or 0xD0 <= marker <= 0xD7:
-            return False  # no SOI, EOI, TEM or RST belongs before the scan
-        length = int.from_bytes(data[pos + 2:pos + 4], "big")
-        if length < 2:
-            return False
-        seen_frame |= 0xC0 <= marker <= 0xCF and marker not in _JPEG_NOT_FRAMES
-        pos += 2 + length
-    return False
-
-
-def _looks_complete(data: bytes) -> bool | None:
-    """For JPEG and PNG (nearly every dataset): well-formed headers and the end marker in
-    place? None for other formats. Costs microseconds where Pillow's header parse costs tens
-    and holds the GIL, and unlike it catches the commonest damage, truncation."""
-    if data.startswith(_JPEG_START):
-        return (_jpeg_headers_ok(data)
-                and data[-64:].rstrip(b"\0").endswith(_JPEG_END))  # some writers pad zeros
-    if data.startswith(_PNG_START):
-        return data[8:16] == _PNG_HEADER and data.endswith(_PNG_END)
-    return None
-
-
-def check_image(data: bytes, full_decode: bool) -> None:
-    """Raise ``ValueError`` unless ``data`` is an image Pillow can open (and decode, if asked).
-
-    JPEG/PNG with sound headers and their end marker pass at once; otherwise (truncated,
-    trailing bytes, odd headers) they are fully decoded to decide. Other formats get Pillow's header check. Only a full
-    decode (``full_decode``) catches damage inside a file. Pillow's decompression-bomb limit
-    stays in force.
-    """
-    complete = _looks_complete(data)
-    if complete and not full_decode:
-        return
-    from PIL import Image  # ~50 ms, and only needed when converting
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            if full_decode or complete is False:
-                image.load()
-    except Image.UnidentifiedImageError:  # its message is the repr of our BytesIO: useless
-        raise ValueError("cannot identify image file (empty, or not an image format Pillow "
-                         "reads)") from None
-    except Image.DecompressionBombError as exc:
-        raise ValueError(f"{exc} (raise PIL.Image.MAX_IMAGE_PIXELS if you trust it)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ValueError(str(exc) or type(exc).__name__) from None
-
-
-def _read_one(listing: Listing, position: int, full_decode: bool,
+def _read_one(listing: Listing, position: int, check: Check,
               transform: Callable[[bytes], bytes] | None) -> ReadResult:
     path = os.path.join(listing.root, listing.relative_paths[position])
     try:
@@ -186,31 +129,34 @@ def _read_one(listing: Listing, position: int, full_decode: bool,
     if len(data) != listing.sizes[position]:
         return ReadResult(position, None, f"changed while converting ({listing.sizes[position]}"
                                           f" bytes listed, {len(data)} read)")
+    noted: list[str] = []
     try:
-        check_image(data, full_decode)
-        if transform is not None:  # e.g. lmdbio.resize.Resizer, here in the read threads
-            data = transform(data)
+        with collecting_warnings(noted):  # Pillow's warnings: into the report, not stderr
+            check_payload(data, check)
+            if transform is not None:  # e.g. lmdbio.resize.Resizer, here in the read threads
+                data = transform(data)
     except ValueError as exc:
-        return ReadResult(position, None, f"not a readable image: {exc}")
+        return ReadResult(position, None, f"not a readable image: {exc}", 0, tuple(noted))
     # The stored record (header + CRC-32 + bytes) is built here too: checksumming in the one
     # writer thread cost it a GIL handoff per call, ~half its time at 5 000 images/s.
     return ReadResult(position, encode_record(listing.targets[position], data), None,
-                      len(data))
+                      len(data), tuple(noted))
 
 
-def _read_chunk(listing: Listing, start: int, stop: int, full_decode: bool,
+def _read_chunk(listing: Listing, start: int, stop: int, check: Check,
                 transform: Callable[[bytes], bytes] | None) -> list[ReadResult]:
-    return [_read_one(listing, position, full_decode, transform)
+    return [_read_one(listing, position, check, transform)
             for position in range(start, stop)]
 
 
-def read_in_order(listing: Listing, start: int, *, workers: int, full_decode: bool,
+def read_in_order(listing: Listing, start: int, *, workers: int, check: Check = "decode",
                   transform: Callable[[bytes], bytes] | None = None,
                   max_inflight_bytes: int = 256 << 20, chunk_files: int = 16,
                   chunk_bytes: int = 4 << 20) -> Iterator[ReadResult]:
     """Yield the files from ``start`` on, in listing order, read by ``workers`` threads.
 
-    ``transform`` (bytes -> bytes, ``ValueError`` for a bad image) runs in the same threads
+    ``check`` is what each file must pass to be stored (``lmdbio.validate``); it runs in the
+    reading threads (Pillow's decoders release the GIL). ``transform`` (bytes -> bytes, ``ValueError`` for a bad image) runs in the same threads
     on each checked file, e.g. the optional resize; the window bounds its memory too.
 
     Each task reads a run of neighbouring files (at most ``chunk_files`` / ``chunk_bytes``):
@@ -232,7 +178,7 @@ def read_in_order(listing: Listing, start: int, *, workers: int, full_decode: bo
                         size += listing.sizes[stop]
                         stop += 1
                     pending.append((pool.submit(_read_chunk, listing, position, stop,
-                                                full_decode, transform), size))
+                                                check, transform), size))
                     inflight += size
                     position = stop
                 future, size = pending.popleft()
@@ -247,4 +193,4 @@ def source_error(listing: Listing, result: ReadResult) -> SourceFileError:
     """The one-line error for a bad file, naming it and the remedies."""
     path = os.path.join(listing.root, listing.relative_paths[result.position])
     return SourceFileError(f"{path!r}: {result.error}; fix or remove the file, or convert with "
-                           "--on-error skip to leave it out", path)
+                           'on_error="skip" to leave it out', path)

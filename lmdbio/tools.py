@@ -13,12 +13,18 @@ import lmdb
 from .database import Database
 from .envs import EnvOptions, check_database_path, options_for
 from .errors import CorruptRecordError, FormatError, printable
-from .format import (KEY_TARGETS, RECORD_HEADER_SIZE, decode_record, decode_targets,
-                     encode_key, stored_path_problems)
+from .format import (
+    KEY_TARGETS,
+    RECORD_HEADER_SIZE,
+    decode_record,
+    decode_targets,
+    encode_key,
+    stored_path_problems,
+)
 from .lmdbcheck import check_structure
 from .progress import Progress
-from .sources import check_image
 from .unpack import extract
+from .validate import check_payload
 
 __all__ = ["DatabaseInfo", "VerifyReport", "extract", "info", "verify"]
 
@@ -101,7 +107,8 @@ def verify(path: str | os.PathLike[str], *, decode: bool = False,
     """Check every record: key sequence, header, checksum, label against the class list and
     the stored targets, that the payload is not empty and, in a file 'lmdbio convert' wrote,
     looks like an image (its magic bytes, or Pillow's header parse for formats without known
-    ones); ``decode=True``: that Pillow fully decodes it. And that the stored paths can be
+    ones); ``decode=True``: that it loads as ImageFolder's loader loads it (decompression-bomb
+    limit, full decode, RGB). Problems name the record and its stored path. And that the stored paths can be
     extracted (no duplicates, no ``..``). Reads sequentially."""
     check_database_path(os.path.expanduser(os.fspath(path)))  # a FIFO must not hang us
     problems = [f"LMDB structure: {p}" for p in check_structure(os.path.expanduser(path))]
@@ -148,9 +155,12 @@ def verify(path: str | os.PathLike[str], *, decode: bool = False,
                     if decode or images and not payload[:12].tobytes().startswith(
                             _IMAGE_MAGIC) and not (payload[:4] == b"RIFF"
                                                    and payload[8:12] == b"WEBP"):
-                        check_image(bytes(payload), full_decode=decode)  # Pillow decides
+                        check_payload(bytes(payload), "full" if decode else "structure")
                 except (CorruptRecordError, ValueError) as exc:
-                    problems.append(f"record {expected}: {exc}")
+                    text = str(exc)  # "record i: 'cls/x.jpg': reason": the stored path too
+                    path = relative[expected] if expected < len(relative) else None
+                    where = f"{path!r}: " if path is not None and repr(path) not in text else ""
+                    problems.append(f"record {expected}: {where}{text}")
                 bar.update(len(value))
                 stored_payload += len(value) - RECORD_HEADER_SIZE
                 expected += 1

@@ -127,16 +127,20 @@ def test_truncated_jpeg_is_caught_by_its_missing_end_marker(tree: Path, tmp_path
         assert "truncated" in line
 
 
-def test_damage_inside_a_jpeg_needs_verify_images(tree: Path, tmp_path: Path) -> None:
+def test_damage_inside_a_jpeg_needs_a_decode(tree: Path, tmp_path: Path) -> None:
     victim = tree / "cat" / "00001.jpg"
     whole = bytearray(jpeg_bytes(77, (64, 64), noise=30))
     table = whole.index(b"\xff\xc4")
     whole[table + 5:table + 21] = b"\xff" * 16  # a bogus Huffman table: headers still parse
     victim.write_bytes(bytes(whole))
     dst = tmp_path / "out.lmdb"
-    proc = run_cli("convert", tree, dst, "-q")  # sound structure and end marker: passes
+    # sound structure and end marker: the structural opt-out stores it (its stated guarantee
+    # is a complete file, not a decodable one) ...
+    proc = run_cli("convert", tree, dst, "-q", "--check", "structure")
     assert proc.returncode == 0, proc.stderr
     assert lmdbio.info(dst).num_samples == 6
+    # ... the default check decodes, and so refuses it, as --verify-images (a full decode) does
+    assert_one_line_error(run_cli("convert", tree, tmp_path / "d.lmdb", "-q"), repr(str(victim)))
     assert_one_line_error(run_cli("convert", tree, tmp_path / "v.lmdb", "-q",
                                   "--verify-images"), repr(str(victim)))
 
@@ -264,7 +268,9 @@ def test_on_error_skip_everything_in_a_class(tmp_path: Path) -> None:
     tree = build_simple_tree(tmp_path / "src", per_class=2)
     for path in (tree / "b").iterdir():
         path.write_bytes(b"junk")
-    report = lmdbio.convert(tree, tmp_path / "out.lmdb", on_error="skip", progress=False)
+    # a class left empty is kept only when asked for, as torchvision's allow_empty
+    report = lmdbio.convert(tree, tmp_path / "out.lmdb", on_error="skip", progress=False,
+                            allow_empty=True)
     assert report.num_samples == 2 and len(report.skipped) == 2
     assert lmdbio.info(report.destination).class_counts == {"a": 2, "b": 0}
 

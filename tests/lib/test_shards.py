@@ -205,7 +205,7 @@ def test_errors_of_parallel_shard_jobs_reach_the_caller(simple_tree, tmp_path) -
     (simple_tree / "b" / "00002.jpg").write_bytes(b"not a jpeg")  # in the second shard
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(lmdbio.SourceFileError, match="00002.jpg.*--on-error skip"):
+    with pytest.raises(lmdbio.SourceFileError, match="00002.jpg.*on_error=.skip"):
         lmdbio.convert_shards(simple_tree, out / "s.lmdb", 2, jobs=2, progress=False)
     assert os.listdir(out) == ["s-00000-of-00002.lmdb"]  # the good shard stays
     reports = lmdbio.convert_shards(simple_tree, out / "s.lmdb", 2, jobs=2, resume=True,

@@ -57,9 +57,12 @@ def test_a_decompression_bomb_keeps_pillows_limit_and_says_so(bomb_tree: Path,
                                  "bomb.png", "decompression bomb", "MAX_IMAGE_PIXELS")
     assert "900000000 pixels" in line  # Pillow's own words, with our remedy appended
     assert not dst.exists() and not Path(f"{dst}.partial").exists()
-    # Without --verify-images it is stored, as ImageFolder would list it; reading it raises
+    # The default check opens it as ImageFolder's loader would, and refuses it too
+    assert_one_line_error(run_cli("convert", bomb_tree, dst, "-q"), "bomb.png",
+                          "decompression bomb")
+    # The structural opt-out stores it, as ImageFolder would list it; reading it raises
     # Pillow's own error, at the same place ImageFolder's loader would.
-    assert run_cli("convert", bomb_tree, dst, "-q").returncode == 0
+    assert run_cli("convert", bomb_tree, dst, "-q", "--check", "structure").returncode == 0
     dataset = ImageFolderLMDB(dst)
     assert dataset[0][1] == 0 and dataset[2][1] == 1  # the neighbours read
     with pytest.raises(Image.DecompressionBombError, match="decompression bomb"):

@@ -19,7 +19,13 @@ import subprocess
 import sys
 
 from lmdbio.study.bench import converters
-from lmdbio.study.bench.perf_common import MB, Storage, median, tree_sequential_mb_s, write_rows
+from lmdbio.study.bench.perf_common import (
+    MB,
+    Storage,
+    median,
+    tree_sequential_mb_s,
+    write_rows,
+)
 from lmdbio.study.synthetic import ensure_dataset
 
 CHECKS = ("decode", "full", "structure")
