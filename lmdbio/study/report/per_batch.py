@@ -43,6 +43,8 @@ def batch_times(runs: Any, batches: Any, *, save_dir: str = "", dpi: int = 72) -
     from matplotlib.patches import Patch
 
     measured = batches[~batches["warmup"] & (batches["batch"] > 0)]
+    if measured.empty:  # one batch per epoch (a tiny run): nothing but first batches to show
+        measured = batches[~batches["warmup"]]
     formats = order(measured["format"].unique())
     caches = [c for c in CACHES if c in set(measured["cache"])]
     figure = Figure(figsize=(8.5, 3.2), dpi=dpi)
