@@ -24,7 +24,7 @@ import time
 import weakref
 from pathlib import Path
 from types import TracebackType
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 from lmdbio.system import FsInfo, fs_info, mounts
 
@@ -108,6 +108,9 @@ class _Resources:
         self.mountpoint: Optional[Path] = None
         self.sshd: Optional[subprocess.Popen] = None
         self.sshfs: Optional[subprocess.Popen] = None
+        # Stop functions of helpers between sshfs and the server (relays, listeners), run
+        # last-started first once sshfs is gone.  They must not raise nor hold the mount.
+        self.cleanups: list[Callable[[], None]] = []
 
     def close(self) -> None:
         if self.mountpoint is not None and _is_sshfs_mounted(self.mountpoint):
@@ -122,6 +125,8 @@ class _Resources:
                 self.sshfs.wait(STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
                 _stop(self.sshfs)
+        while self.cleanups:
+            self.cleanups.pop()()
         if self.sshd is not None and self.sshd.poll() is None:
             try:  # its own session: also ends per-connection children
                 os.killpg(self.sshd.pid, signal.SIGTERM)
@@ -170,7 +175,7 @@ class SshfsMount:
         return fs_info(self.mountpoint)
 
     def __enter__(self) -> "SshfsMount":
-        ok, why = available()
+        ok, why = self._available()
         if not ok:
             raise NetFSUnavailable(why)
         try:
@@ -188,6 +193,13 @@ class SshfsMount:
         """Unmount, stop sshfs and sshd, remove temp dirs.  Idempotent."""
         self._res.close()
         self.mountpoint = None
+
+    def _available(self) -> tuple[bool, str]:
+        return available()
+
+    def _client_port(self, sshd_port: int) -> int:
+        """The port sshfs connects to (a subclass may put a relay in front of sshd)."""
+        return sshd_port
 
     def _start(self) -> None:
         res = self._res
@@ -214,19 +226,23 @@ class SshfsMount:
                 stdout=sshd_log, stderr=subprocess.STDOUT, start_new_session=True)
         self.sshd_pid = res.sshd.pid
         self._wait_for_sshd(port)
+        options = ",".join([f"IdentityFile={state / 'client_key'}",
+                            *SSHFS_OPTIONS, *self.extra_options])
+        self._mount(["-p", str(self._client_port(port)), "-o", options,
+                     f"{pwd.getpwuid(os.geteuid()).pw_name}@127.0.0.1:{self.export_dir}"])
 
+    def _mount(self, sshfs_args: Sequence[str]) -> None:
+        """Run ``sshfs -f ARGS MOUNTPOINT`` and wait until the mount answers."""
+        res = self._res
+        assert res.state_dir is not None
         if self._requested_mountpoint is None:
             res.own_mountpoint = Path(tempfile.mkdtemp(prefix="lmdbio-sshfs-mnt-"))
         mountpoint = (self._requested_mountpoint or res.own_mountpoint).resolve()
         res.mountpoint = mountpoint
-        options = ",".join([f"IdentityFile={state / 'client_key'}",
-                            *SSHFS_OPTIONS, *self.extra_options])
         # -f: stay in the foreground so we own the process and can stop it.
-        with open(state / "sshfs.log", "wb") as sshfs_log:
+        with open(res.state_dir / "sshfs.log", "wb") as sshfs_log:
             res.sshfs = subprocess.Popen(
-                ["sshfs", "-f", "-p", str(port), "-o", options,
-                 f"{pwd.getpwuid(os.geteuid()).pw_name}@127.0.0.1:{self.export_dir}",
-                 str(mountpoint)],
+                ["sshfs", "-f", *sshfs_args, str(mountpoint)],
                 stdin=subprocess.DEVNULL, stdout=sshfs_log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not self._mount_answers(mountpoint):
