@@ -8,11 +8,12 @@ the study's shard/chunk size of 256 samples (``lmdbio.peers.SHARD_SAMPLES``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from lmdbio.study.peers import SHARD_SAMPLES, SHUFFLE_BUFFER
 
-__all__ = ["STRATEGIES", "Strategy", "shuffle_table"]
+__all__ = ["STRATEGIES", "Strategy", "order_randomness", "shuffle_table"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,10 @@ STRATEGIES: dict[str, Strategy] = {s.format: s for s in (
     Strategy("lmdb", "one LMDB file, original bytes (lmdbio ImageFolderLMDB)",
              "per-sample uniform permutation (DataLoader RandomSampler); random reads by key",
              True),
+    Strategy("lmdb-block", "one LMDB file, original bytes (lmdbio ImageFolderLMDB)",
+             "lmdbio.BlockShuffleSampler (defaults): blocks of 64 neighbouring records in "
+             "permuted order, each block asked of storage in one read ahead of use, mixed "
+             "through a buffer of 1024 records: a batch draws from ~16 blocks", False),
     Strategy("webdataset", f"tar shards of {SHARD_SAMPLES} samples, original bytes",
              "shard order permuted, shards dealt round-robin to the DataLoader workers, each "
              f"worker streams its shards through a shuffle buffer of {SHUFFLE_BUFFER} samples "
@@ -50,3 +55,14 @@ def shuffle_table(formats: list[str] | None = None) -> list[dict[str, object]]:
     """One row per strategy (``formats`` in that order; default all): format, layout,
     shuffle, uniform."""
     return [asdict(STRATEGIES[f]) for f in (formats or list(STRATEGIES)) if f in STRATEGIES]
+
+
+def order_randomness(order: Sequence[int], block: int = 64, batch: int = 128) -> dict[str, float]:
+    """How random an order is: neighbours that were neighbours on disk (~0 for a uniform
+    shuffle) and distinct ``block``-record blocks per batch of ``batch`` (~``batch`` for a
+    uniform shuffle of a large dataset, 1 for sequential order)."""
+    adjacent = sum(abs(a - b) == 1 for a, b in zip(order, order[1:])) / max(1, len(order) - 1)
+    per_batch = [len({i // block for i in order[s:s + batch]})
+                 for s in range(0, len(order) - batch + 1, batch)]
+    return {"adjacent_pairs": adjacent,
+            "blocks_per_batch": sum(per_batch) / max(1, len(per_batch))}

@@ -29,9 +29,11 @@ from lmdbio import Database, EnvOptions
 from lmdbio.folder import find_classes, make_dataset
 from lmdbio.prefetch import fits_in_memory, prefetch_files, stop_all
 from lmdbio.samplers import BlockShuffleSampler
+from lmdbio.study import cgroups
+from lmdbio.study.cgroups import ControlGroup
+from lmdbio.study.strategies import order_randomness
 from lmdbio.study.bench.perf_common import MB, Storage, banner, median, sequential_mb_s
 
-CGROUP_ROOT = "/sys/fs/cgroup/memory"
 CHILD = "lmdbio.study.bench.perf_reads"  # python -m CHILD --cgroup-child ...: one condition
 BLOCK, BUFFER = 128, 1024   # records per block (~4 MB of 30 KB JPEGs), shuffle buffer
 
@@ -181,17 +183,6 @@ def bench_fits_in_ram(storages: list[Storage], raw: str, repeats: int,
 
 # -- target 2: a DB 4x larger than the page cache ------------------------------------------
 
-def order_randomness(order: Sequence[int], block: int = 64, batch: int = 128) -> dict[str, float]:
-    """How random an order is: neighbours that were neighbours on disk (~0 for a uniform
-    shuffle) and distinct ``block``-record blocks per batch of 128 (~128 for a uniform shuffle
-    of a large dataset, 1 for sequential order)."""
-    adjacent = sum(abs(a - b) == 1 for a, b in zip(order, order[1:])) / max(1, len(order) - 1)
-    per_batch = [len({i // block for i in order[s:s + batch]})
-                 for s in range(0, len(order) - batch + 1, batch)]
-    return {"adjacent_pairs": adjacent,
-            "blocks_per_batch": sum(per_batch) / max(1, len(per_batch))}
-
-
 def _child(argv: list[str]) -> None:
     """In the cgroup: one condition; prints one JSON line. Variants: "sequential", or
     "<order>:<readahead>" with order "random" or "block<records>/<buffer>" and readahead
@@ -234,56 +225,26 @@ def _child(argv: list[str]) -> None:
                       "prefetch_auto": fits, "readahead": ahead}))
 
 
-def _own_memory_cgroup() -> str:
-    for line in open("/proc/self/cgroup"):
-        _, controllers, relative = line.strip().split(":", 2)
-        if "memory" in controllers.split(","):
-            return os.path.join(CGROUP_ROOT, relative.lstrip("/"))
-    raise RuntimeError("no v1 memory cgroup")
-
-
 def run_in_cgroup(limit_bytes: int, argv: list[str]) -> dict:
     """Run ``python -m lmdbio.study.bench.perf_reads --cgroup-child ARGV`` (``_child``) in a
     fresh v1 memory cgroup of ``limit_bytes``."""
-    group = os.path.join(_own_memory_cgroup(), f"lmdbio-perf-{os.getpid()}")
-    os.makedirs(group, exist_ok=True)
-    try:
-        with open(os.path.join(group, "memory.limit_in_bytes"), "w") as handle:
-            handle.write(str(limit_bytes))
-        procs = os.path.join(group, "cgroup.procs")
+    with ControlGroup("memory", {"memory.limit_in_bytes": str(limit_bytes)},
+                      name="perf") as group:
+        procs = group.path / "cgroup.procs"  # type: ignore[operator]
 
         def enter() -> None:
-            with open(procs, "w") as handle:
-                handle.write(str(os.getpid()))
+            procs.write_text(str(os.getpid()))
 
         out = subprocess.run([sys.executable, "-m", CHILD, "--cgroup-child", *argv],
                              preexec_fn=enter, capture_output=True, text=True, check=True)
-        with open(os.path.join(group, "memory.max_usage_in_bytes")) as handle:
-            peak = int(handle.read())
-        return json.loads(out.stdout.strip().splitlines()[-1]) | {"cgroup_peak_mb": peak / MB}
-    finally:
-        try:
-            with open(os.path.join(group, "memory.force_empty"), "w") as handle:
-                handle.write("0")
-        except OSError:
-            pass
-        os.rmdir(group)
-
-
-def cgroup_available() -> tuple[bool, str]:
-    try:
-        group = _own_memory_cgroup()
-    except (OSError, RuntimeError) as exc:
-        return False, f"no v1 memory cgroup ({exc})"
-    if not os.access(group, os.W_OK):
-        return False, f"{group} is not writable (needs root)"
-    return True, ""
+        peak = group.read_int("memory.max_usage_in_bytes")
+    return json.loads(out.stdout.strip().splitlines()[-1]) | {"cgroup_peak_mb": peak / MB}
 
 
 def bench_larger_than_ram(storages: list[Storage], raw: str, repeats: int,
                           max_seconds: float) -> list[dict]:
     rows: list[dict] = []
-    ok, why = cgroup_available()
+    ok, why = cgroups.available("memory")
     if not ok:
         print(f"target 2 skipped: {why}", flush=True)
         return rows
