@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 
-__all__ = ["BASE_FORMATS", "CACHES", "FORMATS", "MODES", "PEER_FORMATS", "installed_formats",
-           "order"]
+__all__ = ["BASE_FORMATS", "CACHES", "FORMATS", "LOCALITY_FORMATS", "MODES", "PEER_FORMATS",
+           "installed_formats", "order"]
 
 # train: ResNet-18 on this machine; emulate: a sleep of an accelerator's step (MLPerf Storage
 # style); load: the loader alone, as fast as it goes. In this order in every table and figure.
@@ -14,7 +14,10 @@ MODES = ("train", "emulate", "load")
 CACHES = ("cold", "warm")
 BASE_FORMATS = ("imagefolder", "lmdb")       # torchvision's ImageFolder; lmdbio's ImageFolderLMDB
 PEER_FORMATS = ("webdataset", "litdata")     # the peers it is compared with (the [peers] extra)
-FORMATS = BASE_FORMATS + PEER_FORMATS
+# lmdbio read in BlockShuffleSampler's order (neighbouring records together): for data that do
+# not fit in memory, where a per-sample uniform shuffle pays a random read per record
+LOCALITY_FORMATS = ("lmdb-block",)
+FORMATS = BASE_FORMATS + LOCALITY_FORMATS + PEER_FORMATS
 PEER_MODULES = {"webdataset": "webdataset", "litdata": "litdata"}
 
 

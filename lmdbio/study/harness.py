@@ -24,9 +24,12 @@ batch) but left out of the steady-state figures. Nothing is printed per batch.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import statistics
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -106,9 +109,11 @@ def _sync(device: str) -> None:
 
 def measure(dataset: Dataset, spec: RunSpec, num_classes: int,
             multiprocessing_context: str | None = None,
-            dist: DistContext | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+            dist: DistContext | None = None,
+            sampler: Any = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run ``spec`` on ``dataset`` (this rank's share of it under ``dist``); returns (one row
-    per batch, one summary row)."""
+    per batch, one summary row). ``sampler``: an order of one's own (with ``set_epoch``, e.g.
+    ``BlockShuffleSampler``) instead of the DataLoader's seeded uniform shuffle."""
     if spec.mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {spec.mode!r}")
     torch.manual_seed(spec.seed)  # a fresh, identically initialised model per condition
@@ -125,9 +130,11 @@ def measure(dataset: Dataset, spec: RunSpec, num_classes: int,
     if iterable and dist.enabled:
         raise ValueError("distributed runs take map-style datasets (imagefolder, lmdb); "
                          f"{type(dataset).__name__} is iterable")
-    sampler = (DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank,
-                                  shuffle=True, seed=seed, drop_last=True)
-               if dist.enabled else None)
+    if sampler is not None and (iterable or dist.enabled):
+        raise ValueError("an own sampler takes a map-style dataset in a single-process run")
+    if dist.enabled:
+        sampler = DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank,
+                                     shuffle=True, seed=seed, drop_last=True)
     # the generator also seeds the workers' augmentation: its own stream per rank
     shuffle = torch.Generator().manual_seed(seed + 7919 * dist.rank)
     loader = DataLoader(dataset, batch_size=spec.batch_size,
@@ -138,6 +145,39 @@ def measure(dataset: Dataset, spec: RunSpec, num_classes: int,
                         multiprocessing_context=multiprocessing_context if spec.num_workers
                         else None)
     rows: list[dict[str, Any]] = []
+    with _interrupts_kept():
+        wall = _epochs(spec, loader, sampler, dataset, iterable, model, optimizer, loss_fn, rows)
+    return rows, summarize(rows, wall) | {k: v for k, v in asdict(spec).items()}
+
+
+@contextlib.contextmanager
+def _interrupts_kept() -> Iterator[None]:
+    """Ctrl-C must stop the run even when it lands while the DataLoader's iterator shuts its
+    workers down: that happens in ``__del__``, where Python prints a KeyboardInterrupt and
+    drops it. So the SIGINT is remembered and raised again once the block is left."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hit = []
+
+    def handler(signum: int, frame: Any) -> None:
+        hit.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if hit:  # reached only when the KeyboardInterrupt itself was swallowed
+        raise KeyboardInterrupt
+
+
+def _epochs(spec: RunSpec, loader: Any, sampler: Any, dataset: Any, iterable: bool,
+            model: torch.nn.Module | None, optimizer: Any, loss_fn: Any,
+            rows: list[dict[str, Any]]) -> float:
+    """Every epoch of ``spec`` through ``loader``, one row per batch into ``rows``; the wall
+    seconds."""
     started = time.perf_counter()
     for epoch in range(spec.epochs):
         if model is not None:
@@ -168,8 +208,7 @@ def measure(dataset: Dataset, spec: RunSpec, num_classes: int,
             tick = done
             batch += 1
         del iterator
-    wall = time.perf_counter() - started
-    return rows, summarize(rows, wall) | {k: v for k, v in asdict(spec).items()}
+    return time.perf_counter() - started
 
 
 def _step(spec: RunSpec, model: torch.nn.Module | None, optimizer: Any, loss_fn: Any,

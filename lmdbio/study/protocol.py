@@ -24,7 +24,8 @@ from typing import Any
 
 from lmdbio.publish import create_exclusive, staged
 from lmdbio.study import pagecache, peers
-from lmdbio.study.conditions import BASE_FORMATS, CACHES, FORMATS, MODES, PEER_FORMATS
+from lmdbio.study.conditions import (BASE_FORMATS, CACHES, FORMATS, LOCALITY_FORMATS, MODES,
+                                     PEER_FORMATS)
 from lmdbio.study.contention import contention, sample
 from lmdbio.study.distributed import DistContext, setup
 from lmdbio.study.extras import pandas as _pandas
@@ -60,7 +61,7 @@ def _data_paths(fmt: str, split_dir: str, lmdb_path: str, data_dir: str,
                 backing_dir: str, peer_paths: Mapping[str, str] | None = None) -> list[str]:
     """What a run of ``fmt`` reads: evicted before a cold run, read through before a warm one
     (a peer format's folder of shards/chunks, as the ImageFolder tree, walked whole)."""
-    path = {"imagefolder": split_dir, "lmdb": lmdb_path}.get(fmt) or _peer_path(
+    path = {"imagefolder": split_dir, "lmdb": lmdb_path, "lmdb-block": lmdb_path}.get(fmt) or _peer_path(
         fmt, split_dir, peer_paths)
     paths = [path]
     if backing_dir:  # the same file on the server side of a network file system
@@ -111,7 +112,7 @@ def _dataset(fmt: str, split_dir: str, lmdb_path: str, readahead: bool, *, seed:
         from torchvision.datasets import ImageFolder
 
         return ImageFolder(split_dir, transform=transform)
-    if fmt == "lmdb":
+    if fmt in ("lmdb",) + LOCALITY_FORMATS:
         from lmdbio.dataset import ImageFolderLMDB
 
         return ImageFolderLMDB(lmdb_path, transform=transform, readahead=readahead)
@@ -121,6 +122,17 @@ def _dataset(fmt: str, split_dir: str, lmdb_path: str, readahead: bool, *, seed:
         return open_peer(fmt, _peer_path(fmt, split_dir, peer_paths), transform, seed=seed,
                          batch_size=batch_size)
     raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
+
+
+def _sampler(spec: RunSpec, dataset: Any) -> Any:
+    """The order of a run that is not the DataLoader's uniform shuffle (``None`` otherwise):
+    ``lmdb-block`` reads blocks of neighbouring records (``BlockShuffleSampler``, its
+    defaults), each block asked of storage ahead of time through ``will_need``."""
+    if spec.fmt not in LOCALITY_FORMATS:
+        return None
+    from lmdbio.samplers import BlockShuffleSampler
+
+    return BlockShuffleSampler(dataset, seed=shuffle_seed(spec))
 
 
 def run_bench(*, data_dir: str, split_dir: str, lmdb_path: str, storage: str, mode: str,
@@ -168,7 +180,7 @@ def run_bench(*, data_dir: str, split_dir: str, lmdb_path: str, storage: str, mo
         started = sample()
         try:
             batches, summary = measure(dataset, spec, num_classes=len(dataset.classes),
-                                       dist=ctx)
+                                       dist=ctx, sampler=_sampler(spec, dataset))
             busy = contention(started, sample())
         finally:
             if hasattr(dataset, "close"):
