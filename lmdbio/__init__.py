@@ -19,10 +19,11 @@ from .converter import ConvertReport, convert, default_destination
 from .database import Database
 from .decode import DraftDecoder, decode_pil, decode_tensor
 from .envs import EnvOptions
-from .errors import (ConcurrentWriteError, CorruptRecordError, DatabaseNotFoundError,
-                     DestinationError, DiskFullError, FormatError, ImageDecodeError,
-                     LegacyFormatError, LmdbioError, OutputExistsError, ResizeOptionError,
-                     ResumeError, ShardSetError, ShardSpecError, SourceError, SourceFileError)
+from .errors import (ConcurrentWriteError, CorruptRecordError, DatabaseChangedError,
+                     DatabaseNotFoundError, DestinationError, DiskFullError, FormatError,
+                     ImageDecodeError, LegacyFormatError, LmdbioError, OutputExistsError,
+                     ResizeOptionError, ResumeError, SampleNotFoundError, ShardSetError,
+                     ShardSpecError, SourceError, SourceFileError)
 from .folder import IMG_EXTENSIONS, find_classes, make_dataset
 from .samplers import BlockShuffleSampler
 from .shard_conversion import convert_shards
@@ -38,6 +39,7 @@ __all__ = [
     "ConcurrentWriteError",
     "ConvertReport",
     "CorruptRecordError",
+    "DatabaseChangedError",
     "Database",
     "DatabaseInfo",
     "DatabaseNotFoundError",
@@ -54,6 +56,7 @@ __all__ = [
     "ResizeOptionError",
     "ResumeError",
     "SampleReader",
+    "SampleNotFoundError",
     "ShardSetError",
     "ShardSpecError",
     "ShardedDatabase",

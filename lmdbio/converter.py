@@ -8,12 +8,13 @@ at its last commit; ``resume=True`` continues from there when the source listing
 from __future__ import annotations
 
 import collections
+import contextvars
 import dataclasses
 import datetime
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -48,6 +49,12 @@ from .writer import Checkpoint, LmdbWriter
 __all__ = ["ConvertReport", "convert", "default_destination"]
 
 OnError = Literal["fail", "skip"]
+
+# True while convert_shards converts the shards of a set: it judges what on_error="skip" left
+# over the whole set once every shard is written, so a shard does not judge its own classes
+# first (its verdict would name one shard's classes, where the set's names the whole tree's).
+judged_by_set: contextvars.ContextVar[bool] = contextvars.ContextVar("judged_by_set",
+                                                                     default=False)
 
 
 @dataclass(frozen=True)
@@ -135,7 +142,9 @@ def convert(
     ``allow_empty``, and so is a conversion that stores nothing. Pillow's warnings go to the
     report (``warnings``), not to stderr.
     ``shard=(i, n)`` writes only shard ``i`` of ``n`` (a contiguous block of the listing) to
-    ``destination`` with ``-0000i-of-0000n`` before ``.lmdb`` (see ``lmdbio.shards``).
+    ``destination`` with ``-0000i-of-0000n`` before ``.lmdb`` (see ``lmdbio.shard_plan``).
+    A shard may hold no file of a class, or store nothing at all, so on its own it judges
+    only the classes whose every file it holds; ``convert_shards`` judges the whole set.
     ``max_size`` downscales images longer than that many pixels and re-encodes them (JPEGs
     at JPEG ``quality``, default 90); others keep their bytes (see ``lmdbio.resize``).
     """
@@ -158,6 +167,7 @@ def convert(
     listing = list_source(source, extensions, workers, is_valid_file=is_valid_file,
                           allow_empty=allow_empty)
     spec = plan(*shard, len(listing)) if shard else ShardSpec(0, 1, 0, len(listing), len(listing))
+    whole = collections.Counter(listing.targets)  # files per class in the whole listing
     listing = dataclasses.replace(slice_listing(listing, spec),  # the fingerprint stays
                                   given=listing.given)  # the whole source's
     partial = dst + ".partial"
@@ -180,7 +190,7 @@ def convert(
                                       check=check, workers=workers,
                                       commit_bytes=commit_bytes, progress=progress,
                                       extensions=extensions or (), resizer=resizer,
-                                      allow_empty=allow_empty)
+                                      allow_empty=allow_empty, whole=whole)
         writer = None  # finished and closed
         if not same_file(partial, guard):  # the name was swapped for a link meanwhile
             raise DestinationError(f"{partial!r} was replaced during the conversion (someone "
@@ -260,7 +270,8 @@ def _start_state(writer: LmdbWriter, listing: Listing, resume: bool, partial: st
 def _write_records(writer: LmdbWriter, listing: Listing, spec: ShardSpec, state: Checkpoint, *,
                    on_error: OnError, check: Check, workers: int, commit_bytes: int,
                    progress: bool, extensions: Sequence[str],
-                   resizer: Resizer | None, allow_empty: bool) -> Metadata:
+                   resizer: Resizer | None, allow_empty: bool,
+                   whole: Mapping[int, int]) -> Metadata:
     skipped: list[list[str]] = [list(item) for item in state["skipped"]]
     noted: list[list[str]] = [list(item) for item in state.get("warnings", [])]
     written, payload_bytes = state["written"], state["payload_bytes"]
@@ -299,7 +310,14 @@ def _write_records(writer: LmdbWriter, listing: Listing, spec: ShardSpec, state:
             commit(len(listing))
     keep = set(range(len(listing))) - _skipped_positions(listing, skipped)
     positions = sorted(keep)
-    _check_what_is_left(listing, positions, skipped, allow_empty)
+    if not judged_by_set.get():
+        held = collections.Counter(listing.targets)
+        # a lone shard of several decides only for the classes it holds whole (their files
+        # are contiguous, so most classes); convert_shards judges the whole set
+        decidable = None if spec.count == 1 else [c for c, n in held.items() if whole[c] == n]
+        check_what_is_left(listing.root, listing.classes,
+                           collections.Counter(listing.targets[i] for i in positions),
+                           skipped, allow_empty, decidable)
     meta = Metadata(
         num_samples=written, classes=listing.classes, source_root=listing.root,
         source_fingerprint=listing.fingerprint, extensions=list(extensions),
@@ -321,22 +339,32 @@ def _skipped_positions(listing: Listing, skipped: list[list[str]]) -> set[int]:
     return {i for i, rel in enumerate(listing.relative_paths) if rel in names}
 
 
-def _check_what_is_left(listing: Listing, positions: list[int], skipped: list[list[str]],
-                        allow_empty: bool) -> None:
-    """An all-refused conversion is an error, not an empty database; so is a class whose every
-    file was refused (it would be an empty class, which ImageFolder refuses unless
-    ``allow_empty``)."""
+def check_what_is_left(root: str, classes: Sequence[str], kept: Mapping[int, int],
+                       skipped: Sequence[Sequence[str]], allow_empty: bool,
+                       decidable: Collection[int] | None = None) -> None:
+    """What ``on_error="skip"`` left must still be an ImageFolder: a conversion that stores
+    nothing is an error, not an empty database; so is a class whose every file was refused
+    (an empty class, which ImageFolder refuses unless ``allow_empty``). ``kept``: stored
+    files per class index; ``skipped``: ``(relative path, reason)`` in listing order.
+    ``decidable``: the classes this part of a conversion may judge (a lone shard: those whose
+    every file it holds), with no judgement of the whole; None: the whole conversion."""
     if not skipped:
         return
-    if not positions:
+    if decidable is None and not any(kept.values()):
         path, reason = skipped[0]
-        raise SourceError(f"every one of the {len(skipped)} files of {listing.root!r} was "
-                          f"refused (the first, {path!r}: {reason}); nothing to store: fix the "
-                          "files, or check them with check=\"structure\" if you trust them")
-    listed = collections.Counter(listing.targets)
-    kept = collections.Counter(listing.targets[i] for i in positions)
-    lost = [listing.classes[c] for c in sorted(listed) if not kept[c]]
-    if lost and not allow_empty:
-        raise SourceError(f"every file of the classes {', '.join(lost)} was refused (see "
-                          "the reasons with on_error=\"fail\"); fix the files, or pass "
-                          "allow_empty=True to keep them as empty classes")
+        # No check="structure" here: it would store files that fail to decode, which is
+        # what the default check exists to prevent, and it cannot help an unreadable file.
+        raise SourceError(f"every one of the {len(skipped)} files of {root!r} was refused "
+                          f"(the first, {path!r}: {reason}); nothing to store: fix or replace "
+                          "the files, or convert the folder that holds the images")
+    if allow_empty:
+        return
+    judged = range(len(classes)) if decidable is None else sorted(decidable)
+    lost = [classes[c] for c in judged if not kept.get(c)]
+    if lost:
+        names = set(lost)
+        first = next(((p, r) for p, r in skipped if p.split(os.sep, 1)[0] in names), None)
+        example = f" (the first, {first[0]!r}: {first[1]})" if first else ""
+        raise SourceError(f"every file of the classes {', '.join(lost)} was refused{example}; "
+                          "fix or replace those files, or pass allow_empty=True to keep them "
+                          "as empty classes")

@@ -11,7 +11,8 @@ from typing import Any
 import lmdb
 
 from . import envs, locality
-from .errors import CorruptRecordError, FormatError, LegacyFormatError
+from .errors import (CorruptRecordError, DatabaseChangedError, FormatError,
+                     LegacyFormatError)
 from .legacy import is_legacy
 from .format import (KEY_COMPLETE, KEY_HEADER, KEY_PATHS, KEY_PROGRESS, KEY_TARGETS, META_DB,
                      SAMPLES_DB, Metadata, data_file, decode_paths, decode_record,
@@ -66,10 +67,22 @@ class Database:
                     "or re-convert the source with 'lmdbio convert'") from None
             raise FormatError(f"{self.path!r} is an LMDB file but not an lmdbio database; "
                               "convert an ImageFolder with 'lmdbio convert SRC'") from None
+        except lmdb.MapResizedError:
+            # the environment this process already shares was mapped before the file was
+            # rewritten larger (see _lmdb_errors)
+            self.close()
+            raise self._changed("it grew beyond the size mapped when it was opened") from None
         except lmdb.Error as exc:  # a damaged page: typed, one line (docs/RELIABILITY.md)
             self.close()
             raise FormatError(f"{self.path!r} is damaged ({exc}); re-convert the source or "
                               "restore a copy") from None
+
+    def _changed(self, how: str) -> DatabaseChangedError:
+        """The one error for a file rewritten in place while open, whichever check saw it."""
+        return DatabaseChangedError(
+            f"{self.path!r} changed while open ({how}: rewritten in place?); close and reopen "
+            "it (the dataset, and every other reader of it in this process), and publish new "
+            "databases by rename, never by copying over an open one")
 
     @contextlib.contextmanager
     def _lmdb_errors(self, what: str, error: type[FormatError] = FormatError) -> Iterator[None]:
@@ -79,6 +92,12 @@ class Database:
         except lmdb.ReadersFullError as exc:
             raise FormatError(f"{self.path!r}: no free LMDB reader slot ({exc}); open it with "
                               "lock=False (the default) or a larger max_readers") from None
+        except lmdb.MapResizedError:
+            # The file now has pages beyond the map taken at open: only a rewrite in place
+            # does that (a published lmdbio file never changes), so it is the header check's
+            # case, not damage. Not remapped here: that needs every read transaction of the
+            # process closed (liblmdb), and the header would then differ anyway.
+            raise self._changed("it grew beyond the size mapped when it was opened") from None
         except lmdb.Error as exc:
             raise error(f"{self.path!r}: {what} cannot be read ({exc}); the file is damaged: "
                         "re-convert the source or restore a copy") from None
@@ -97,15 +116,19 @@ class Database:
         comparing a memoryview to bytes directly costs 1.7 us more)."""
         header = txn.get(KEY_HEADER, db=meta)
         if header is None or bytes(header) != self._header:
-            raise FormatError(f"{self.path!r} changed while open (it now holds another "
-                              "conversion: rewritten in place?); reopen it, and publish new "
-                              "databases by rename, never by copying over an open one")
+            raise self._changed("it now holds another conversion")
 
     def _read_header(self) -> Metadata:
+        try:
+            return self._parse_header()
+        except BaseException:
+            self.close()  # a refused file must not keep its environment open in this process
+            raise
+
+    def _parse_header(self) -> Metadata:
         if self._read_meta(KEY_COMPLETE) != b"1":
             hint = ("resume it with 'lmdbio convert --resume'"
                     if self._read_meta(KEY_PROGRESS) is not None else "re-convert the source")
-            self.close()
             raise FormatError(f"{self.path!r} holds an unfinished conversion; {hint}")
         blob = self._read_meta(KEY_HEADER)
         meta = Metadata.from_json(blob or b"", self.path)
@@ -114,7 +137,6 @@ class Database:
                 self._handles()[0].begin(db=self._dbs[0]) as txn:  # type: ignore[index]
             stored = txn.stat(self._dbs[0])["entries"]  # type: ignore[index]
         if stored != meta.num_samples:
-            self.close()
             raise FormatError(f"{self.path!r} holds {stored} records, header says "
                               f"{meta.num_samples}; the file is damaged: re-convert the source")
         return meta

@@ -15,9 +15,11 @@ from .decode import decode_pil
 from .envs import EnvOptions
 from .errors import (
     CorruptRecordError,
+    DatabaseChangedError,
     DatabaseNotFoundError,
     ImageDecodeError,
     LmdbioError,
+    SampleNotFoundError,
     printable,
 )
 from .format import data_file
@@ -81,7 +83,14 @@ class ImageFolderLMDB(ImageFolder):
     conversion listed (``None`` after ``is_valid_file``); ``loader(path)`` loads a ``samples``
     path from the database (decoded by ``decode``, no transform), as ImageFolder's loader
     loads it from the source; ``samples``/``targets`` are decoded on first use, so opening a
-    database with a million samples reads a few hundred bytes. The LMDB environment is opened
+    database with a million samples reads a few hundred bytes. As in torchvision, the five
+    are plain attributes to assign: after ``ds.samples = subset`` (a subset, reordering or
+    relabelling), ``len(ds)`` and ``ds[i]`` follow that list, each path read from the record
+    stored under it and each target taken from the list; ``targets``, ``imgs``, ``classes``
+    and ``class_to_idx`` are then what torchvision leaves them (``imgs`` the list from
+    before) and assigning them changes no item. Start from an assignment: an in-place edit
+    of the database's own list (``ds.samples.pop()`` before any assignment) is not followed,
+    where one of an assigned list is. The LMDB environment is opened
     lazily in each process that reads (safe with DataLoader workers under fork, spawn and
     forkserver) and is not pickled.
     """
@@ -108,8 +117,13 @@ class ImageFolderLMDB(ImageFolder):
         self.database: SampleReader = open_database(
             self.root, EnvOptions(readahead=readahead, lock=lock, max_readers=max_readers),
             verify_checksums=verify_checksums, allow_pickle=allow_pickle)
-        self._samples: list[tuple[str, int]] | None = None
+        self._samples: list[tuple[str, int]] | None = None  # the database's, decoded on use
         self._targets: list[int] | None = None
+        # What the caller assigned, torchvision-style (None: the database's own). Only an
+        # assigned ``samples`` changes what ``len``/``[i]`` return; a plain ``is None`` test
+        # keeps the default path as fast as before.
+        self._assigned_samples: list[tuple[str, int]] | None = None
+        self._assigned: dict[str, Any] = {}
         self._prefetchers: list[Prefetcher] = []
         if prefetch is True or (prefetch == "auto" and fits):
             self._prefetchers = prefetch_files(self.files)
@@ -126,28 +140,79 @@ class ImageFolderLMDB(ImageFolder):
 
     @property
     def classes(self) -> list[str]:
-        return self.database.meta.classes
+        return self._assigned.get("classes", self.database.meta.classes)
+
+    @classes.setter
+    def classes(self, value: list[str]) -> None:
+        self._assigned["classes"] = value
 
     @property
     def class_to_idx(self) -> dict[str, int]:
-        return self.database.meta.class_to_idx
+        return self._assigned.get("class_to_idx", self.database.meta.class_to_idx)
+
+    @class_to_idx.setter
+    def class_to_idx(self, value: dict[str, int]) -> None:
+        self._assigned["class_to_idx"] = value
 
     @property
     def targets(self) -> list[int]:
-        if self._targets is None:
-            self._targets = self.database.targets()
-        return self._targets
+        if "targets" in self._assigned:
+            return self._assigned["targets"]  # type: ignore[no-any-return]
+        return self._stored_targets()
+
+    @targets.setter
+    def targets(self, value: list[int]) -> None:
+        self._assigned["targets"] = value
 
     @property
     def samples(self) -> list[tuple[str, int]]:
         """``(path in the source tree, target)``, as ImageFolder lists them."""
+        if self._assigned_samples is not None:
+            return self._assigned_samples
+        return self._stored_samples()
+
+    @samples.setter
+    def samples(self, value: list[tuple[str, int]]) -> None:
+        self._assigned_samples = value
+
+    @property
+    def imgs(self) -> list[tuple[str, int]]:
+        """The same list as ``samples`` until ``samples`` is assigned, as in torchvision
+        (``ImageFolder`` sets ``imgs = samples`` once)."""
+        if "imgs" in self._assigned:
+            return self._assigned["imgs"]  # type: ignore[no-any-return]
+        return self._stored_samples()
+
+    @imgs.setter
+    def imgs(self, value: list[tuple[str, int]]) -> None:
+        self._assigned["imgs"] = value
+
+    def _stored_targets(self) -> list[int]:
+        if self._targets is None:
+            self._targets = self.database.targets()
+        return self._targets
+
+    def _stored_samples(self) -> list[tuple[str, int]]:
         if self._samples is None:
             source = self.database.meta.samples_root
             self._samples = [(os.path.join(source, rel), target) for rel, target
-                             in zip(self.database.relative_paths(), self.targets)]
+                             in zip(self.database.relative_paths(), self._stored_targets())]
         return self._samples
 
-    imgs = samples
+    def _record_of(self, path: str | os.PathLike[str], where: str) -> int:
+        """The index of the record stored under ``path`` (a path as the database's own
+        ``samples`` spell it); ``where`` names who asked, for the message."""
+        if self._index_of is None:
+            self._index_of = {p: i for i, (p, _) in enumerate(self._stored_samples())}
+        try:
+            return self._index_of[os.fspath(path)]  # type: ignore[index]
+        except (KeyError, TypeError):
+            shown = printable(repr(path))
+            raise SampleNotFoundError(
+                f"{where} {shown} is not stored in {self.database.path!r}; assign only paths "
+                "from the dataset's own samples (spelled as they are, under "
+                f"{self.database.meta.samples_root!r}), or re-convert the source with that "
+                "file in it") from None
 
     @property
     def extensions(self) -> tuple[str, ...] | None:
@@ -160,23 +225,27 @@ class ImageFolderLMDB(ImageFolder):
         return self._load_path
 
     def _load_path(self, path: str | os.PathLike[str]) -> Any:
-        if self._index_of is None:
-            self._index_of = {p: i for i, (p, _) in enumerate(self.samples)}
-        index = self._index_of.get(os.fspath(path))
-        if index is None:
-            raise FileNotFoundError(f"{os.fspath(path)!r} is not a sample of "
-                                    f"{self.database.path!r}; pass a path from .samples")
+        index = self._record_of(path, "loader path")
         return self._decode(index, self._get(index)[1])
 
     def __len__(self) -> int:
+        if self._assigned_samples is not None:
+            return len(self._assigned_samples)
         return len(self.database)
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         index = int(index)
-        if index < 0:
-            index += len(self)
-        target, data = self._get(index)
-        sample = self._decode(index, data)
+        if self._assigned_samples is not None:
+            # as DatasetFolder: the path and target of the list, the image stored under it
+            path, target = self._assigned_samples[index]
+            record = self._record_of(path, f"samples[{index}] path")
+            data = self._get(record)[1]
+        else:
+            if index < 0:
+                index += len(self)
+            record = index
+            target, data = self._get(index)
+        sample = self._decode(record, data)
         if self.transform is not None:
             sample = self.transform(sample)
         if self.target_transform is not None:
@@ -193,6 +262,8 @@ class ImageFolderLMDB(ImageFolder):
         """The record; a damaged one's error names its index, stored path and the remedy."""
         try:
             return self.database.get(index)
+        except DatabaseChangedError:
+            raise  # not this record's fault: its own message and remedy (reopen) stand
         except LmdbioError as exc:
             text, mark = str(exc), f"record {index} ("
             if mark not in text:  # the message lacks the stored path: lead with it
@@ -233,7 +304,20 @@ class ImageFolderLMDB(ImageFolder):
     def will_need(self, start: int, stop: int) -> None:
         """Ask storage for samples ``[start, stop)`` now, in one asynchronous read; a sampler
         that knows what comes next calls it (``BlockShuffleSampler`` does, per block)."""
-        self.database.will_need(start, stop)
+        assigned = self._assigned_samples
+        if assigned is None:
+            self.database.will_need(start, stop)
+            return
+        try:  # the records behind an assigned list: one read per run of consecutive ones
+            records = sorted({self._record_of(path, "samples path")
+                              for path, _ in assigned[start:stop]})
+        except SampleNotFoundError:
+            return  # a hint: the read itself reports the path
+        begin = 0
+        for i in range(1, len(records) + 1):
+            if i == len(records) or records[i] != records[i - 1] + 1:
+                self.database.will_need(records[begin], records[i - 1] + 1)
+                begin = i
 
     def close(self) -> None:
         """Stop any prefetch and release the LMDB environment (needed before evicting its pages

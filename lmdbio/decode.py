@@ -18,12 +18,12 @@ import io
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .validate import JPEG_START, PNG_START
+
 if TYPE_CHECKING:
     import torch
 
 __all__ = ["DraftDecoder", "decode_pil", "decode_tensor"]
-
-_JPEG_START, _PNG_START = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
 
 
 def decode_pil(data: bytes) -> Any:
@@ -103,8 +103,8 @@ def decode_tensor(data: bytes) -> torch.Tensor:
     from torchvision.io import ImageReadMode, decode_jpeg, decode_png
 
     head = bytes(data[:8])
-    decoder = (decode_jpeg if head.startswith(_JPEG_START)
-               else decode_png if head.startswith(_PNG_START) else None)
+    decoder = (decode_jpeg if head.startswith(JPEG_START)
+               else decode_png if head.startswith(PNG_START) else None)
     if decoder is not None:
         # bytearray: torch.frombuffer warns on read-only buffers (bytes, LMDB memoryviews)
         encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "ConcurrentWriteError",
     "CorruptRecordError",
+    "DatabaseChangedError",
     "DatabaseNotFoundError",
     "DestinationError",
     "DiskFullError",
@@ -20,6 +21,7 @@ __all__ = [
     "OutputExistsError",
     "ResizeOptionError",
     "ResumeError",
+    "SampleNotFoundError",
     "ShardSetError",
     "ShardSpecError",
     "SourceError",
@@ -78,6 +80,16 @@ class DatabaseNotFoundError(LmdbioError, FileNotFoundError):
 
 class FormatError(LmdbioError, ValueError):
     """The file is not an lmdbio database, is incomplete, or has a newer format version."""
+
+
+class DatabaseChangedError(FormatError):
+    """The file was rewritten in place while open (``cp B A``): what is read now is no longer
+    the conversion that was opened; close and reopen it."""
+
+
+class SampleNotFoundError(LmdbioError, FileNotFoundError):
+    """A path (in an assigned ``samples``, or given to ``loader``) that is not stored in the
+    database; a ``FileNotFoundError``, as ImageFolder's loader raises for a missing file."""
 
 
 class LegacyFormatError(FormatError):

@@ -8,7 +8,7 @@ import os
 import stat
 
 from .errors import ConcurrentWriteError, DestinationError
-from .publish import same_file
+from .publish import remove_file, same_file
 
 __all__ = ["lock_partial"]
 
@@ -37,8 +37,8 @@ def lock_partial(partial: str, keep: bool) -> int:
                                    "partial output under that name), then convert again")
         if found is not None and not _writable_partial(found):
             # A run killed between publish's link() and unlink() leaves DST.partial as a
-            # second name of the complete DST (tests/test_reliability_kill.py); a planted
-            # link, FIFO or foreign file: never write through any of them.
+            # second name of the complete DST (tests/torture/test_reliability_kill.py); a
+            # planted link, FIFO or foreign file: never write through any of them.
             _unlink_quietly(partial)
             continue
         flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -76,10 +76,10 @@ def _writable_partial(found: os.stat_result) -> bool:
 
 
 def _unlink_quietly(path: str) -> None:
+    # remove_file, not publish.discard: a folder swapped in since the lstat is refused
+    # (IsADirectoryError, a DestinationError here), never emptied
     try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+        remove_file(path)
     except OSError as exc:
         raise DestinationError(f"cannot remove {path!r} ({exc.strerror}), which lmdbio will "
                                "not write through; remove it by hand") from None

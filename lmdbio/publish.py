@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 __all__ = ["PARTIAL_SUFFIX", "create_exclusive", "discard", "fsync_directory", "publish",
-           "same_file", "staged"]
+           "remove_file", "same_file", "staged"]
 
 # Creating a file that must be new: fails on anything already there, a planted symlink
 # (dangling or not) included, and never follows one (O_NOFOLLOW for good measure).
@@ -33,6 +33,13 @@ def fsync_directory(path: str | os.PathLike[str]) -> None:
         os.close(directory)
 
 
+def remove_file(path: str | os.PathLike[str]) -> None:
+    """Unlink ``path`` (a symlink: the link itself, never its target); nothing if it does not
+    exist. A folder is never removed (``IsADirectoryError``): for callers that refuse one."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
 def discard(path: str | os.PathLike[str]) -> None:
     """Remove ``path`` whatever it is (file, folder, symlink: the link itself, never its
     target); nothing if it does not exist."""
@@ -40,8 +47,7 @@ def discard(path: str | os.PathLike[str]) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path)
     else:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+        remove_file(path)
 
 
 def create_exclusive(path: str | os.PathLike[str], mode: str = "wb", **kwargs: Any) -> IO[Any]:

@@ -2,20 +2,25 @@
 
 The plan (which listing positions each shard holds, and the file names) is ``shard_plan``'s;
 each shard is an ordinary ``converter.convert`` with ``shard=(i, N)``, in this process or in
-``jobs`` spawned ones, and the finished set is opened once as a ``ShardedDatabase`` to check it.
+``jobs`` spawned ones, and the finished set is opened once as a ``ShardedDatabase`` to check it:
+complete, and (with ``on_error="skip"``) still an ImageFolder as a whole, which no shard can
+judge alone (a shard may hold no file of a class, or lose all of its own).
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import multiprocessing
 import os
 from typing import Any
 
 from . import errors
-from .converter import ConvertReport, convert, default_destination
+from .converter import (ConvertReport, check_what_is_left, convert, default_destination,
+                        judged_by_set)
 from .database import Database
 from .errors import ShardSpecError
+from .publish import discard
 from .shard_plan import shard_path
 from .shard_set import ShardedDatabase
 
@@ -26,6 +31,7 @@ def _convert_one(source: str, destination: str, index: int, count: int,
                  options: dict[str, Any]) -> ConvertReport | tuple[str, str]:
     """One shard, in a worker process; an lmdbio error comes back as (class name, message)
     (some error classes take more than a message and would not unpickle)."""
+    judged_by_set.set(True)  # this worker process converts shards of one set only
     try:
         return convert(source, destination, shard=(index, count), **options)
     except errors.LmdbioError as exc:
@@ -36,7 +42,10 @@ def convert_shards(source: str | os.PathLike[str], destination: str | os.PathLik
                    num_shards: int, *, jobs: int = 1, **options: Any) -> list[ConvertReport]:
     """Convert all ``num_shards`` shards of ``source``: the same files as converting each with
     ``convert(..., shard=(i, num_shards))`` separately. ``jobs`` > 1 converts that many shards
-    at once in separate processes. With ``resume=True``, shards already complete are kept."""
+    at once in separate processes. With ``resume=True``, shards already complete are kept.
+    With ``on_error="skip"``, what is left is judged over the whole set, as ``convert`` judges
+    one file: nothing stored at all, or a class whose every file was refused (unless
+    ``allow_empty``), is a ``SourceError``, and the shards this call wrote are removed."""
     if num_shards < 1 or jobs < 1:
         raise ShardSpecError(f"num_shards and jobs must be >= 1, not {num_shards}, {jobs}")
     dst = (os.path.abspath(os.path.expanduser(os.fspath(destination))) if destination
@@ -45,7 +54,11 @@ def convert_shards(source: str | os.PathLike[str], destination: str | os.PathLik
             if not (options.get("resume") and _complete(shard_path(dst, i, num_shards), i,
                                                         num_shards))]
     if jobs == 1 or len(todo) <= 1:
-        reports = [convert(source, dst, shard=(i, num_shards), **options) for i in todo]
+        judging = judged_by_set.set(True)
+        try:
+            reports = [convert(source, dst, shard=(i, num_shards), **options) for i in todo]
+        finally:
+            judged_by_set.reset(judging)
     else:
         options = options | {"progress": False}
         context = multiprocessing.get_context("spawn")  # no fork of a threaded process
@@ -60,7 +73,16 @@ def convert_shards(source: str | os.PathLike[str], destination: str | os.PathLik
             kind = getattr(errors, name, errors.LmdbioError)
             raise (kind(message) if name != "SourceFileError" else kind(message, ""))
         reports = [r for r in results if not isinstance(r, tuple)]
-    ShardedDatabase([shard_path(dst, i, num_shards) for i in range(num_shards)]).close()
+    paths = [shard_path(dst, i, num_shards) for i in range(num_shards)]
+    with ShardedDatabase(paths) as shards:  # complete, one conversion
+        meta, kept = shards.meta, collections.Counter(shards.targets())
+    try:
+        check_what_is_left(meta.source_root, meta.classes, kept, meta.skipped,
+                           options.get("allow_empty", False))
+    except errors.SourceError:
+        for i in todo:  # what this call wrote: the set must not open as if it were good
+            discard(paths[i])
+        raise
     return reports
 
 

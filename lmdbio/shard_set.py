@@ -53,7 +53,7 @@ class ShardedDatabase:
 
     Args:
         paths: the shard files (any order; a glob pattern or one path is expanded).
-        options: LMDB knobs, as for ``reader.Database``.
+        options: LMDB knobs, as for ``database.Database``.
         verify_checksums: check each record's CRC32 on read.
     """
 
@@ -80,7 +80,8 @@ class ShardedDatabase:
             first, num_samples=self.offsets[-1], shard_index=0, shard_start=0,
             shard_stop=first.listing_total,
             payload_bytes=sum(db.meta.payload_bytes for db in self.shards),
-            skipped=[item for db in self.shards for item in db.meta.skipped])
+            skipped=[item for db in self.shards for item in db.meta.skipped],
+            warnings=[item for db in self.shards for item in db.meta.warnings])
 
     def __len__(self) -> int:
         return self.offsets[-1]

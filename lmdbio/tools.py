@@ -24,7 +24,7 @@ from .format import (
 from .lmdbcheck import check_structure
 from .progress import Progress
 from .unpack import extract
-from .validate import check_payload
+from .validate import JPEG_START, PNG_START, check_payload
 
 __all__ = ["DatabaseInfo", "VerifyReport", "extract", "info", "verify"]
 
@@ -177,8 +177,8 @@ def verify(path: str | os.PathLike[str], *, decode: bool = False,
 # Leading bytes of the formats ImageFolder's extensions name (JPEG, PNG, BMP, TIFF, PPM/PGM;
 # WebP is RIFF....WEBP) and GIF: these pass without Pillow. Anything else, the empty payload
 # included, goes to Pillow's header parse (tens of microseconds), which decides.
-_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\0", b"MM\0*", b"P1", b"P2",
-                b"P3", b"P4", b"P5", b"P6", b"P7", b"GIF87a", b"GIF89a")
+_IMAGE_MAGIC = (JPEG_START, PNG_START, b"BM", b"II*\0", b"MM\0*", b"P1", b"P2", b"P3", b"P4",
+                b"P5", b"P6", b"P7", b"GIF87a", b"GIF89a")
 
 
 def _walk(txn: lmdb.Transaction, problems: list[str]) -> Iterator[tuple[Any, Any]]:

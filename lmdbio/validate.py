@@ -28,14 +28,17 @@ import warnings
 from collections.abc import Iterator
 from typing import Literal
 
-__all__ = ["CHECKS", "Check", "capture_warnings", "check_image", "check_payload",
-           "collecting_warnings"]
+__all__ = ["CHECKS", "JPEG_START", "PNG_START", "Check", "capture_warnings", "check_image",
+           "check_payload", "collecting_warnings"]
 
 Check = Literal["decode", "full", "structure"]
 CHECKS: tuple[str, ...] = ("decode", "full", "structure")
 
-_JPEG_START, _JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
-_PNG_START, _PNG_HEADER, _PNG_END = b"\x89PNG\r\n\x1a\n", b"\x00\x00\x00\rIHDR", b"IEND\xaeB`\x82"
+# The leading bytes of JPEG and PNG files, for every module that tells them apart (decode,
+# tools): defined once, here, beside the structure checks that parse them.
+JPEG_START, PNG_START = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
+_JPEG_END = b"\xff\xd9"
+_PNG_HEADER, _PNG_END = b"\x00\x00\x00\rIHDR", b"IEND\xaeB`\x82"
 _JPEG_NOT_FRAMES = (0xC4, 0xC8, 0xCC)  # DHT, JPG, DAC share the 0xC? range with SOF markers
 
 
@@ -66,10 +69,10 @@ def _looks_complete(data: bytes) -> bool | None:
     """For JPEG and PNG (nearly every dataset): well-formed headers and the end marker in
     place? None for other formats. Costs microseconds where Pillow's header parse costs tens
     and holds the GIL, and unlike it catches the commonest damage, truncation."""
-    if data.startswith(_JPEG_START):
+    if data.startswith(JPEG_START):
         return (_jpeg_headers_ok(data)
                 and data[-64:].rstrip(b"\0").endswith(_JPEG_END))  # some writers pad zeros
-    if data.startswith(_PNG_START):
+    if data.startswith(PNG_START):
         return data[8:16] == _PNG_HEADER and data.endswith(_PNG_END)
     return None
 

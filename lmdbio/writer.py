@@ -20,6 +20,7 @@ from .errors import DestinationError, DiskFullError
 from .format import (KEY_COMPLETE, KEY_HEADER, KEY_PATHS, KEY_PROGRESS, KEY_TARGETS, META_DB,
                      SAMPLES_DB, Metadata, encode_key, encode_paths,
                      encode_record, encode_targets)
+from .publish import same_file
 
 __all__ = ["Checkpoint", "LmdbWriter"]
 
@@ -42,14 +43,6 @@ def _bytes_needed(items: list[tuple[bytes, bytes]]) -> int:
     return total
 
 
-def _same_inode(path: str, fd: int) -> bool:
-    try:
-        named, held = os.lstat(path), os.fstat(fd)
-    except OSError:
-        return False
-    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
-
-
 class LmdbWriter:
     """Append-only writer of one lmdbio file; the caller owns naming and renaming."""
 
@@ -70,7 +63,7 @@ class LmdbWriter:
         except lmdb.Error as exc:
             raise DestinationError(f"cannot create {path!r} ({exc}); check that the folder "
                                    "exists and is writable") from None
-        if fd is not None and target == path and not _same_inode(path, fd):
+        if fd is not None and target == path and not same_file(path, fd):
             self.env.close()  # no /proc: checked after the open instead
             raise DestinationError(f"{path!r} was replaced while being opened; convert again")
         try:  # creating the two databases is a commit: the disk may fill up right here

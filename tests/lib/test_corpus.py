@@ -194,10 +194,18 @@ def test_an_all_broken_tree_is_an_error_not_an_empty_database(tmp_path) -> None:
     for name, entry in (("a", corpus.entries()[-1]), ("b", corpus.entries()[-2])):
         (root / name).mkdir(parents=True)
         (root / name / "x.png").write_bytes(entry.data)
-    with pytest.raises(lmdbio.SourceError, match="every one of the 2 files"):
+    with pytest.raises(lmdbio.SourceError, match="every one of the 2 files") as caught:
         lmdbio.convert(root, tmp_path / "out.lmdb", on_error="skip", progress=False)
     assert not (tmp_path / "out.lmdb").exists()
     assert not (tmp_path / "out.lmdb.partial").exists()
+    # the remedy: never the opt-out that would store files which fail to decode
+    remedy = str(caught.value).rsplit("; ", 1)[1]
+    assert remedy == "nothing to store: fix or replace the files, or convert the folder that " \
+                     "holds the images", remedy
+    for check in ("structure", "full"):
+        with pytest.raises(lmdbio.SourceError, match="every one of the 2 files.*fix or replace"):
+            lmdbio.convert(root, tmp_path / "out.lmdb", on_error="skip", check=check,
+                           progress=False)
 
 
 def test_a_class_that_loses_every_file_needs_allow_empty(tmp_path) -> None:

@@ -197,16 +197,132 @@ def test_dataloader_workers_give_imagefolders_batches(context, tree, out) -> Non
 
 
 def test_old_files_show_their_absolute_source_root(tree, out) -> None:
-    """A header without source_as_given (files before it): samples join source_root."""
-    import dataclasses
+    """A real file whose header lacks source_as_given (written before lmdbio recorded it):
+    its samples join the absolute source_root, as ImageFolder(that root) lists them, while a
+    file that has it shows the root as given."""
+    import json
 
-    from lmdbio.format import Metadata
-    meta = Metadata(num_samples=1, classes=["a"], source_root="/abs/train",
-                    source_fingerprint="", extensions=[".jpg"], payload_bytes=0)
-    assert meta.samples_root == "/abs/train"
-    assert dataclasses.replace(meta, source_as_given="train").samples_root == "train"
-    body = Metadata.from_json(meta.to_json().replace(b', "source_as_given": ""', b""), "x")
-    assert body.samples_root == "/abs/train"
+    import lmdb
+    from lmdbio.format import KEY_HEADER, META_DB
+
+    dst = out / "old.lmdb"
+    lmdbio.convert(tree, dst, progress=False)
+    dataset = lmdbio.ImageFolderLMDB(dst, prefetch=False)
+    assert dataset.samples == ImageFolder(tree).samples  # "data/train/...": as given
+    dataset.close()
+    env = lmdb.open(os.fspath(dst), subdir=False, max_dbs=2, lock=False)
+    try:  # the header as files before source_as_given have it: no such key
+        with env.begin(write=True, db=env.open_db(META_DB)) as txn:
+            body = json.loads(txn.get(KEY_HEADER))
+            assert body.pop("source_as_given") == tree
+            txn.put(KEY_HEADER, json.dumps(body).encode())
+    finally:
+        env.close()
+    old = lmdbio.ImageFolderLMDB(dst, prefetch=False)
+    absolute = os.path.abspath(tree)
+    assert old.database.meta.source_as_given == "" and old.database.meta.source_root == absolute
+    assert old.samples == old.imgs == ImageFolder(absolute).samples
+    assert all(p.startswith(absolute + os.sep) for p, _ in old.samples)
+    path, target = old.samples[-1]
+    assert old[-1][1] == target and np.array_equal(np.asarray(old.loader(path)),
+                                                   np.asarray(pil_loader(path)))
+    old.close()
+
+
+# -- assigning the listing attributes, as torchvision users do ----------------------------------
+
+
+def assign_alike(dataset: VisionDataset, reference: ImageFolder, name: str, value) -> None:
+    """``dataset.<name> = value(dataset)`` and the same on the reference ImageFolder."""
+    setattr(dataset, name, value(dataset))
+    setattr(reference, name, value(reference))
+
+
+def assert_same_items(dataset: VisionDataset, reference: ImageFolder) -> None:
+    assert len(dataset) == len(reference)
+    for index in [*range(len(reference)), -1]:
+        (image, target), (expected, label) = dataset[index], reference[index]
+        assert target == label, index
+        assert np.array_equal(np.asarray(image), np.asarray(expected)), index
+    with pytest.raises(IndexError):
+        dataset[len(reference)]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_assigned_samples_subset_reorder_and_relabel_as_imagefolder(kind, tree, out) -> None:
+    dataset, reference = make(kind, tree, out), ImageFolder(tree)
+    stored = dataset.samples
+    assert dataset.imgs is dataset.samples  # one list, as ImageFolder's imgs = samples
+    assign_alike(dataset, reference, "samples", lambda d: d.samples[:5])  # subsetting
+    assert dataset.samples == reference.samples and len(dataset) == 5
+    assert (dataset.imgs is dataset.samples) == (reference.imgs is reference.samples)
+    assert dataset.imgs == reference.imgs and dataset.imgs is stored  # imgs: the list before
+    assert dataset.targets == reference.targets  # targets: as before, not recomputed
+    assert_same_items(dataset, reference)
+    # reordered, relabelled (the target is the list's, the image the stored file's)
+    assign_alike(dataset, reference, "samples",
+                 lambda d: [(p, (t + 1) % 3) for p, t in reversed(stored[3:])])
+    assert_same_items(dataset, reference)
+    # the other attributes are plain ones: assigned, read back, no item changes
+    assign_alike(dataset, reference, "targets", lambda d: [t for _, t in d.samples])
+    assign_alike(dataset, reference, "classes", lambda d: ["x", "y", "z"])
+    assign_alike(dataset, reference, "class_to_idx", lambda d: {"x": 0, "y": 1, "z": 2})
+    assign_alike(dataset, reference, "imgs", lambda d: d.samples)
+    for name in ("targets", "classes", "class_to_idx", "imgs", "samples"):
+        assert getattr(dataset, name) == getattr(reference, name), name
+    assert dataset.imgs is dataset.samples
+    assert_same_items(dataset, reference)
+    assert repr(dataset).splitlines()[1] == repr(reference).splitlines()[1]  # datapoints
+    path = dataset.samples[0][0]
+    assert np.array_equal(np.asarray(dataset.loader(path)), np.asarray(pil_loader(path)))
+
+
+def test_assigned_samples_reach_dataloader_workers(tree, out) -> None:
+    import pickle
+
+    ours = make("ImageFolderLMDB", tree, out, transform=to_array)
+    theirs = ImageFolder(tree, transform=to_array)
+    for dataset in (ours, theirs):
+        dataset.samples = [(p, 2 - t) for p, t in dataset.samples[1::2]]
+    clone = pickle.loads(pickle.dumps(ours))  # what spawn workers receive
+    assert clone.samples == theirs.samples and len(clone) == len(theirs)
+    kwargs: dict[str, object] = dict(batch_size=3, num_workers=2, multiprocessing_context="fork")
+    for (a, ta), (b, tb) in zip(torch.utils.data.DataLoader(ours, **kwargs),
+                                torch.utils.data.DataLoader(theirs, **kwargs), strict=True):
+        assert torch.equal(a, b) and torch.equal(ta, tb)
+
+
+def test_will_need_hints_the_records_behind_assigned_samples(tree, out) -> None:
+    dataset = make("ImageFolderLMDB", tree, out)
+    asked: list[tuple[int, int]] = []
+    dataset.database.will_need = lambda start, stop: asked.append((start, stop))
+    dataset.will_need(0, 4)
+    stored = dataset.samples
+    dataset.samples = [stored[6], stored[2], stored[5], stored[9]]
+    dataset.will_need(0, 3)  # records 6, 2, 5: two runs, in file order
+    dataset.will_need(3, 10)
+    assert asked == [(0, 4), (2, 3), (5, 7), (9, 10)]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_assigned_path_not_in_the_database_is_a_typed_one_line_error(kind, tree,
+                                                                        out) -> None:
+    dataset = make(kind, tree, out)
+    missing = os.path.join(tree, "cat", "not-converted.jpg")
+    dataset.samples = [*dataset.samples[:2], (missing, 0)]
+    assert dataset[1][1] == dataset.samples[1][1]  # the others still load
+    with pytest.raises(FileNotFoundError) as caught:  # as ImageFolder's loader raises
+        dataset[2]
+    if kind == "ImageFolderLMDB":
+        from lmdbio.errors import SampleNotFoundError
+
+        text = str(caught.value)
+        assert isinstance(caught.value, SampleNotFoundError) and "\n" not in text
+        for needle in ("samples[2]", repr(missing), repr(os.fspath(dataset.root)),
+                       "re-convert"):
+            assert needle in text, (needle, text)
+        with pytest.raises(SampleNotFoundError, match="loader path"):
+            dataset.loader(missing)
 
 
 def test_cli_allow_empty_and_extensions(tree, out) -> None:

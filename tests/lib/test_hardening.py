@@ -368,6 +368,54 @@ def test_a_database_rewritten_in_place_while_open_is_detected(tmp_path: Path) ->
         assert db.meta.classes == ["x", "y"] and db.get(0)[0] == 1
 
 
+def test_a_database_rewritten_larger_while_open_is_changed_not_damaged(tmp_path: Path) -> None:
+    """A rewrite beyond the map taken at open: liblmdb refuses every read transaction
+    (MDB_MAP_RESIZED) before the header check can run. Same error as the header check's,
+    never "damaged", through every reader, and a reopen after closing reads B."""
+    from lmdbio.dataset import ImageFolderLMDB
+    from lmdbio.errors import DatabaseChangedError
+
+    a = craft(tmp_path / "a.lmdb", good_records(3), ["cat", "dog"], map_size=1 << 20)
+    # 12 MiB of records: past the 10 MiB py-lmdb maps at least, so past A's map
+    b = craft(tmp_path / "b.lmdb", [(i % 2, os.urandom(1 << 20)) for i in range(12)],
+              ["x", "y"], map_size=1 << 25, created_utc="2026-02-02T00:00:00+00:00")
+    inode = a.stat().st_ino
+    dataset = ImageFolderLMDB(a, prefetch=False)
+    with lmdbio.Database(a) as db:
+        assert db.get(0)[0] == 0 and dataset[0][1] == 0
+        mapped = db._handles()[0].info()["map_size"]
+        shutil.copyfile(b, a)  # 'cp b.lmdb a.lmdb': the same inode, rewritten larger
+        assert a.stat().st_ino == inode and a.stat().st_size > mapped
+        for read in (lambda: db.get(0), db.targets, db.relative_paths, lambda: dataset[0]):
+            with pytest.raises(DatabaseChangedError) as caught:
+                read()
+            text = one_line(caught.value, repr(str(a)), "changed while open", "reopen it")
+            assert "damaged" not in text and "re-convert" not in text, text
+            assert isinstance(caught.value, lmdbio.FormatError)
+        # reopened while another reader still maps the old size: the same error, which says
+        # to close every reader first
+        with pytest.raises(DatabaseChangedError, match="every other reader"):
+            lmdbio.Database(a)
+    dataset.close()
+    with lmdbio.Database(a) as db:  # all closed, reopened: B, consistently
+        assert db.meta.classes == ["x", "y"] and len(db) == 12 and db.get(1)[0] == 1
+
+
+def test_a_refused_header_leaves_no_environment_open(tmp_path: Path) -> None:
+    """Database() refusing a malformed header releases the LMDB environment it opened to read
+    it at once, not when the half-built object is collected: while the error is kept (its
+    traceback holds that object), the refused file must not stay mapped in this process."""
+    from lmdbio import envs
+
+    bad = craft(tmp_path / "x.lmdb", good_records(2), ["a", "b"], format_version="x")
+    kept = []
+    for _ in range(2):  # and refused the same way again, not through a stale environment
+        with pytest.raises(lmdbio.FormatError, match="header is malformed") as caught:
+            lmdbio.Database(bad)
+        kept.append(caught.value)  # as a caller logging its errors keeps them
+        assert envs._identity(os.fspath(bad)) not in envs._envs
+
+
 # -- 8. extract never writes through a symlink swapped into OUTDIR ------------------------------
 
 _SWAP: dict[str, Any] = {}

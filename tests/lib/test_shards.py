@@ -261,3 +261,94 @@ def test_a_killed_shard_resumes_on_its_own(tmp_path) -> None:
         assert [len(db.meta.skipped) for db in two.shards] == [1, 1]
         for index in range(KEPT):
             assert one.get(index) == two.get(index), index
+
+
+# -- on_error="skip" judged over the whole set ----------------------------------------------------
+
+
+def spoil(tree: Path, *names: str) -> None:
+    for name in names:
+        (tree / name).write_bytes(b"not a jpeg")
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_shard_may_lose_its_part_of_a_class_or_everything(tmp_path, jobs) -> None:
+    """8 files, 3 shards: a0 a1 | a2 a3 b0 | b1 b2 b3. With a2, a3 and b0 refused, shard 1
+    stores nothing and holds none of either class: the tree is still a good ImageFolder (a
+    has a0 a1, b has b1..b3), so the set converts and equals the single database."""
+    from tests.helpers import build_simple_tree
+
+    tree = build_simple_tree(tmp_path / "src", per_class=4)
+    spoil(tree, "a/00002.jpg", "a/00003.jpg", "b/00000.jpg")
+    (tmp_path / "out").mkdir()
+    reports = lmdbio.convert_shards(tree, tmp_path / "out" / "s.lmdb", 3, jobs=jobs,
+                                    on_error="skip", progress=False)
+    assert [r.num_samples for r in reports] == [2, 0, 3]
+    single = lmdbio.convert(tree, tmp_path / "single.lmdb", on_error="skip", progress=False)
+    with lmdbio.Database(single.destination) as one, \
+            ShardedDatabase(os.fspath(tmp_path / "out" / "s-*.lmdb")) as three:
+        assert len(one) == len(three) == 5
+        assert (one.targets(), one.relative_paths()) == (three.targets(), three.relative_paths())
+        assert three.meta.skipped == one.meta.skipped and len(three.meta.skipped) == 3
+        assert [one.get(i) for i in range(5)] == [three.get(i) for i in range(5)]
+
+
+def test_every_file_refused_across_shards_is_one_error_for_the_tree(tmp_path) -> None:
+    from tests.helpers import build_simple_tree
+
+    tree = build_simple_tree(tmp_path / "src", per_class=4)
+    spoil(tree, *(f"{c}/{i:05d}.jpg" for c in "ab" for i in range(4)))
+    out = tmp_path / "out"
+    out.mkdir()
+    for allow_empty in (False, True):
+        with pytest.raises(lmdbio.SourceError) as caught:
+            lmdbio.convert_shards(tree, out / "s.lmdb", 2, on_error="skip", progress=False,
+                                  allow_empty=allow_empty)
+        text = str(caught.value)
+        assert "every one of the 8 files" in text and repr(os.fspath(tree)) in text, text
+        assert "fix or replace the files" in text and 'check="structure"' not in text, text
+        assert os.listdir(out) == []  # no set of empty shards to open as a dataset
+    line = assert_one_line_error(
+        run_cli("convert", tree, out / "s.lmdb", "-q", "--num-shards", "2", "--on-error",
+                "skip"), "every one of the 8 files", "fix or replace the files")
+    assert "=" not in line.split("; ", 1)[1], line  # the remedy in CLI words
+
+
+def test_a_class_refused_across_shards_needs_allow_empty(tmp_path) -> None:
+    """4 shards of 2: a0 a1 | a2 a3 | b0 b1 | b2 b3, every b refused. No shard holds all of
+    b, so only the set can tell that b is empty: an error unless allow_empty, as ImageFolder."""
+    from tests.helpers import build_simple_tree
+
+    tree = build_simple_tree(tmp_path / "src", per_class=4)
+    spoil(tree, *(f"b/{i:05d}.jpg" for i in range(4)))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(lmdbio.SourceError, match="every file of the classes b was refused "
+                       r"\(the first, 'b/00000.jpg'.*allow_empty=True"):
+        lmdbio.convert_shards(tree, out / "s.lmdb", 4, on_error="skip", progress=False)
+    assert os.listdir(out) == []
+    lmdbio.convert_shards(tree, out / "s.lmdb", 4, on_error="skip", progress=False,
+                          allow_empty=True)
+    dataset = ImageFolderLMDB(os.fspath(out / "s-*.lmdb"), prefetch=False)
+    assert dataset.classes == ["a", "b"] and dataset.targets == [0] * 4
+    # one shard on its own: it judges b only where it holds all of b
+    assert lmdbio.convert(tree, tmp_path / "lone.lmdb", shard=(2, 4), on_error="skip",
+                          progress=False).num_samples == 0
+    with pytest.raises(lmdbio.SourceError, match="classes b was refused"):
+        lmdbio.convert(tree, tmp_path / "half.lmdb", shard=(1, 2), on_error="skip",
+                       progress=False)
+
+
+def test_a_shard_sets_metadata_keeps_every_shards_warnings(tmp_path, monkeypatch) -> None:
+    from PIL import Image
+
+    for name in ("a", "b"):
+        (tmp_path / "src" / name).mkdir(parents=True)
+        Image.new("RGB", (40, 30), "red").save(tmp_path / "src" / name / "large.png")
+        Image.new("RGB", (10, 10), "blue").save(tmp_path / "src" / name / "small.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1 200 px: a warning, stored
+    reports = lmdbio.convert_shards(tmp_path / "src", tmp_path / "s.lmdb", 2, progress=False)
+    assert [[p for p, _ in r.warnings] for r in reports] == [["a/large.png"], ["b/large.png"]]
+    with ShardedDatabase(os.fspath(tmp_path / "s-*.lmdb")) as shards:
+        assert shards.meta.warnings == [w for r in reports for w in r.warnings]
+        assert shards.meta.warnings == [w for db in shards.shards for w in db.meta.warnings]
