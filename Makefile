@@ -8,7 +8,7 @@ PIP    := $(BIN)/python -m pip
 STUDY_ARGS ?=
 NOTEBOOKS  := $(wildcard notebooks/*.ipynb)
 
-.PHONY: install study test test-unit test-notebooks torture lab bench bench-shards bench-perf clean
+.PHONY: install study sweep test test-unit test-notebooks torture lab bench bench-shards bench-perf clean
 
 install: $(STAMP)
 
@@ -22,6 +22,13 @@ $(STAMP): pyproject.toml
 
 study: $(STAMP)
 	$(BIN)/python -m lmdbio.study $(STUDY_ARGS)
+
+# Issue #15's storage sweep: every strategy over added round trips 0-2 ms (SFTP mount through a
+# delay relay), an HDD-like throttled disk and data 4x the page cache, into results/sweep/
+# (~30 min on 2 cores; root). SWEEP_ARGS="--target /mnt/nfs/lmdbio" adds a real mount.
+SWEEP_ARGS ?=
+sweep: $(STAMP)
+	$(BIN)/python -m lmdbio.study.sweep $(SWEEP_ARGS)
 
 test: test-unit test-notebooks
 
