@@ -1,0 +1,224 @@
+"""The storage sweep's tables and figures (``lmdbio.study.sweep`` writes them into its folder).
+
+Every number is a median over the repetitions of a cell with its range (fastest and slowest
+run); a speedup is the median of per-repetition ratios (repetition r of a strategy over
+repetition r of ImageFolder at the same point, mode and cache: the ABBA pairs), with their
+range. Warm-up runs are left out.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from lmdbio.publish import create_exclusive, staged
+from lmdbio.study.conditions import order
+from lmdbio.study.extras import pandas as _pandas
+from lmdbio.study.report.figures import FORMAT_COLOURS
+from lmdbio.study.report.trust import verdict
+
+__all__ = ["advise_table", "cells", "figure_map", "figure_rtt", "summary_markdown", "write_all"]
+
+COLOURS = FORMAT_COLOURS | {"lmdb-block": "#9467bd"}
+CELL = ["condition", "kind", "rtt_ms", "bandwidth_mbps", "mode", "cache"]
+
+
+def _measured(frame: Any) -> Any:
+    return frame[~frame["warmup"].astype(bool)]
+
+
+def cells(frame: Any) -> Any:
+    """One row per point x mode x cache x strategy: images/s median/min/max, data wait, the
+    measured round trip, and the speedup over ImageFolder (median, min, max of the pairs)."""
+    pandas = _pandas()
+    runs = _measured(frame)
+    rows = []
+    for key, cell in runs.groupby(CELL, dropna=False, sort=False):
+        base = cell[cell["format"] == "imagefolder"].set_index("repeat")["images_per_s"]
+        for fmt in order(cell["format"].unique()):
+            mine = cell[cell["format"] == fmt]
+            rate = mine["images_per_s"]
+            pairs = (mine.set_index("repeat")["images_per_s"] / base).dropna()
+            rows.append(dict(zip(CELL, key)) | {
+                "format": fmt, "runs": len(mine), "images_per_s": rate.median(),
+                "images_per_s_min": rate.min(), "images_per_s_max": rate.max(),
+                "data_mean_ms": mine["data_mean_s"].median() * 1e3,
+                "measured_rtt_ms": (mine["measured_rtt_ms"].median()
+                                    if "measured_rtt_ms" in mine else float("nan")),
+                "speedup": pairs.median() if len(pairs) else float("nan"),
+                "speedup_min": pairs.min() if len(pairs) else float("nan"),
+                "speedup_max": pairs.max() if len(pairs) else float("nan"),
+                "vs_imagefolder": (verdict(fmt, rate.tolist(), base.tolist())
+                                   if len(base) and fmt != "imagefolder" else "")})
+    return pandas.DataFrame(rows)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def figure_rtt(table: Any) -> Any:
+    """images/s (top) and speedup over ImageFolder (bottom) against added round trip, one line
+    per strategy, one column per mode; cold, uncapped network points; whiskers: range."""
+    plt = _pyplot()
+    net = table[(table["kind"] == "network") & table["bandwidth_mbps"].isna()
+                & (table["cache"] == "cold")]
+    if net.empty:
+        return None
+    modes = [m for m in ("load", "emulate", "train") if m in set(net["mode"])]
+    fig, axes = plt.subplots(2, len(modes), figsize=(5.2 * len(modes), 7.5), squeeze=False,
+                             sharex=True)
+    for col, mode in enumerate(modes):
+        cell = net[net["mode"] == mode]
+        for fmt in order(cell["format"].unique()):
+            line = cell[cell["format"] == fmt].sort_values("rtt_ms")
+            x = line["rtt_ms"].astype(float)
+            for row, (metric, lo, hi) in enumerate((
+                    ("images_per_s", "images_per_s_min", "images_per_s_max"),
+                    ("speedup", "speedup_min", "speedup_max"))):
+                axes[row][col].errorbar(x, line[metric],
+                                        yerr=[line[metric] - line[lo], line[hi] - line[metric]],
+                                        marker="o", capsize=3, label=fmt,
+                                        color=COLOURS.get(fmt))
+        measured = cell.groupby("rtt_ms")["measured_rtt_ms"].median()
+        axes[0][col].set_title(f"{mode}, cold: SFTP mount + added round trip")
+        axes[0][col].set_ylabel("images/s (median, range of runs)")
+        axes[1][col].set_ylabel("speedup over ImageFolder (median of pairs)")
+        axes[1][col].axhline(1.0, color="black", linewidth=0.8)
+        axes[1][col].set_xlabel("added round trip, ms (measured RTT through the mount below)")
+        axes[1][col].set_xticks(list(measured.index.astype(float)))
+        axes[1][col].set_xticklabels([f"{r:g}\n({m:.2f})" for r, m in measured.items()])
+        for ax in axes[:, col]:
+            ax.grid(alpha=0.3)
+        axes[0][col].legend(fontsize=8)
+    fig.suptitle("When does LMDB help? Loader throughput against storage round-trip time "
+                 "(2 workers, 2 cores)")
+    fig.tight_layout()
+    return fig
+
+
+def _row_label(cell: Any) -> str:
+    return f"{cell['condition']}, {cell['cache']}"
+
+
+def figure_map(table: Any) -> Any:
+    """Speedup of lmdbio over ImageFolder at every point x cache (rows) and mode (columns),
+    with the range of the pairs; where data exceed the cache also BlockShuffleSampler."""
+    plt = _pyplot()
+    lmdb = table[table["format"].isin(["lmdb", "lmdb-block"])].copy()
+    if lmdb.empty:
+        return None
+    lmdb["row"] = lmdb.apply(_row_label, axis=1)
+    lmdb.loc[lmdb["format"] == "lmdb-block", "row"] += " (BlockShuffleSampler)"
+    rows = list(dict.fromkeys(lmdb["row"]))
+    modes = [m for m in ("load", "emulate", "train") if m in set(lmdb["mode"])]
+    grid = [[float("nan")] * len(modes) for _ in rows]
+    text = [[""] * len(modes) for _ in rows]
+    for _, cell in lmdb.iterrows():
+        i, j = rows.index(cell["row"]), modes.index(cell["mode"])
+        grid[i][j] = cell["speedup"]
+        text[i][j] = f"{cell['speedup']:.2f}x\n({cell['speedup_min']:.2f}-{cell['speedup_max']:.2f})"
+    fig, ax = plt.subplots(figsize=(3.0 + 2.2 * len(modes), 0.55 * len(rows) + 1.5))
+    image = ax.imshow(grid, cmap="RdYlGn", vmin=0.5, vmax=2.5, aspect="auto")
+    for i in range(len(rows)):
+        for j in range(len(modes)):
+            ax.text(j, i, text[i][j], ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(modes)), modes)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    fig.colorbar(image, ax=ax, label="lmdbio images/s over ImageFolder's")
+    ax.set_title("When does LMDB help: speedup over ImageFolder\n(round trip x cache state x "
+                 "data vs page cache)")
+    fig.tight_layout()
+    return fig
+
+
+def _fmt_rate(cell: Any) -> str:
+    return (f"{cell['images_per_s']:.0f} ({cell['images_per_s_min']:.0f}-"
+            f"{cell['images_per_s_max']:.0f})")
+
+
+def summary_markdown(table: Any, frame: Any, skipped: list[str]) -> str:
+    lines = ["# Storage sweep: images/s (median, range) and speedup over ImageFolder", "",
+             f"{len(_measured(frame))} measured runs; machine: {frame['cpu'].iloc[0]}, "
+             f"{frame['cores'].iloc[0]} cores, {frame['ram_gib'].iloc[0]} GiB; commit "
+             f"{frame['git_commit'].iloc[0]}.", ""]
+    formats = order(table["format"].unique())
+    lines.append("| point | cache | mode | measured RTT ms | " + " | ".join(formats) +
+                 " | lmdb speedup | lmdb vs ImageFolder |")
+    lines.append("|" + "---|" * (len(formats) + 6))
+    for key, cell in table.groupby(["condition", "cache", "mode"], sort=False):
+        by = cell.set_index("format")
+        lmdb = by.loc["lmdb"] if "lmdb" in by.index else None
+        rtt = cell["measured_rtt_ms"].median()
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | "
+                     f"{'' if rtt != rtt else f'{rtt:.2f}'} | " +
+                     " | ".join(_fmt_rate(by.loc[f]) if f in by.index else "" for f in formats)
+                     + (f" | {lmdb['speedup']:.2f}x ({lmdb['speedup_min']:.2f}-"
+                        f"{lmdb['speedup_max']:.2f}) | {lmdb['vs_imagefolder']} |"
+                        if lmdb is not None else " | | |"))
+    if skipped:
+        lines += ["", "Skipped: " + "; ".join(skipped)]
+    return "\n".join(lines) + "\n"
+
+
+def advise_table(advice: list[dict[str, Any]], frame: Any) -> Any:
+    """Per point and mode: lmdbio advise's predicted speedup (cold) beside the measured one."""
+    pandas = _pandas()
+    table = cells(frame)
+    rows = []
+    for point in advice:
+        for mode, predicted in point["by_mode"].items():
+            cell = table[(table["condition"] == point["condition"]) & (table["mode"] == mode)
+                         & (table["cache"] == "cold")].set_index("format")
+            if "lmdb" not in cell.index or "imagefolder" not in cell.index:
+                continue
+            measured = cell.loc["lmdb", "speedup"]
+            rows.append({
+                "condition": point["condition"], "mode": mode,
+                "predicted_imagefolder_images_per_s": predicted["imagefolder_images_per_s"],
+                "measured_imagefolder_images_per_s": cell.loc["imagefolder", "images_per_s"],
+                "predicted_lmdb_images_per_s": predicted["lmdb_images_per_s"],
+                "measured_lmdb_images_per_s": cell.loc["lmdb", "images_per_s"],
+                "predicted_speedup": predicted["speedup"], "measured_speedup": measured,
+                "error": predicted["speedup"] / measured - 1,
+                "recommendation": predicted["recommendation"],
+                **{f"in_{k}": v for k, v in predicted.items()
+                   if k in ("file_latency_ms", "seq_mb_s", "random_read_ms",
+                            "decode_per_core_images_per_s", "cores", "dataset_bytes",
+                            "mem_available_bytes", "evicted")}})
+    return pandas.DataFrame(rows)
+
+
+def _save_png(fig: Any, path: str) -> None:
+    with staged(path) as partial:
+        with create_exclusive(partial, "wb") as handle:
+            fig.savefig(handle, format="png", dpi=110)
+
+
+def write_all(frame: Any, out_dir: str, skipped: list[str] = ()) -> list[str]:  # type: ignore[assignment]
+    """``cells.csv``, ``summary.md``, ``rtt.png`` and ``map.png`` into ``out_dir``."""
+    plt = _pyplot()
+    table = cells(frame)
+    written = []
+    path = os.path.join(out_dir, "cells.csv")
+    with staged(path) as partial:
+        with create_exclusive(partial, "w", newline="") as handle:
+            table.to_csv(handle, index=False)
+    written.append(path)
+    path = os.path.join(out_dir, "summary.md")
+    with staged(path) as partial:
+        with create_exclusive(partial, "w") as handle:
+            handle.write(summary_markdown(table, frame, list(skipped)))
+    written.append(path)
+    for name, make in (("rtt.png", figure_rtt), ("map.png", figure_map)):
+        fig = make(table)
+        if fig is not None:
+            _save_png(fig, os.path.join(out_dir, name))
+            plt.close(fig)
+            written.append(os.path.join(out_dir, name))
+    return written

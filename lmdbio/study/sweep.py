@@ -1,0 +1,343 @@
+"""``python -m lmdbio.study.sweep`` (``make sweep``): when does LMDB help, as curves over storage.
+
+Runs every strategy (ImageFolder, lmdbio, and the peers when installed) in ``load`` and
+``emulate`` mode over storage points (:mod:`~lmdbio.study.sweep_points`): an SFTP mount with
+0-2 ms added round trip (and a 1 Gb/s cap at one level), an HDD-like throttled disk, and data 4x
+the page cache (where lmdbio also runs with ``BlockShuffleSampler``); cold everywhere, warm at
+two round-trip levels; ``repeats`` repetitions in ABBA order after one discarded warm-up per
+point and mode. Before the points, the relay is checked against a mount without it (the
+``relay_check.csv``). Writes ``OUT/runs.csv`` (+ ``runs.parquet``), ``relay_check.csv``,
+``shuffle.csv``, ``advise.csv`` (lmdbio advise's prediction at each point beside the measured
+speedup), the figures and ``summary.md`` (:mod:`~lmdbio.study.report.sweep`).
+
+``--target DIR`` (repeatable) adds a real mount: the same runs there, its round trip measured
+(a synthetic set is generated into an empty DIR; DIR/train is used as it is otherwise).
+Needs root (mounts, cgroups) and ``apt-get install -y sshfs openssh-sftp-server``; a point
+that cannot be had here is skipped and said so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from lmdbio.publish import create_exclusive, staged
+from lmdbio.study import pagecache
+from lmdbio.study.conditions import LOCALITY_FORMATS, installed_formats
+from lmdbio.study.extras import pandas as _pandas
+from lmdbio.study.latency_fs import LatencyMount, latency_available
+from lmdbio.study.netfs import NetFSError
+from lmdbio.study.probe_fs import measure_files, measure_rtt, measure_seq
+from lmdbio.study.protocol import run_bench, schedule
+from lmdbio.study.strategies import STRATEGIES, order_randomness
+from lmdbio.study.sweep_points import Point, Site, opened, relocated, residency_note
+from lmdbio.study.workspace import Workspace, prepare
+
+__all__ = ["SweepConfig", "main", "plan", "run_sweep"]
+
+MODES = ("load", "emulate")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    images: int = 2000                 # the data set of the network and disk points
+    big_images: int = 8000             # the larger-than-cache data set
+    max_images: int = 2048             # images read per run (a whole epoch when fewer)
+    rtts: tuple[float, ...] = (0.0, 0.2, 0.5, 1.0, 2.0)
+    capped: tuple[float, float] | None = (0.5, 1000.0)   # (rtt_ms, Mb/s) of the capped point
+    warm_at: tuple[float, ...] = (0.0, 2.0)
+    hdd: bool = True
+    larger_than_cache: bool = True
+    targets: tuple[str, ...] = ()
+    modes: tuple[str, ...] = MODES
+    formats: tuple[str, ...] = field(default_factory=installed_formats)
+    repeats: int = 3
+    batch_size: int = 64
+    num_workers: int = 2
+    step_ms: float = 25.0              # emulate: an accelerator step per batch of 64
+    seed: int = 0
+    relay_check: bool = True
+    advise: bool = True
+    work_dir: str = "work/sweep"
+    out_dir: str = "results/sweep"
+
+
+def plan(cfg: SweepConfig) -> list[Point]:
+    points = [Point("network", rtt, caches=("cold", "warm") if rtt in cfg.warm_at else ("cold",))
+              for rtt in cfg.rtts]
+    if cfg.capped:
+        points.append(Point("network", cfg.capped[0], cfg.capped[1]))
+    if cfg.hdd:  # ImageFolder reads ~75 images/s here: half the images keep the run short
+        points.append(Point("hdd-like", max_images=max(cfg.batch_size * 2,
+                                                       cfg.max_images // 2)))
+    if cfg.larger_than_cache:
+        points.append(Point("larger-than-cache"))
+    points += [Point("target", target=t, caches=("cold", "warm")) for t in cfg.targets]
+    return points
+
+
+def _formats(cfg: SweepConfig, point: Point) -> list[str]:
+    """Every strategy; where data exceed the cache, lmdbio also in BlockShuffleSampler order."""
+    extra = list(LOCALITY_FORMATS) if point.kind == "larger-than-cache" else []
+    return [f for f in cfg.formats if f not in LOCALITY_FORMATS] + extra
+
+
+def _one_run(cfg: SweepConfig, site: Site, point: Point, mode: str, fmt: str, cache: str,
+             warmup: bool = False) -> dict[str, Any]:
+    ws = site.workspace
+    result = run_bench(
+        data_dir=ws.data_dir, split_dir=ws.split_dir, lmdb_path=ws.lmdb_path,
+        storage=point.storage, mode=mode, formats=[fmt], caches=[cache], repeats=1,
+        warmup=False, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+        step_ms=cfg.step_ms, seed=cfg.seed, backing_dir=site.backing_dir,
+        max_batches=max(1, (point.max_images or cfg.max_images) // cfg.batch_size),
+        peer_paths=ws.peer_paths)
+    row: dict[str, Any] = result.runs.iloc[0].to_dict()
+    row["warmup"] = warmup
+    return row
+
+
+def _point_columns(point: Point) -> dict[str, Any]:
+    return {"condition": point.label, "kind": point.kind,
+            "rtt_ms": point.rtt_ms if point.kind == "network" else None,
+            "bandwidth_mbps": point.bandwidth_mbps}
+
+
+def _advise_row(cfg: SweepConfig, site: Site, point: Point) -> dict[str, Any] | None:
+    """lmdbio advise's prediction for this point (made cold, before the runs)."""
+    if not cfg.advise:
+        return None
+    try:
+        from lmdbio import advise
+    except ImportError:  # the library predates advise
+        return None
+    if site.backing_dir:  # advise evicts the client side; the server's copy is ours to drop
+        pagecache.evict(os.path.join(site.backing_dir, os.path.relpath(
+            site.workspace.split_dir, site.workspace.data_dir)))
+    measured = advise.measure(site.workspace.split_dir, transform="seed")
+    rows = {}
+    for mode in cfg.modes:
+        step_s = cfg.step_ms / 1000 if mode == "emulate" else 0.0
+        prediction = advise.predict(measured, workers=cfg.num_workers,
+                                    batch_size=cfg.batch_size, step_s=step_s)
+        rows[mode] = advise.Advice(measured, prediction).as_dict()
+    return {"condition": point.label, "by_mode": rows}
+
+
+def _measure_point(cfg: SweepConfig, point: Point, ws: Workspace,
+                   order_start: int) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    rows: list[dict[str, Any]] = []
+    formats = _formats(cfg, point)
+    calibrate_site: list[Site] = []
+
+    def calibrate(fmt: str) -> None:  # larger-than-cache: one warm run, data already resident
+        _one_run(cfg, calibrate_site[0], point, "load", fmt, "warm")
+
+    with opened(point, ws, calibrate) as site:
+        calibrate_site.append(site)
+        print(f"  {point.label}: {residency_note(site.columns)}", flush=True)
+        advice = _advise_row(cfg, site, point)
+        for mode in cfg.modes:
+            plan_ = [(formats[0], point.caches[0], -1)] + schedule(formats, point.caches,
+                                                                 cfg.repeats)
+            for fmt, cache, repeat in plan_:
+                limit = site.limit_for(fmt) if site.limit_for else contextlib.nullcontext({})
+                with limit as extra:
+                    row = _one_run(cfg, site, point, mode, fmt, cache, warmup=repeat < 0)
+                rows.append(row | _point_columns(point) | site.columns | dict(extra) | {
+                    "repeat": repeat, "order": order_start + len(rows)})
+                print(f"    {mode:7s} {fmt:11s} {cache} r{repeat:+d}: "
+                      f"{row['images_per_s']:7.0f} img/s", flush=True)
+    return rows, advice
+
+
+def _relay_check(cfg: SweepConfig, ws: Workspace) -> list[dict[str, Any]]:
+    """The mount with and without the relay at 0 added delay, alternating, ``repeats`` times:
+    round trip, sequential and random-file read rates, an ImageFolder and an lmdbio load run,
+    and the relay's CPU seconds."""
+    rows = []
+    for repeat in range(cfg.repeats):
+        for relay in ((False, True) if repeat % 2 == 0 else (True, False)):
+            with LatencyMount(ws.data_dir, relay=relay) as mount:
+                root = os.fspath(mount.mountpoint)
+                rtt = sorted(measure_rtt(root, 200))
+                seq = measure_seq(root, ws.data_dir, 64 << 20)
+                _, one = measure_files(root, ws.data_dir, 200, 30_000, seed=repeat)
+                _, four = measure_files(root, ws.data_dir, 200, 30_000, seed=repeat, readers=4)
+                site = Site(relocated(ws, root), ws.data_dir)
+                loads = {fmt: _one_run(cfg, site, Point("network", 0.0), "load", fmt,
+                                       "cold")["images_per_s"]
+                         for fmt in ("imagefolder", "lmdb")}
+            stats = mount.relay_stats
+            rows.append({"repeat": repeat, "relay": relay, "measured_rtt_ms": rtt[100] * 1e3,
+                         "seq_mb_s": seq, "files_per_s_1_reader": 200 / one,
+                         "files_per_s_4_readers": 200 / four,
+                         "imagefolder_load_images_per_s": loads["imagefolder"],
+                         "lmdb_load_images_per_s": loads["lmdb"],
+                         "relay_cpu_s": stats.cpu_s if stats else 0.0,
+                         "relay_bytes": (stats.bytes_up + stats.bytes_down) if stats else 0,
+                         "relay_cpu_s_per_gb": stats.cpu_s_per_gb if stats else 0.0})
+            print(f"  relay={relay}: rtt {rows[-1]['measured_rtt_ms']:.3f} ms, seq {seq:.0f} "
+                  f"MB/s, files {200 / one:.0f}/s (4 readers {200 / four:.0f}/s), ImageFolder "
+                  f"{loads['imagefolder']:.0f} img/s, lmdb {loads['lmdb']:.0f} img/s", flush=True)
+    return rows
+
+
+def _shuffle_rows(cfg: SweepConfig, n: int) -> list[dict[str, Any]]:
+    """How random each strategy's order is (measured for the map-style orders, described
+    for the peers, which shuffle inside their readers)."""
+    import random
+
+    from lmdbio.samplers import BlockShuffleSampler
+
+    uniform = list(range(n))
+    random.Random(cfg.seed).shuffle(uniform)
+    measured = {"imagefolder": uniform, "lmdb": uniform,
+                "lmdb-block": list(BlockShuffleSampler(n, seed=cfg.seed))}
+    rows = []
+    for fmt in dict.fromkeys([*cfg.formats, *LOCALITY_FORMATS]):
+        strategy = STRATEGIES[fmt]
+        row: dict[str, Any] = {"format": fmt, "uniform": strategy.uniform,
+                               "shuffle": strategy.shuffle}
+        if fmt in measured:
+            row |= order_randomness(measured[fmt], batch=cfg.batch_size)
+        rows.append(row)
+    return rows
+
+
+def _write(frame: Any, path: str) -> None:
+    with staged(path) as partial:
+        if path.endswith(".parquet"):
+            with create_exclusive(partial, "wb") as handle:
+                frame.to_parquet(handle, index=False)
+        else:
+            with create_exclusive(partial, "w", newline="") as handle:
+                frame.to_csv(handle, index=False)
+
+
+def _available(point: Point) -> tuple[bool, str]:
+    from lmdbio.study import cgroups
+
+    if point.kind == "network":
+        return latency_available("direct")
+    if point.kind == "hdd-like":
+        return cgroups.available("blkio")
+    if point.kind == "larger-than-cache":
+        return cgroups.available("memory")
+    return os.path.isdir(point.target), f"{point.target} is not a folder"
+
+
+def run_sweep(cfg: SweepConfig) -> str:
+    """Run the sweep; returns the output folder."""
+    pandas = _pandas()
+    formats = list(cfg.formats)
+    points = plan(cfg)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    ws = prepare(os.path.join(cfg.work_dir, f"data-{cfg.images}"), n_images=cfg.images,
+                 seed=cfg.seed, formats=formats)
+    big = (prepare(os.path.join(cfg.work_dir, f"data-{cfg.big_images}"),
+                   n_images=cfg.big_images, seed=cfg.seed, formats=formats)
+           if cfg.larger_than_cache else ws)
+    print(f"sweep: {len(points)} storage points x {len(cfg.modes)} modes x {len(formats)} "
+          f"strategies x {cfg.repeats} repeats -> {cfg.out_dir}", flush=True)
+    skipped: list[str] = []
+    if cfg.relay_check and latency_available("direct")[0] and any(
+            p.kind == "network" for p in points):
+        print("relay check (0 added delay, with vs without the relay):", flush=True)
+        _write(pandas.DataFrame(_relay_check(cfg, ws)),
+               os.path.join(cfg.out_dir, "relay_check.csv"))
+    rows: list[dict[str, Any]] = []
+    advice: list[dict[str, Any]] = []
+    started = time.monotonic()
+    for number, point in enumerate(points, 1):
+        ok, why = _available(point)
+        if not ok:
+            skipped.append(f"{point.label}: {why}")
+            print(f"[{number}/{len(points)}] skipped {point.label}: {why}", flush=True)
+            continue
+        print(f"[{number}/{len(points)}] {point.label} ({time.monotonic() - started:.0f} s in)",
+              flush=True)
+        where = big if point.kind == "larger-than-cache" else (
+            prepare(point.target, n_images=cfg.images, seed=cfg.seed, formats=formats)
+            if point.kind == "target" else ws)
+        try:
+            point_rows, point_advice = _measure_point(cfg, point, where, len(rows))
+        except NetFSError as exc:
+            skipped.append(f"{point.label}: {exc}")
+            print(f"  skipped: {exc}", flush=True)
+            continue
+        rows += point_rows
+        if point_advice:
+            advice.append(point_advice)
+        frame = pandas.DataFrame(rows)  # rewritten after each point: a stopped sweep keeps
+        _write(frame, os.path.join(cfg.out_dir, "runs.csv"))  # what it measured
+    frame = pandas.DataFrame(rows)
+    _write(frame, os.path.join(cfg.out_dir, "runs.parquet"))
+    _write(pandas.DataFrame(_shuffle_rows(cfg, cfg.big_images)),
+           os.path.join(cfg.out_dir, "shuffle.csv"))
+    from lmdbio.study.report import sweep as sweep_report
+
+    if advice:
+        _write(sweep_report.advise_table(advice, frame), os.path.join(cfg.out_dir, "advise.csv"))
+    sweep_report.write_all(frame, cfg.out_dir, skipped=skipped)
+    print(f"sweep done in {time.monotonic() - started:.0f} s: {cfg.out_dir}", flush=True)
+    return cfg.out_dir
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x.strip())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    default = SweepConfig()
+    parser = argparse.ArgumentParser(prog="python -m lmdbio.study.sweep",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=default.images)
+    parser.add_argument("--big-images", type=int, default=default.big_images,
+                        help="the larger-than-cache data set (default %(default)s)")
+    parser.add_argument("--max-images", type=int, default=default.max_images,
+                        help="images read per run (default %(default)s)")
+    parser.add_argument("--rtt", default=",".join(f"{x:g}" for x in default.rtts),
+                        help="added round trips, ms (default %(default)s)")
+    parser.add_argument("--capped", default="0.5:1000",
+                        help="RTT_MS:MBPS of the bandwidth-capped point; '' for none")
+    parser.add_argument("--warm-at", default=",".join(f"{x:g}" for x in default.warm_at))
+    parser.add_argument("--no-hdd", action="store_true")
+    parser.add_argument("--no-larger-than-cache", action="store_true")
+    parser.add_argument("--target", action="append", default=[],
+                        help="a real mount to sweep too (its RTT is measured only)")
+    parser.add_argument("--modes", default=",".join(default.modes))
+    parser.add_argument("--formats", default=",".join(default.formats))
+    parser.add_argument("--repeats", type=int, default=default.repeats)
+    parser.add_argument("--batch-size", type=int, default=default.batch_size)
+    parser.add_argument("--workers", type=int, default=default.num_workers)
+    parser.add_argument("--step-ms", type=float, default=default.step_ms)
+    parser.add_argument("--no-relay-check", action="store_true")
+    parser.add_argument("--no-advise", action="store_true")
+    parser.add_argument("--work-dir", default=default.work_dir)
+    parser.add_argument("--out", default=default.out_dir)
+    args = parser.parse_args(argv)
+    capped = tuple(float(x) for x in args.capped.split(":")) if args.capped else None
+    cfg = replace(default, images=args.images, big_images=args.big_images,
+                  max_images=args.max_images, rtts=_floats(args.rtt),
+                  capped=capped, warm_at=_floats(args.warm_at),  # type: ignore[arg-type]
+                  hdd=not args.no_hdd, larger_than_cache=not args.no_larger_than_cache,
+                  targets=tuple(args.target), modes=tuple(args.modes.split(",")),
+                  formats=tuple(args.formats.split(",")), repeats=args.repeats,
+                  batch_size=args.batch_size, num_workers=args.workers, step_ms=args.step_ms,
+                  relay_check=not args.no_relay_check, advise=not args.no_advise,
+                  work_dir=args.work_dir, out_dir=args.out)
+    run_sweep(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    from lmdbio.cli import run_guarded
+
+    sys.exit(run_guarded(main))

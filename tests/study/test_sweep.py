@@ -1,0 +1,166 @@
+"""The storage sweep's parts, real: blkio and memory cgroups that bite, a tiny sweep end to end
+through a real relayed SFTP mount, and nothing left behind on success or Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lmdbio.study import cgroups
+from lmdbio.study.cgroups import ControlGroup, block_device, own_group, sweep_stale
+from lmdbio.study.latency_fs import latency_available
+from lmdbio.study.sweep_points import throttle_check
+from lmdbio.system import mounts
+
+
+def need(controller: str) -> None:
+    ok, why = cgroups.available(controller)
+    if not ok:
+        pytest.skip(why)
+
+
+def our_groups() -> list[str]:
+    found = []
+    for controller in ("blkio", "memory"):
+        try:
+            found += [p.name for p in own_group(controller).glob("lmdbio-*")]
+        except cgroups.CgroupUnavailable:
+            pass
+    return found
+
+
+def big_file(path: Path, mib: int) -> Path:
+    with open(path, "wb") as handle:
+        for _ in range(mib):
+            handle.write(os.urandom(1 << 20))
+        handle.flush()
+        os.fsync(handle.fileno())
+    return path
+
+
+@pytest.mark.root
+def test_blkio_throttle_bites_buffered_reads(tmp_path: Path) -> None:
+    need("blkio")
+    data = big_file(tmp_path / "data.bin", 64)
+    try:
+        device = block_device(data)
+    except cgroups.CgroupUnavailable as exc:
+        pytest.skip(str(exc))
+    free = throttle_check(str(data), seconds=0.5)
+    settings = {"blkio.throttle.read_iops_device": f"{device} 100",
+                "blkio.throttle.read_bps_device": f"{device} {20 * 10**6}"}
+    with ControlGroup("blkio", settings, name="test") as group, group.joined():
+        held = throttle_check(str(data), seconds=1.0)
+        assert open("/proc/self/cgroup").read().count(group.name) == 1
+    assert group.name not in open("/proc/self/cgroup").read()
+    assert held["random_read_iops"] < 140, held        # 100 IOPS, some slack for the slice
+    assert held["seq_mb_s"] < 30, held                 # 20 MB/s
+    assert free["random_read_iops"] > 2 * held["random_read_iops"], (free, held)
+    assert group.name not in our_groups()
+
+
+@pytest.mark.root
+def test_memory_group_bounds_the_page_cache_of_what_joins(tmp_path: Path) -> None:
+    need("memory")
+    data = big_file(tmp_path / "data.bin", 96)
+    limit = 32 << 20
+    with ControlGroup("memory", {"memory.limit_in_bytes": str(limit)}, name="test") as group:
+        with group.joined():
+            fd = os.open(data, os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            while os.read(fd, 1 << 20):
+                pass
+            os.close(fd)
+            assert group.read_int("memory.max_usage_in_bytes") <= limit
+            assert group.stat()["total_cache"] <= limit
+            assert group.read_int("memory.failcnt") > 0  # it hit the limit and reclaimed
+    assert group.name not in our_groups()
+
+
+@pytest.mark.root
+def test_groups_of_a_killed_run_are_removed(tmp_path: Path) -> None:
+    need("memory")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = own_group("memory") / f"lmdbio-test-{dead.pid}"
+    stale.mkdir()
+    assert stale.name in sweep_stale("memory")
+    assert not stale.exists()
+
+
+def tiny_args(tmp_path: Path) -> list[str]:
+    return ["--images", "96", "--big-images", "1500", "--max-images", "64", "--batch-size",
+            "32", "--rtt", "0,1", "--capped", "", "--warm-at", "0", "--repeats", "1",
+            "--modes", "load", "--formats", "imagefolder,lmdb", "--no-relay-check",
+            "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
+
+
+def nothing_left(tmp_path: Path) -> None:
+    assert not [m for m in mounts() if m.fstype == "fuse.sshfs" and str(tmp_path) in m.source]
+    assert our_groups() == []
+    out = subprocess.run(["pgrep", "-f", "lmdbio/study/relay.py"], capture_output=True)
+    assert out.stdout == b""
+
+
+@pytest.mark.root
+@pytest.mark.sshfs
+@pytest.mark.slow
+def test_tiny_sweep_end_to_end(tmp_path: Path) -> None:
+    need("blkio")
+    need("memory")
+    if not latency_available("direct")[0]:
+        pytest.skip(latency_available("direct")[1])
+    import pandas
+
+    from lmdbio.study.sweep import main
+
+    assert main(tiny_args(tmp_path)) == 0
+    out = tmp_path / "out"
+    runs = pandas.read_csv(out / "runs.csv")
+    for column in ("storage", "rtt_ms", "measured_rtt_ms", "bandwidth_mbps", "format", "mode",
+                   "cache", "images_per_s", "data_mean_s", "repeat"):
+        assert column in runs.columns, column
+    runs = runs[~runs["warmup"]]
+    net = runs[runs["kind"] == "network"]
+    rtt = net.groupby("rtt_ms")["measured_rtt_ms"].median()
+    assert 0.7 < rtt[1.0] - rtt[0.0] < 1.6, rtt  # 1 ms configured: measured, not assumed
+    assert set(net["cache"]) == {"cold", "warm"}
+    assert (runs.loc[runs["cache"] == "cold", "resident_fraction"] < 0.05).all()
+    hdd = runs[runs["storage"] == "hdd-like"]
+    assert len(hdd) == 2 and hdd["rtt_ms"].isna().all()
+    assert (hdd["random_read_iops"] < 250).all()
+    big = runs[runs["storage"] == "larger-than-cache"]
+    assert set(big["format"]) == {"imagefolder", "lmdb", "lmdb-block"}
+    room = big["cache_room_bytes"] / big["data_bytes_on_disk"]
+    assert ((room > 0.2) & (room < 0.3)).all(), room
+    for name in ("runs.parquet", "cells.csv", "summary.md", "rtt.png", "map.png",
+                 "shuffle.csv"):
+        assert (out / name).stat().st_size > 0, name
+    nothing_left(tmp_path)
+
+
+@pytest.mark.root
+@pytest.mark.sshfs
+@pytest.mark.slow
+def test_ctrl_c_mid_sweep_leaves_nothing(tmp_path: Path) -> None:
+    if not latency_available("direct")[0]:
+        pytest.skip(latency_available("direct")[1])
+    proc = subprocess.Popen([sys.executable, "-m", "lmdbio.study.sweep", *tiny_args(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:  # interrupt once a run on the relayed mount has finished
+        seen.append(line)
+        if "load    imagefolder cold r-1" in line:
+            break
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode != 0, "".join(seen) + rest
+    nothing_left(tmp_path)
