@@ -123,14 +123,19 @@ def figure_map(table: Any) -> Any:
         i, j = rows.index(cell["row"]), modes.index(cell["mode"])
         grid[i][j] = cell["speedup"]
         text[i][j] = f"{cell['speedup']:.2f}x\n({cell['speedup_min']:.2f}-{cell['speedup_max']:.2f})"
-    fig, ax = plt.subplots(figsize=(3.0 + 2.2 * len(modes), 0.55 * len(rows) + 1.5))
-    image = ax.imshow(grid, cmap="RdYlGn", vmin=0.5, vmax=2.5, aspect="auto")
+    from matplotlib.colors import LogNorm
+
+    fig, ax = plt.subplots(figsize=(5.5 + 2.0 * len(modes), 0.55 * len(rows) + 1.8))
+    # log scale centred on 1 (no difference): 0.5x and 2x are equally far from it
+    extreme = max(2.0, *(max(v, 1 / v) for row in grid for v in row if v == v and v > 0))
+    image = ax.imshow(grid, cmap="RdYlGn", aspect="auto",
+                      norm=LogNorm(vmin=1 / extreme, vmax=extreme))
     for i in range(len(rows)):
         for j in range(len(modes)):
             ax.text(j, i, text[i][j], ha="center", va="center", fontsize=7)
     ax.set_xticks(range(len(modes)), modes)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
-    fig.colorbar(image, ax=ax, label="lmdbio images/s over ImageFolder's")
+    fig.colorbar(image, ax=ax, label="lmdbio images/s / ImageFolder's (log)")
     ax.set_title("When does LMDB help: speedup over ImageFolder\n(round trip x cache state x "
                  "data vs page cache)")
     fig.tight_layout()
