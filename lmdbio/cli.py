@@ -1,5 +1,6 @@
-"""The ``lmdbio`` command line. ``convert``, ``info``, ``verify`` and ``extract`` never import
-torch or torchvision, so they start in a fraction of a second."""
+"""The ``lmdbio`` command line. ``convert``, ``info``, ``verify``, ``extract`` and ``advise
+--transform none`` never import torch or torchvision, so they start in a fraction of a
+second."""
 
 from __future__ import annotations
 
@@ -75,6 +76,53 @@ def _extract(args: argparse.Namespace) -> int:
     count = extract(args.db, args.outdir, overwrite=args.overwrite, progress=not args.quiet)
     print(f"extracted {count} files to {printable(args.outdir)}")
     return 0
+
+
+def _advise(args: argparse.Namespace) -> int:
+    from .advise import advise
+
+    def say(line: str) -> None:  # what it is doing during the minute; never into a pipe, so
+        print(f"lmdbio advise: {line}...", file=sys.stderr, flush=True)  # errors stay 1 line
+
+    try:
+        result = advise(args.dir, workers=args.workers, batch_size=args.batch_size,
+                        step_s=args.step_ms / 1e3, sample=args.sample, budget_s=args.budget,
+                        transform=args.transform, allow_empty=args.allow_empty,
+                        progress=say if sys.stderr.isatty() and not args.json else None)
+    except KeyboardInterrupt:
+        print("lmdbio: advise interrupted; nothing was written", file=sys.stderr)
+        raise
+    print(json.dumps(result.as_dict(), indent=2) if args.json else result)
+    return 0
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {value}")
+    return value
+
+
+def _number(text: str, *, zero: bool) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not (value >= 0 if zero else value > 0) or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number {'>=' if zero else '>'} 0, not "
+                                         f"{text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    return _number(text, zero=False)
+
+
+def _milliseconds(text: str) -> float:
+    return _number(text, zero=True)
 
 
 def _positive_int(text: str) -> int:
@@ -162,13 +210,43 @@ def register_extract(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_extract)
 
 
+def register_advise(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "advise", help="measure whether converting an ImageFolder tree pays off here",
+        description="Measure this storage and these CPUs on a sample of DIR (cold: the "
+        "sample's pages are dropped from the page cache first), predict a DataLoader's "
+        "images/s with ImageFolder and with lmdbio, and say whether to convert. Writes "
+        "nothing. The model: docs/ADVISE.md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("dir", metavar="DIR", help="split folder holding one sub-folder per class")
+    p.add_argument("--workers", type=_count, default=None,
+                   help="DataLoader workers to predict for (default: one per available core)")
+    p.add_argument("--batch-size", type=_positive_int, default=128,
+                   help="DataLoader batch size (matters with --step-ms)")
+    p.add_argument("--step-ms", type=_milliseconds, default=0.0, metavar="MS",
+                   help="an accelerator step per batch, in ms (0: the loader alone)")
+    p.add_argument("--transform", choices=("seed", "none"), default="seed",
+                   help="what each image costs: 'seed' = decode + RandomResizedCrop(64), flip, "
+                   "ToTensor, Normalize (imports torchvision); 'none' = decode only")
+    p.add_argument("--sample", type=_positive_int, default=300,
+                   help="files to measure at most")
+    p.add_argument("--budget", type=_seconds, default=60.0, metavar="S",
+                   help="seconds to measure for at most (the listing included)")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="accept class folders without images, as ImageFolder(allow_empty=True)")
+    p.add_argument("--json", action="store_true", help="one JSON object: every input and "
+                   "prediction")
+    p.set_defaults(handler=_advise)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="lmdbio", description=__doc__)
     parser.add_argument("--version", action="version", version=f"lmdbio {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in (register_convert, register_info, register_verify, register_extract):
+    for register in (register_convert, register_info, register_verify, register_extract,
+                     register_advise):
         register(commands)
     register_plugins(commands)
     return parser

@@ -290,6 +290,46 @@ def run_sweep(cfg: SweepConfig) -> str:
     return cfg.out_dir
 
 
+def advise_sweep(cfg: SweepConfig) -> str:
+    """``lmdbio advise`` at every point of ``cfg``'s sweep, against the speedups the sweep
+    measured there (``OUT/runs.csv`` of an earlier run): ``OUT/advise.csv``. Each point is
+    brought up as for its runs (data cold on both sides; inside the blkio or memory group)."""
+    pandas = _pandas()
+    frame = pandas.read_csv(os.path.join(cfg.out_dir, "runs.csv"))
+    formats = list(cfg.formats)
+    ws = prepare(os.path.join(cfg.work_dir, f"data-{cfg.images}"), n_images=cfg.images,
+                 seed=cfg.seed, formats=formats)
+    big = (prepare(os.path.join(cfg.work_dir, f"data-{cfg.big_images}"),
+                   n_images=cfg.big_images, seed=cfg.seed, formats=formats)
+           if cfg.larger_than_cache else ws)
+    advice = []
+    for point in plan(cfg):
+        if not _available(point)[0] or point.label not in set(frame["condition"]):
+            continue
+        where = big if point.kind == "larger-than-cache" else ws
+        site_box: list[Site] = []
+
+        def calibrate(fmt: str) -> None:
+            _one_run(cfg, site_box[0], point, "load", fmt, "warm")
+
+        with opened(point, where, calibrate) as site:
+            site_box.append(site)
+            inside = site.limit_for("imagefolder") if site.limit_for else \
+                contextlib.nullcontext({})
+            with inside:
+                row = _advise_row(cfg, site, point)
+        if row:
+            advice.append(row)
+            print(f"  {point.label}: " + ", ".join(
+                f"{mode} predicted {r['speedup']:.2f}x" for mode, r in row["by_mode"].items()),
+                flush=True)
+    from lmdbio.study.report import sweep as sweep_report
+
+    path = os.path.join(cfg.out_dir, "advise.csv")
+    _write(sweep_report.advise_table(advice, frame), path)
+    return path
+
+
 def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(x) for x in text.split(",") if x.strip())
 
@@ -320,6 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--step-ms", type=float, default=default.step_ms)
     parser.add_argument("--no-relay-check", action="store_true")
     parser.add_argument("--no-advise", action="store_true")
+    parser.add_argument("--advise-only", action="store_true",
+                        help="only lmdbio advise at every point, against OUT/runs.csv")
     parser.add_argument("--work-dir", default=default.work_dir)
     parser.add_argument("--out", default=default.out_dir)
     args = parser.parse_args(argv)
@@ -333,7 +375,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                   batch_size=args.batch_size, num_workers=args.workers, step_ms=args.step_ms,
                   relay_check=not args.no_relay_check, advise=not args.no_advise,
                   work_dir=args.work_dir, out_dir=args.out)
-    run_sweep(cfg)
+    if args.advise_only:
+        print(advise_sweep(cfg))
+    else:
+        run_sweep(cfg)
     return 0
 
 

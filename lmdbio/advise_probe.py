@@ -1,0 +1,742 @@
+"""The measuring half of ``lmdbio advise``: what this storage and these CPUs deliver, on a
+bounded sample of the user's own ImageFolder tree, within a time budget.
+
+Order matters, and is the one docs/ADVISE.md gives: the tree is listed first exactly as
+ImageFolder lists it (``lmdbio.folder``: no ``stat`` per file, so a network FS's attribute
+cache is in the state a real ImageFolder run sees); then each sampled file is opened once: the
+open is timed, its pages are dropped from the page cache (``posix_fadvise(DONTNEED)``, checked
+with ``mincore``), and its read and close are timed, cold. Nothing is ever written: files are
+opened read-only, and the only state changed is the page cache (pages dropped, then read
+back).
+
+Stdlib + Pillow (+ numpy through Pillow); torch and torchvision only for ``transform="seed"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import math
+import os
+import random
+import stat
+import statistics
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .advise_model import PAGE_BYTES, Measured, record_bytes
+from .decode import DraftDecoder, decode_pil
+from .errors import SourceError, SourceFileError
+from .folder import find_classes, make_dataset
+from .prefetch import memory_budget
+from .sources import default_read_workers
+from .system import fs_info, is_network_fs
+from .validate import check_payload
+
+__all__ = ["DRAFT_MIN_SIZE", "TRANSFORMS", "cores_available", "cpu_quota", "measure"]
+
+TRANSFORMS = ("seed", "none")
+DRAFT_MIN_SIZE = 64          # the seed transform's crop: DraftDecoder's fastest setting for it
+READ_BYTES = 1 << 20         # the sequential reads' size, as the brief of issue #16 asks
+LARGE_FILE_BYTES = 64 << 20  # a file this large holds many records' worth of random offsets
+SEQ_READ_MAX = 256 << 20     # read at most this much of a large file for the bandwidth
+KEEP_FOR_DECODE = 64 << 20   # sampled bytes kept in memory for the decode timings
+RANDOM_READS = 32
+WARM_FILES = 50
+DECODE_MAX = 200             # images per decode timing (enough for a stable median rate)
+STAT_THREADS = 8             # as lmdbio.sources.list_source's default
+RESIDENT_OK = 0.05           # "evicted" when at most this share of the sample stays cached
+_NO_EVICTION_FS = frozenset({"tmpfs", "ramfs", "devtmpfs"})  # the pages are the storage
+
+Progress = Callable[[str], None]
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+# -- CPUs -----------------------------------------------------------------------------------------
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def cpu_quota() -> float | None:
+    """CPUs' worth of time the cgroup(s) of this process may use (``cpu.max`` on v2,
+    ``cpu.cfs_quota_us / cpu.cfs_period_us`` on v1, the tightest of the group and its
+    ancestors); None when unlimited or unknown. A container or a Slurm step with 2 CPUs of
+    quota decodes at 2 cores' rate however many the machine has."""
+    text = _read_text(Path("/proc/self/cgroup"))
+    if text is None:
+        return None
+    limits: list[float] = []
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, relative = parts
+        if controllers == "":  # v2
+            bases = [Path("/sys/fs/cgroup")]
+        elif "cpu" in controllers.split(","):  # v1: mounted as cpu, or cpu,cpuacct
+            bases = [Path("/sys/fs/cgroup") / name for name in ("cpu", "cpu,cpuacct")]
+        else:
+            continue
+        for base in bases:
+            folder = base / relative.lstrip("/")
+            for level in (folder, *folder.parents):
+                if not str(level).startswith(str(base)):
+                    break
+                limits += _quota_at(level, v2=controllers == "")
+    return min(limits) if limits else None
+
+
+def _quota_at(folder: Path, v2: bool) -> list[float]:
+    try:
+        if v2:
+            text = _read_text(folder / "cpu.max")
+            if not text:
+                return []
+            quota, _, period = text.partition(" ")
+            return [] if quota == "max" else [int(quota) / int(period or 100_000)]
+        quota_text = _read_text(folder / "cpu.cfs_quota_us")
+        period_text = _read_text(folder / "cpu.cfs_period_us")
+        if not quota_text or not period_text or int(quota_text) <= 0:
+            return []  # -1: no quota
+        return [int(quota_text) / int(period_text)]
+    except ValueError:
+        return []
+
+
+def cores_available() -> tuple[float, int, float | None]:
+    """``(cores, affinity, quota)``: the CPUs this process may run on (``sched_getaffinity``),
+    capped by its cgroup's CPU quota."""
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        affinity = os.cpu_count() or 1
+    quota = cpu_quota()
+    return (min(float(affinity), quota) if quota else float(affinity)), affinity, quota
+
+
+# -- the page cache -------------------------------------------------------------------------------
+
+
+class _Mincore:
+    """``mincore(2)`` over a read-only shared map of a file (libc through ctypes, loaded on
+    first use): how many of its pages are in the page cache. A PROT_READ map that is never
+    touched faults nothing in, so looking does not change what is seen."""
+
+    def __init__(self) -> None:
+        import ctypes
+
+        self.ctypes = ctypes
+        libc = ctypes.CDLL(None, use_errno=True)  # the process's libc: no ldconfig subprocess
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_int, ctypes.c_long]
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+        self.libc = libc
+        self.failed = ctypes.c_void_p(-1).value
+
+    def resident(self, fd: int, size: int) -> int | None:
+        """Resident bytes of the first ``size`` bytes of ``fd`` (whole pages); None when the
+        file cannot be mapped (some FUSE file systems, ``direct_io``)."""
+        if size <= 0:
+            return 0
+        addr = self.libc.mmap(None, size, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
+        if addr in (None, self.failed):
+            return None
+        try:
+            pages = -(-size // PAGE_BYTES)
+            vector = self.ctypes.create_string_buffer(pages)
+            if self.libc.mincore(addr, size, vector) != 0:
+                return None
+            return sum(byte & 1 for byte in vector.raw[:pages]) * PAGE_BYTES
+        finally:
+            self.libc.munmap(addr, size)
+
+
+class _Eviction:
+    """Drops each sampled file's pages in the very open() that reads it, and tallies what
+    stayed. One open per file: evicting in a pass of its own would open every file first and
+    leave its attributes freshly cached on a network FS, so the timed open would not be the
+    one ImageFolder pays. Shared by the reading threads (hence the lock)."""
+
+    def __init__(self, evict: bool, mincore: _Mincore | None) -> None:
+        self.evict, self.mincore = evict, mincore
+        self.resident = self.checked_bytes = self.unverifiable = self.refused = 0
+        self._lock = threading.Lock()
+
+    def drop(self, fd: int, size: int) -> None:
+        """Drop ``fd``'s pages and read back how many stayed (mincore). Dirty pages (a tree
+        written moments ago) survive DONTNEED, so where some stay they are written back and
+        dropped again: fdatasync on a read-only descriptor flushes what others wrote and
+        changes neither the bytes nor the times. Only then, since on a network FS it is a
+        round trip of its own."""
+        if not self.evict:
+            return
+        dropped = _dontneed(fd)
+        resident = self.mincore.resident(fd, size) if self.mincore else None
+        if dropped and resident:
+            with contextlib.suppress(OSError):
+                os.fdatasync(fd)
+            _dontneed(fd)
+            resident = self.mincore.resident(fd, size) if self.mincore else None
+        with self._lock:
+            self.refused += not dropped
+            if resident is None:
+                self.unverifiable += 1
+            else:
+                self.resident += min(resident, size)
+                self.checked_bytes += size
+
+
+def _dontneed(fd: int) -> bool:
+    """POSIX_FADV_DONTNEED on the whole file; False when the file system refuses."""
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except OSError:
+        return False
+    return True
+
+
+def _unreadable(path: str, why: str) -> SourceFileError:
+    return SourceFileError(f"{path!r}: cannot read: {why}; fix its permissions or remove it "
+                           "(ImageFolder's loader and lmdbio convert stop at it too)", path)
+
+
+def _open_regular(path: str) -> tuple[int, int]:
+    """``(descriptor, size)`` of ``path`` opened read-only, which must be a regular file.
+    Opened with O_NONBLOCK, cleared once checked, as lmdbio.sources does: a FIFO named like
+    an image would block open() forever, and a device (a link to /dev/zero) never ends."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _unreadable(path, exc.strerror or str(exc)) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _unreadable(path, "not a regular file")
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info.st_size
+
+
+def _evict_one(path: str) -> None:
+    """Drop one file's pages again (the large file, between its reads)."""
+    fd, _ = _open_regular(path)
+    try:
+        _dontneed(fd)
+    finally:
+        os.close(fd)
+
+
+# -- timed reads ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Timed:
+    path: str
+    size: int
+    open_s: float
+    read_s: float
+    close_s: float
+    data: bytes | None
+
+    @property
+    def total_s(self) -> float:
+        return self.open_s + self.read_s + self.close_s
+
+
+def _timed_read(path: str, cache: _Eviction | None, keep: int) -> _Timed:
+    """open + read to EOF + close, each part timed; between open and read (untimed) the
+    file is checked to be regular and its pages dropped (``cache``; None: read as cached).
+    Its bytes are kept when it is at most ``keep`` bytes, for the decode timings."""
+    t0 = time.perf_counter()
+    fd, size = _open_regular(path)
+    t1 = time.perf_counter()
+    open_fd: int | None = fd  # closed in finally unless the timed close ran (Ctrl-C, errors)
+    try:
+        if cache is not None:
+            cache.drop(fd, size)
+        chunks = []
+        got = 0
+        t2 = time.perf_counter()
+        while got <= size:  # past the size seen: changed meanwhile, stop
+            chunk = os.read(fd, READ_BYTES)
+            if not chunk:
+                break
+            got += len(chunk)
+            chunks.append(chunk)
+        t3 = time.perf_counter()
+        open_fd = None
+        os.close(fd)
+        t4 = time.perf_counter()
+    except OSError as exc:
+        raise _unreadable(path, exc.strerror or str(exc)) from None
+    finally:
+        if open_fd is not None:
+            os.close(open_fd)
+    data = b"".join(chunks) if got <= keep else None
+    return _Timed(path, got, t1 - t0, t3 - t2, t4 - t3, data)
+
+
+def _read_through(path: str, deadline: float, limit: int) -> int:
+    """Bytes of ``path`` read front to back in READ_BYTES reads, at most ``limit``, stopping
+    at ``deadline``: what one sequential stream (lmdbio's prefetch) gets."""
+    fd, _ = _open_regular(path)
+    try:
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # as lmdbio.prefetch does
+        got = 0
+        while got < limit:
+            chunk = os.read(fd, READ_BYTES)
+            if not chunk:
+                break
+            got += len(chunk)
+            if time.perf_counter() > deadline:
+                break
+        return got
+    finally:
+        os.close(fd)
+
+
+def _threaded_reads(paths: Sequence[str], threads: int, deadline: float, cache: _Eviction,
+                    keep: int) -> tuple[float, list[_Timed]]:
+    """``(seconds, reads)`` of ``paths`` read cold by ``threads`` threads at once, each file
+    front to back in READ_BYTES reads: the converter's reading pattern on this FS. Files not
+    started by ``deadline`` are left out."""
+    def one(path: str) -> _Timed | None:
+        return None if time.perf_counter() > deadline else _timed_read(path, cache, keep)
+
+    start = time.perf_counter()
+    done = [item for item in _in_threads(one, paths, threads) if item is not None]
+    return time.perf_counter() - start, done
+
+
+def _random_reads(path: str, size: int, request: int, deadline: float,
+                  rng: random.Random) -> list[float]:
+    """Seconds per cold ``pread`` of ``request`` bytes at random page-aligned offsets of the
+    large file ``path``; readahead off (POSIX_FADV_RANDOM), as lmdbio reads a database that
+    does not fit in memory."""
+    _evict_one(path)
+    fd, _ = _open_regular(path)
+    times: list[float] = []
+    try:
+        with contextlib.suppress(OSError):  # a hint: without it the figure includes readahead
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        span = max(1, (size - request) // PAGE_BYTES)
+        for offset in rng.sample(range(span), min(RANDOM_READS, span)):
+            if times and time.perf_counter() > deadline:
+                break
+            t0 = time.perf_counter()
+            os.pread(fd, request, offset * PAGE_BYTES)
+            times.append(time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+    return times
+
+
+def _stat_rest(paths: Sequence[str], deadline: float) -> tuple[dict[str, int], list[float]]:
+    """Sizes of ``paths`` by stat in STAT_THREADS threads (runs of 256, as list_source), until
+    ``deadline``; and the seconds each stat took."""
+    def run(chunk: Sequence[str]) -> list[tuple[str, int, float]]:
+        out = []
+        for path in chunk:
+            if time.perf_counter() > deadline:
+                break
+            t0 = time.perf_counter()
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                size = -1  # the read would fail; here it only counts for the size
+            out.append((path, size, time.perf_counter() - t0))
+        return out
+
+    chunks = [paths[i:i + 256] for i in range(0, len(paths), 256)]
+    sizes: dict[str, int] = {}
+    times: list[float] = []
+    for part in _in_threads(run, chunks, STAT_THREADS):
+        for path, size, seconds in part:
+            sizes[path] = max(0, size)
+            times.append(seconds)
+    return sizes, times
+
+
+def _in_threads(work: Callable[[_T], _R], items: Sequence[_T], threads: int) -> list[_R]:
+    """``[work(item) for item in items]``, run by ``threads`` threads; the first exception is
+    raised once all have stopped. Every thread started is joined before this returns or
+    raises, Ctrl-C included: ThreadPoolExecutor loses a thread when the interrupt lands while
+    it starts one (it is recorded only after ``start()`` returns), and that thread outlives
+    the call. Here an interrupt stops the handing out of items and waits for the reads in
+    flight (one file each)."""
+    results: list[Any] = [None] * len(items)
+    errors: list[BaseException] = []
+    positions = iter(range(len(items)))
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.is_set():
+            with lock:
+                position = next(positions, None)
+            if position is None:
+                return
+            try:
+                results[position] = work(items[position])
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
+                errors.append(exc)
+                stop.set()
+
+    started: list[threading.Thread] = []
+    try:
+        for number in range(min(threads, len(items))):
+            thread = threading.Thread(target=run, name=f"lmdbio-advise-{number}", daemon=True)
+            started.append(thread)  # before start(): an interrupt inside start() still joins
+            thread.start()
+        for thread in started:
+            thread.join()
+    finally:
+        stop.set()
+        for thread in started:
+            with contextlib.suppress(RuntimeError):  # interrupted before it could start
+                thread.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+# -- decoding -------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _seed_transform() -> Iterator[Callable[[Any], Any]]:
+    """The seed's training transform (RandomResizedCrop(64), flip, ToTensor, ImageNet
+    Normalize), torch on one thread as in a DataLoader worker; the caller's torch RNG and
+    thread count are restored afterwards (the study calls this in its own process)."""
+    import torch
+    from torchvision import transforms
+
+    pipeline = transforms.Compose([
+        transforms.RandomResizedCrop(DRAFT_MIN_SIZE),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    ])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            yield pipeline
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _rate(work: Callable[[bytes], Any], images: Sequence[tuple[str, bytes]],
+          deadline: float) -> tuple[float, list[tuple[str, bytes]], list[tuple[str, str]]]:
+    """``(images per CPU-second, the images that worked, those that raised and why)`` for
+    ``work`` on ``images``, at most DECODE_MAX, until ``deadline`` (but at least one that
+    works). CPU seconds of this thread: one core's rate, whatever else the machine runs. The
+    first image that works warms up (plugin loading, lazy initialisation) and is not timed."""
+    good: list[tuple[str, bytes]] = []
+    bad: list[tuple[str, str]] = []
+    done, spent = 0, 0.0
+    for path, data in images:
+        if len(good) > DECODE_MAX or (done and time.perf_counter() > deadline):
+            break
+        t0 = time.thread_time()
+        try:
+            work(data)
+        except Exception as exc:  # noqa: BLE001 - hostile input makes Pillow raise anything
+            bad.append((path, str(exc).split(" <_io.")[0].strip() or type(exc).__name__))
+            continue
+        seconds = time.thread_time() - t0
+        if good:  # not the warm-up
+            spent += seconds
+            done += 1
+        good.append((path, data))
+    if good and not done:  # only the warm-up ran: time that image once more
+        t0 = time.thread_time()
+        work(good[0][1])
+        spent, done = time.thread_time() - t0, 1
+    return done / max(spent, 1e-9), good, bad
+
+
+# -- measure --------------------------------------------------------------------------------------
+
+
+class _Clock:
+    """The budget: each phase may use ``share`` of what is left when it starts, so phases
+    that finish early leave their time to the later ones."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.start = time.perf_counter()
+        self.end = self.start + budget_s
+        self.cut: list[str] = []
+
+    def phase(self, share: float) -> float:
+        now = time.perf_counter()
+        return now + max(0.0, self.end - now) * share
+
+    def over(self, name: str, done: int, planned: int) -> None:
+        if done < planned:
+            self.cut.append(f"{name}: {done} of {planned}")
+
+
+def measure(root: str | os.PathLike[str], *, sample: int = 300, budget_s: float = 60.0,
+            transform: str = "seed", evict: bool = True, seed: int = 0,
+            allow_empty: bool = False, progress: Progress | None = None) -> Measured:
+    """Measure what ``root`` (an ImageFolder tree) and this machine deliver: see the module
+    docstring and docs/ADVISE.md. ``sample`` files at most, ``budget_s`` seconds in all (the
+    listing included; a phase that runs out of time stops and says how many it measured).
+    ``transform``: ``"seed"`` (decode + the seed transform; imports torchvision) or ``"none"``
+    (decode only). ``evict=False`` measures the cache as it is (warm figures). Raises
+    ``SourceError`` / ``SourceFileError`` for what is not a readable ImageFolder tree."""
+    if transform not in TRANSFORMS:
+        raise ValueError(f"transform must be one of {', '.join(map(repr, TRANSFORMS))}, not "
+                         f"{transform!r}")
+    if sample < 1 or not budget_s > 0:
+        raise ValueError(f"sample must be >= 1 and budget_s > 0, not {sample}, {budget_s}")
+    say = progress or _quiet
+    clock = _Clock(budget_s)
+    try:
+        load: float | None = os.getloadavg()[0]
+    except OSError:
+        load = None
+    given = os.path.expanduser(os.fspath(root))
+    notes: list[str] = []
+
+    say(f"listing {given} as ImageFolder does")
+    t0 = time.perf_counter()
+    classes, class_to_idx = find_classes(given)
+    listed = [path for path, _ in make_dataset(given, class_to_idx, allow_empty=allow_empty)]
+    listing_s = time.perf_counter() - t0
+    if not listed:
+        raise SourceError(f"found no image file in {given!r} (its class folders hold none "
+                          "with ImageFolder's extensions); pass the split folder that holds "
+                          "the images, e.g. data/train")
+    try:
+        fstype = fs_info(given).fstype
+    except OSError:
+        fstype = ""
+    network = bool(fstype) and is_network_fs(fstype)
+    read_workers = default_read_workers(given)
+
+    rng = random.Random(seed)
+    chosen = [listed[i] for i in rng.sample(range(len(listed)), min(sample, len(listed)))]
+    mincore = None
+    if evict:
+        try:
+            mincore = _Mincore()
+        except (OSError, AttributeError):
+            notes.append("mincore is not available: eviction could not be checked")
+    cache = _Eviction(evict, mincore)
+    n_bandwidth = len(chosen) // 3 if len(chosen) >= 3 else 0
+    bandwidth_set, latency_set = chosen[:n_bandwidth], chosen[n_bandwidth:]
+
+    # (i) the cold per-file latency, one at a time in the (random) sampled order; each file's
+    # pages are dropped between its open and its read
+    say(f"reading {len(latency_set)} sampled files cold, one at a time"
+        + ("" if evict else " (not evicted)"))
+    deadline = clock.phase(0.4)
+    timed: list[_Timed] = []
+    kept = 0
+    for path in latency_set:
+        if timed and time.perf_counter() > deadline:
+            break
+        item = _timed_read(path, cache, KEEP_FOR_DECODE - kept)
+        kept += len(item.data or b"")
+        timed.append(item)
+    clock.over("per-file reads", len(timed), len(latency_set))
+    totals = sorted(item.total_s for item in timed)
+    sizes = {item.path: item.size for item in timed}
+
+    # (ii) the converter's pattern, the other sampled files by its threads: a lower bound of
+    # the sequential bandwidth, its read rate, and more bytes to decode
+    streamed: list[_Timed] = []
+    threaded_mb_s = 0.0
+    if bandwidth_set:
+        say(f"reading {len(bandwidth_set)} other sampled files with {read_workers} threads")
+        deadline = clock.phase(0.25)
+        seconds, streamed = _threaded_reads(bandwidth_set, read_workers, deadline, cache,
+                                            max(0, KEEP_FOR_DECODE - kept)
+                                            // len(bandwidth_set))
+        clock.over("threaded reads", len(streamed), len(bandwidth_set))
+        sizes.update((item.path, item.size) for item in streamed)
+        got = sum(item.size for item in streamed)
+        threaded_mb_s = got / seconds / 1e6 if seconds > 0 else 0.0
+
+    # (iii) random reads, then (ii) one sequential stream, where the sample has a large file
+    large = max(sizes, key=lambda path: sizes[path])
+    large = large if sizes[large] >= LARGE_FILE_BYTES else ""
+    others = [size for path, size in sizes.items() if path != large] or [sizes[large]]
+    request = int(record_bytes(statistics.mean(others)))
+    random_times: list[float] = []
+    if large:
+        say(f"random reads of {request} bytes in {large}")
+        random_times = _random_reads(large, sizes[large], request, clock.phase(0.1), rng)
+        say(f"reading {large} front to back")
+        _evict_one(large)
+        t0 = time.perf_counter()
+        got = _read_through(large, clock.phase(0.25), SEQ_READ_MAX)
+        seq_mb_s = got / (time.perf_counter() - t0) / 1e6
+        seq_source = f"one large file ({got / 1e6:.0f} MB of {sizes[large] / 1e6:.0f} MB)"
+    elif streamed:
+        seq_mb_s = threaded_mb_s
+        seq_source = (f"{len(streamed)} sampled files read by {read_workers} threads at once "
+                      "(a lower bound of one large file's sequential rate)")
+    else:
+        got = sum(item.size for item in timed)
+        seconds = sum(item.read_s for item in timed)
+        seq_mb_s = got / seconds / 1e6 if seconds > 0 else 0.0
+        seq_source = "the per-file reads' bytes over their read time (a lower bound)"
+    seq_mb_s = max(seq_mb_s, 1e-3)
+    evicted, eviction, resident_fraction = _judge_eviction(evict, cache, fstype, network)
+
+    if random_times:
+        random_read_ms = statistics.median(random_times) * 1e3
+        random_source, random_bytes = f"measured ({len(random_times)} reads)", request
+    else:  # a small file's read to EOF is one request of about a record: the same cost
+        random_read_ms = statistics.median(item.read_s for item in timed) * 1e3
+        random_source = ("estimated: the read part of the per-file time (per-file latency "
+                         "less open and close); no large file to read at random")
+        random_bytes = int(statistics.median(item.size for item in timed))
+
+    # warm: the same files again, now from the page cache
+    say("reading some of them again, warm")
+    deadline = clock.phase(0.1)
+    warm: list[float] = []
+    for item in timed[:WARM_FILES]:
+        if warm and time.perf_counter() > deadline:
+            break
+        warm.append(_timed_read(item.path, None, 0).total_s)
+
+    # (iv) decode rates on one core, on the bytes read in (i) and (ii)
+    kept_images = [(item.path, item.data) for item in timed + streamed
+                   if item.data is not None]
+    if not kept_images:  # every sampled image is larger than KEEP_FOR_DECODE: take one anyway
+        smallest = min(timed, key=lambda item: item.size)
+        with open(smallest.path, "rb") as handle:
+            kept_images = [(smallest.path, handle.read())]
+    say(f"decoding up to {min(len(kept_images), DECODE_MAX)} images on one core"
+        + (" with the seed transform (imports torchvision)" if transform == "seed" else ""))
+    draft = DraftDecoder(DRAFT_MIN_SIZE)
+    with contextlib.ExitStack() as stack:
+        # Pillow's warnings (DecompressionBombWarning, libtiff's) would interleave with the
+        # report on stderr; a file they concern is still timed, and convert reports them.
+        stack.enter_context(warnings.catch_warnings())
+        warnings.simplefilter("ignore")
+        post: Callable[[Any], Any] = (stack.enter_context(_seed_transform())
+                                      if transform == "seed" else (lambda image: image))
+        decode_rate, images, bad = _rate(lambda data: post(decode_pil(data)), kept_images,
+                                         clock.phase(0.33))
+        if not images:
+            path, why = bad[0]
+            raise SourceError(f"no valid image file among the {len(kept_images)} sampled "
+                              f"files of {given!r} (the first, {path!r}: {why}); pass a "
+                              "folder of images ImageFolder can load")
+        draft_rate = _rate(lambda data: post(draft(data)), images, clock.phase(0.5))[0]
+        check_rate = _rate(lambda data: check_payload(data, "decode"), images,
+                           clock.phase(0.5))[0]
+    if bad:
+        notes.append(f"{len(bad)} of the sampled files do not decode (the first, "
+                     f"{bad[0][0]!r}: {bad[0][1]}): ImageFolder's loader raises on them and "
+                     "lmdbio convert stops at them unless --on-error skip")
+
+    # (vi) the dataset's size: stat the rest of the listing while the budget lasts
+    known = dict(sizes)
+    rest = [path for path in listed if path not in known]
+    stat_times: list[float] = []
+    if rest:
+        say(f"stat of the other {len(rest)} files for the dataset's size")
+        more, stat_times = _stat_rest(rest, clock.end)
+        known.update(more)
+    if len(known) == len(listed):
+        dataset_bytes, size_source = sum(known.values()), "stat"
+    else:
+        dataset_bytes = round(statistics.mean(known.values()) * len(listed))
+        size_source = (f"estimated: the mean of {len(known)} files' sizes x {len(listed)} "
+                       "files (the budget ended the stat of the rest)")
+        clock.cut.append(f"dataset size: stat of {len(known)} of {len(listed)} files")
+    mean_bytes = dataset_bytes / len(listed)
+    mean_record = statistics.mean(record_bytes(size) for size in known.values())
+
+    cores, affinity, quota = cores_available()
+    if load is not None and load >= cores / 2:
+        notes.append(f"the machine was busy (load average {load:.1f} on {cores:g} cores): "
+                     "the predictions assume the cores are free for the DataLoader, so they "
+                     "are higher than what a run beside this load gets")
+    if clock.cut:
+        notes.append("the time budget ended " + "; ".join(clock.cut))
+    return Measured(
+        files=len(listed), mean_file_bytes=mean_bytes,
+        file_latency_ms=statistics.median(totals) * 1e3,
+        seq_mb_s=seq_mb_s, random_read_ms=random_read_ms,
+        decode_per_core_images_per_s=decode_rate, cores=cores,
+        mem_available_bytes=memory_budget(), dataset_bytes=dataset_bytes,
+        draft_decode_per_core_images_per_s=draft_rate, check_per_core_images_per_s=check_rate,
+        file_latency_p90_ms=_quantile(totals, 0.9) * 1e3,
+        warm_file_latency_ms=statistics.median(warm) * 1e3 if warm else 0.0,
+        open_ms=statistics.median(item.open_s for item in timed) * 1e3,
+        random_read_bytes=random_bytes, mean_record_bytes=mean_record,
+        stat_ms=statistics.median(stat_times) * 1e3 if stat_times else 0.0,
+        listing_s=listing_s, read_workers=read_workers, evicted=evicted,
+        root=os.path.abspath(given), classes=len(classes), fstype=fstype,
+        network_fs=network, transform=transform, draft_min_size=DRAFT_MIN_SIZE,
+        sample_files=sample, measured_files=len(timed), bandwidth_files=len(streamed),
+        decoded_files=len(images), dataset_bytes_source=size_source,
+        seq_source=seq_source, seq_lower_bound=not large, random_read_source=random_source,
+        eviction=eviction,
+        resident_fraction=resident_fraction, cpu_affinity=affinity, cpu_quota=quota,
+        load_average=load,
+        bad_files=tuple(bad), budget_s=budget_s,
+        elapsed_s=time.perf_counter() - clock.start, stopped_early=bool(clock.cut),
+        notes=tuple(notes))
+
+
+def _quantile(ordered: Sequence[float], q: float) -> float:
+    """The ``q`` quantile of sorted values, nearest rank (no interpolation on few values)."""
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def _judge_eviction(evict: bool, dropped: _Eviction, fstype: str,
+                    network: bool) -> tuple[bool, str, float | None]:
+    """``(evicted, what it means, resident share)``: whether the figures are cold ones."""
+    lower = "the latencies are then warm-cache figures: lower bounds of a cold epoch's"
+    if not evict:
+        return False, f"not evicted (evict=False): {lower}", None
+    if fstype in _NO_EVICTION_FS:
+        return False, (f"cannot evict on {fstype}: its pages are the storage itself, so "
+                       "every read is a memory read (as it would be for ImageFolder there)"), None
+    fraction = (dropped.resident / dropped.checked_bytes if dropped.checked_bytes else None)
+    if dropped.refused and (fraction is None or fraction > RESIDENT_OK):
+        return False, (f"{fstype or 'this file system'} refused to drop the pages of "
+                       f"{dropped.refused} sampled files (posix_fadvise failed): {lower}"), fraction
+    if fraction is None:
+        return False, (f"asked the kernel to drop the sample's pages but could not check it "
+                       f"(mincore failed on {dropped.unverifiable} files): {lower}"), None
+    if fraction > RESIDENT_OK:
+        return False, (f"{fraction:.1%} of the sample stayed in the page cache after "
+                       f"eviction (mapped by another process?): {lower}"), fraction
+    text = f"evicted and checked ({fraction:.1%} still resident)"
+    if dropped.unverifiable:
+        text += f"; {dropped.unverifiable} files could not be checked"
+    if network:
+        text += ("; on a network FS only this client's cache is dropped: the server's may "
+                 "still hold the files")
+    return True, text, fraction
