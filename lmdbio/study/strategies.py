@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from lmdbio.study.conditions import LOCALITY_FORMATS
 from lmdbio.study.peers import SHARD_SAMPLES, SHUFFLE_BUFFER
 
 __all__ = ["STRATEGIES", "Strategy", "order_randomness", "shuffle_table"]
@@ -52,9 +53,10 @@ STRATEGIES: dict[str, Strategy] = {s.format: s for s in (
 
 
 def shuffle_table(formats: list[str] | None = None) -> list[dict[str, object]]:
-    """One row per strategy (``formats`` in that order; default all): format, layout,
-    shuffle, uniform."""
-    return [asdict(STRATEGIES[f]) for f in (formats or list(STRATEGIES)) if f in STRATEGIES]
+    """One row per strategy (``formats`` in that order; default the study's four, without
+    the sweep's ``lmdb-block`` variant): format, layout, shuffle, uniform."""
+    chosen = formats or [f for f in STRATEGIES if f not in LOCALITY_FORMATS]
+    return [asdict(STRATEGIES[f]) for f in chosen if f in STRATEGIES]
 
 
 def order_randomness(order: Sequence[int], block: int = 64, batch: int = 128) -> dict[str, float]:

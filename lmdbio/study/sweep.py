@@ -130,6 +130,13 @@ def _advise_row(cfg: SweepConfig, site: Site, point: Point) -> dict[str, Any] | 
     return {"condition": point.label, "by_mode": rows}
 
 
+def _advised(cfg: SweepConfig, site: Site, point: Point) -> dict[str, Any] | None:
+    """``_advise_row`` where the readers run: in the memory group, sized as for ImageFolder."""
+    inside = site.limit_for("imagefolder") if site.limit_for else contextlib.nullcontext({})
+    with inside:
+        return _advise_row(cfg, site, point)
+
+
 def _measure_point(cfg: SweepConfig, point: Point, ws: Workspace,
                    order_start: int) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     rows: list[dict[str, Any]] = []
@@ -142,7 +149,7 @@ def _measure_point(cfg: SweepConfig, point: Point, ws: Workspace,
     with opened(point, ws, calibrate) as site:
         calibrate_site.append(site)
         print(f"  {point.label}: {residency_note(site.columns)}", flush=True)
-        advice = _advise_row(cfg, site, point)
+        advice = _advised(cfg, site, point)
         for mode in cfg.modes:
             plan_ = [(formats[0], point.caches[0], -1)] + schedule(formats, point.caches,
                                                                  cfg.repeats)
@@ -314,10 +321,7 @@ def advise_sweep(cfg: SweepConfig) -> str:
 
         with opened(point, where, calibrate) as site:
             site_box.append(site)
-            inside = site.limit_for("imagefolder") if site.limit_for else \
-                contextlib.nullcontext({})
-            with inside:
-                row = _advise_row(cfg, site, point)
+            row = _advised(cfg, site, point)
         if row:
             advice.append(row)
             print(f"  {point.label}: " + ", ".join(

@@ -140,8 +140,11 @@ def test_tiny_sweep_end_to_end(tmp_path: Path) -> None:
     room = big["cache_room_bytes"] / big["data_bytes_on_disk"]
     assert ((room > 0.2) & (room < 0.3)).all(), room
     for name in ("runs.parquet", "cells.csv", "summary.md", "rtt.png", "map.png",
-                 "shuffle.csv"):
+                 "shuffle.csv", "advise.csv"):
         assert (out / name).stat().st_size > 0, name
+    advice = pandas.read_csv(out / "advise.csv")  # lmdbio advise at every point, vs measured
+    assert set(advice["condition"]) == set(runs["condition"])
+    assert (advice["predicted_speedup"] > 0).all() and advice["error"].notna().all()
     nothing_left(tmp_path)
 
 

@@ -189,11 +189,13 @@ def advise_table(advice: list[dict[str, Any]], frame: Any) -> Any:
                 "measured_imagefolder_images_per_s": cell.loc["imagefolder", "images_per_s"],
                 "predicted_lmdb_images_per_s": predicted["lmdb_images_per_s"],
                 "measured_lmdb_images_per_s": cell.loc["lmdb", "images_per_s"],
-                "predicted_speedup": predicted["speedup"], "measured_speedup": measured,
+                "predicted_speedup": predicted["speedup"],
+                "predicted_speedup_upper": predicted.get("speedup_upper", predicted["speedup"]),
+                "measured_speedup": measured,
                 "error": predicted["speedup"] / measured - 1,
                 "recommendation": predicted["recommendation"],
                 **{f"in_{k}": v for k, v in predicted.items()
-                   if k in ("file_latency_ms", "seq_mb_s", "random_read_ms",
+                   if k in ("file_latency_ms", "seq_mb_s", "seq_lower_bound", "random_read_ms",
                             "decode_per_core_images_per_s", "cores", "dataset_bytes",
                             "mem_available_bytes", "evicted")}})
     return pandas.DataFrame(rows)
