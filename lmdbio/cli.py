@@ -96,16 +96,6 @@ def _advise(args: argparse.Namespace) -> int:
     return 0
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, not {value}")
-    return value
-
-
 def _number(text: str, *, zero: bool) -> float:
     try:
         value = float(text)
@@ -125,14 +115,22 @@ def _milliseconds(text: str) -> float:
     return _number(text, zero=True)
 
 
-def _positive_int(text: str) -> int:
+def _int_at_least(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be >= {least}, not {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def _count(text: str) -> int:
+    return _int_at_least(text, 0)
 
 
 def _quality(text: str) -> int:

@@ -29,11 +29,11 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Optional, Sequence
 
 from lmdbio.study.netfs import PathLike, SshfsMount, _stop, available
 from lmdbio.study.relay import SPIN_US, RelayProcess, RelayStats
+from lmdbio.study.service import Service
 
 __all__ = ["LatencyMount", "SftpListener", "SFTP_SERVER", "latency_available"]
 
@@ -55,7 +55,7 @@ def latency_available(transport: str = "direct") -> tuple[bool, str]:
     return True, "sshfs, sftp-server and /dev/fuse present"
 
 
-class SftpListener:
+class SftpListener(Service):
     """TCP listener on 127.0.0.1 running one ``sftp-server`` per connection, in ``root``.
 
     What sshd does for the sftp subsystem, without ssh.  sftp-server resolves relative paths
@@ -70,14 +70,6 @@ class SftpListener:
         self._sock: Optional[socket.socket] = None
         self._thread: Optional[threading.Thread] = None
         self._stopping = threading.Event()
-
-    def __enter__(self) -> "SftpListener":
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: Optional[type[BaseException]],
-                 exc: Optional[BaseException], tb: Optional[TracebackType]) -> None:
-        self.close()
 
     def start(self) -> None:
         sock = socket.socket()

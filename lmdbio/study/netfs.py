@@ -23,9 +23,9 @@ import tempfile
 import time
 import weakref
 from pathlib import Path
-from types import TracebackType
 from typing import Callable, Optional, Sequence, Union
 
+from lmdbio.study.service import Service
 from lmdbio.system import FsInfo, fs_info, mounts
 
 __all__ = ["available", "NetFSUnavailable", "NetFSError",
@@ -146,7 +146,7 @@ class _Resources:
         self.mountpoint = None
 
 
-class SshfsMount:
+class SshfsMount(Service):
     """Mount ``export_dir`` via sshd on 127.0.0.1 + sshfs, as a context manager.
 
     ``with SshfsMount("/data/export") as m: read(m.mountpoint / "x.lmdb")``.
@@ -174,20 +174,12 @@ class SshfsMount:
             raise NetFSError("not mounted")
         return fs_info(self.mountpoint)
 
-    def __enter__(self) -> "SshfsMount":
+    def start(self) -> None:
+        """Bring sshd (or what a subclass puts there) and the mount up (``with`` does it)."""
         ok, why = self._available()
         if not ok:
             raise NetFSUnavailable(why)
-        try:
-            self._start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, exc_type: Optional[type[BaseException]],
-                 exc: Optional[BaseException], tb: Optional[TracebackType]) -> None:
-        self.close()
+        self._start()
 
     def close(self) -> None:
         """Unmount, stop sshfs and sshd, remove temp dirs.  Idempotent."""

@@ -37,8 +37,9 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
-from types import TracebackType
 from typing import Optional
+
+from lmdbio.study.service import Service
 
 __all__ = ["DelayRelay", "RelayProcess", "RelayStats"]
 
@@ -105,7 +106,7 @@ class _Connection:
                 sock.close()
 
 
-class DelayRelay:
+class DelayRelay(Service):
     """``with DelayRelay(upstream=("127.0.0.1", 22), one_way_ms=0.5) as r: connect(r.port)``.
 
     Every connection accepted on ``listen`` is connected to ``upstream``; each direction holds
@@ -135,15 +136,7 @@ class DelayRelay:
         self._cpu_s = 0.0
         self._listener: Optional[socket.socket] = None
 
-    # -- lifecycle ---------------------------------------------------------------------------
-    def __enter__(self) -> "DelayRelay":
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: Optional[type[BaseException]],
-                 exc: Optional[BaseException], tb: Optional[TracebackType]) -> None:
-        self.close()
-
+    # -- lifecycle (Service: start on enter, close on exit or a failed start) ----------------
     def start(self) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
@@ -317,7 +310,7 @@ class DelayRelay:
             conn.pump_done()
 
 
-class RelayProcess:
+class RelayProcess(Service):
     """:class:`DelayRelay` in a child process; ``.port`` once entered, ``.stats`` after close.
 
     The child ignores SIGINT (the caller tears down in order) and exits when its stdin closes,
@@ -332,18 +325,6 @@ class RelayProcess:
         self.pid: Optional[int] = None
         self.stats: Optional[RelayStats] = None
         self._proc: Optional[subprocess.Popen] = None
-
-    def __enter__(self) -> "RelayProcess":
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, exc_type: Optional[type[BaseException]],
-                 exc: Optional[BaseException], tb: Optional[TracebackType]) -> None:
-        self.close()
 
     def start(self, timeout_s: float = 15.0) -> None:
         argv = [sys.executable, os.path.abspath(__file__), "--upstream",
