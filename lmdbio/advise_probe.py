@@ -26,7 +26,6 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 from .advise_model import PAGE_BYTES, Measured, record_bytes
@@ -34,11 +33,12 @@ from .decode import DraftDecoder, decode_pil
 from .errors import SourceError, SourceFileError
 from .folder import find_classes, make_dataset
 from .prefetch import memory_budget
+from .residency import resident_bytes
 from .sources import default_read_workers
-from .system import fs_info, is_network_fs
+from .system import cores_available, fs_info, is_network_fs
 from .validate import check_payload
 
-__all__ = ["DRAFT_MIN_SIZE", "TRANSFORMS", "cores_available", "cpu_quota", "measure"]
+__all__ = ["DRAFT_MIN_SIZE", "TRANSFORMS", "measure"]
 
 TRANSFORMS = ("seed", "none")
 DRAFT_MIN_SIZE = 64          # the seed transform's crop: DraftDecoder's fastest setting for it
@@ -62,110 +62,7 @@ def _quiet(_: str) -> None:
     pass
 
 
-# -- CPUs -----------------------------------------------------------------------------------------
-
-
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return None
-
-
-def cpu_quota() -> float | None:
-    """CPUs' worth of time the cgroup(s) of this process may use (``cpu.max`` on v2,
-    ``cpu.cfs_quota_us / cpu.cfs_period_us`` on v1, the tightest of the group and its
-    ancestors); None when unlimited or unknown. A container or a Slurm step with 2 CPUs of
-    quota decodes at 2 cores' rate however many the machine has."""
-    text = _read_text(Path("/proc/self/cgroup"))
-    if text is None:
-        return None
-    limits: list[float] = []
-    for line in text.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        _, controllers, relative = parts
-        if controllers == "":  # v2
-            bases = [Path("/sys/fs/cgroup")]
-        elif "cpu" in controllers.split(","):  # v1: mounted as cpu, or cpu,cpuacct
-            bases = [Path("/sys/fs/cgroup") / name for name in ("cpu", "cpu,cpuacct")]
-        else:
-            continue
-        for base in bases:
-            folder = base / relative.lstrip("/")
-            for level in (folder, *folder.parents):
-                if not str(level).startswith(str(base)):
-                    break
-                limits += _quota_at(level, v2=controllers == "")
-    return min(limits) if limits else None
-
-
-def _quota_at(folder: Path, v2: bool) -> list[float]:
-    try:
-        if v2:
-            text = _read_text(folder / "cpu.max")
-            if not text:
-                return []
-            quota, _, period = text.partition(" ")
-            return [] if quota == "max" else [int(quota) / int(period or 100_000)]
-        quota_text = _read_text(folder / "cpu.cfs_quota_us")
-        period_text = _read_text(folder / "cpu.cfs_period_us")
-        if not quota_text or not period_text or int(quota_text) <= 0:
-            return []  # -1: no quota
-        return [int(quota_text) / int(period_text)]
-    except ValueError:
-        return []
-
-
-def cores_available() -> tuple[float, int, float | None]:
-    """``(cores, affinity, quota)``: the CPUs this process may run on (``sched_getaffinity``),
-    capped by its cgroup's CPU quota."""
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        affinity = os.cpu_count() or 1
-    quota = cpu_quota()
-    return (min(float(affinity), quota) if quota else float(affinity)), affinity, quota
-
-
 # -- the page cache -------------------------------------------------------------------------------
-
-
-class _Mincore:
-    """``mincore(2)`` over a read-only shared map of a file (libc through ctypes, loaded on
-    first use): how many of its pages are in the page cache. A PROT_READ map that is never
-    touched faults nothing in, so looking does not change what is seen."""
-
-    def __init__(self) -> None:
-        import ctypes
-
-        self.ctypes = ctypes
-        libc = ctypes.CDLL(None, use_errno=True)  # the process's libc: no ldconfig subprocess
-        libc.mmap.restype = ctypes.c_void_p
-        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                              ctypes.c_int, ctypes.c_long]
-        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
-        self.libc = libc
-        self.failed = ctypes.c_void_p(-1).value
-
-    def resident(self, fd: int, size: int) -> int | None:
-        """Resident bytes of the first ``size`` bytes of ``fd`` (whole pages); None when the
-        file cannot be mapped (some FUSE file systems, ``direct_io``)."""
-        if size <= 0:
-            return 0
-        addr = self.libc.mmap(None, size, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
-        if addr in (None, self.failed):
-            return None
-        try:
-            pages = -(-size // PAGE_BYTES)
-            vector = self.ctypes.create_string_buffer(pages)
-            if self.libc.mincore(addr, size, vector) != 0:
-                return None
-            return sum(byte & 1 for byte in vector.raw[:pages]) * PAGE_BYTES
-        finally:
-            self.libc.munmap(addr, size)
 
 
 class _Eviction:
@@ -174,8 +71,8 @@ class _Eviction:
     leave its attributes freshly cached on a network FS, so the timed open would not be the
     one ImageFolder pays. Shared by the reading threads (hence the lock)."""
 
-    def __init__(self, evict: bool, mincore: _Mincore | None) -> None:
-        self.evict, self.mincore = evict, mincore
+    def __init__(self, evict: bool) -> None:
+        self.evict = evict
         self.resident = self.checked_bytes = self.unverifiable = self.refused = 0
         self._lock = threading.Lock()
 
@@ -188,12 +85,12 @@ class _Eviction:
         if not self.evict:
             return
         dropped = _dontneed(fd)
-        resident = self.mincore.resident(fd, size) if self.mincore else None
+        resident = _resident(fd, size)
         if dropped and resident:
             with contextlib.suppress(OSError):
                 os.fdatasync(fd)
             _dontneed(fd)
-            resident = self.mincore.resident(fd, size) if self.mincore else None
+            resident = _resident(fd, size)
         with self._lock:
             self.refused += not dropped
             if resident is None:
@@ -201,6 +98,14 @@ class _Eviction:
             else:
                 self.resident += min(resident, size)
                 self.checked_bytes += size
+
+
+def _resident(fd: int, size: int) -> int | None:
+    """Resident bytes of ``fd`` (``lmdbio.residency``); None where it cannot be checked."""
+    try:
+        return resident_bytes(fd, size)
+    except (OSError, AttributeError):  # AttributeError: a libc without mincore
+        return None
 
 
 def _dontneed(fd: int) -> bool:
@@ -539,13 +444,7 @@ def measure(root: str | os.PathLike[str], *, sample: int = 300, budget_s: float 
 
     rng = random.Random(seed)
     chosen = [listed[i] for i in rng.sample(range(len(listed)), min(sample, len(listed)))]
-    mincore = None
-    if evict:
-        try:
-            mincore = _Mincore()
-        except (OSError, AttributeError):
-            notes.append("mincore is not available: eviction could not be checked")
-    cache = _Eviction(evict, mincore)
+    cache = _Eviction(evict)
     n_bandwidth = len(chosen) // 3 if len(chosen) >= 3 else 0
     bandwidth_set, latency_set = chosen[:n_bandwidth], chosen[n_bandwidth:]
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
-__all__ = ["NETWORK_FS_TYPES", "FsInfo", "fs_info", "is_network_fs", "mounts", "peak_rss_bytes",
-           "proc_kib_field"]
+__all__ = ["NETWORK_FS_TYPES", "FsInfo", "cores_available", "cpu_quota", "fs_info",
+           "is_network_fs", "mounts", "peak_rss_bytes", "proc_kib_field"]
 
 # Types whose every page-cache miss is a request over a network (FUSE counts: sshfs, s3fs, ...).
 NETWORK_FS_TYPES = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "lustre", "gpfs",
@@ -89,3 +90,67 @@ def peak_rss_bytes() -> int:
     import resource  # not Linux: the best there is
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def cpu_quota() -> float | None:
+    """CPUs' worth of time the cgroup(s) of this process may use (``cpu.max`` on v2,
+    ``cpu.cfs_quota_us / cpu.cfs_period_us`` on v1, the tightest of the group and its
+    ancestors); None when unlimited or unknown. A container or a Slurm step with 2 CPUs of
+    quota decodes at 2 cores' rate however many the machine has."""
+    text = _read_text(Path("/proc/self/cgroup"))
+    if text is None:
+        return None
+    limits: list[float] = []
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, relative = parts
+        if controllers == "":  # v2
+            bases = [Path("/sys/fs/cgroup")]
+        elif "cpu" in controllers.split(","):  # v1: mounted as cpu, or cpu,cpuacct
+            bases = [Path("/sys/fs/cgroup") / name for name in ("cpu", "cpu,cpuacct")]
+        else:
+            continue
+        for base in bases:
+            folder = base / relative.lstrip("/")
+            for level in (folder, *folder.parents):
+                if not str(level).startswith(str(base)):
+                    break
+                limits += _quota_at(level, v2=controllers == "")
+    return min(limits) if limits else None
+
+
+def _quota_at(folder: Path, v2: bool) -> list[float]:
+    try:
+        if v2:
+            text = _read_text(folder / "cpu.max")
+            if not text:
+                return []
+            quota, _, period = text.partition(" ")
+            return [] if quota == "max" else [int(quota) / int(period or 100_000)]
+        quota_text = _read_text(folder / "cpu.cfs_quota_us")
+        period_text = _read_text(folder / "cpu.cfs_period_us")
+        if not quota_text or not period_text or int(quota_text) <= 0:
+            return []  # -1: no quota
+        return [int(quota_text) / int(period_text)]
+    except ValueError:
+        return []
+
+
+def cores_available() -> tuple[float, int, float | None]:
+    """``(cores, affinity, quota)``: the CPUs this process may run on (``sched_getaffinity``),
+    capped by its cgroup's CPU quota."""
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        affinity = os.cpu_count() or 1
+    quota = cpu_quota()
+    return (min(float(affinity), quota) if quota else float(affinity)), affinity, quota

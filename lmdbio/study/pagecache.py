@@ -8,13 +8,11 @@ drop exactly the pages of the files under test with
 ``posix_fadvise(POSIX_FADV_DONTNEED)`` and *measure* what is left with
 ``mincore(2)``, so every benchmark result can record how cold it really was.
 
-Stdlib only (``ctypes`` for ``mmap``/``mincore``/``munmap`` from libc).
+Stdlib only; the mincore() itself is the library's (``lmdbio.residency``).
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 import stat
@@ -23,19 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Union
 
+from lmdbio.residency import resident_bytes
+
 __all__ = ["Residency", "ResidencyError", "evict", "residency", "evict_and_check"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-# Map at most this much at once so the mincore() vector (1 byte per page) stays
-# small even for 100 GB files; must be a multiple of the page size.
-_WINDOW_BYTES = 1 << 30
 # Errors meaning "this file cannot be opened for writing": not fatal for evict,
 # the file simply cannot hold dirty pages written through this mount by us.
 _NO_WRITE_ERRNOS = {errno.EACCES, errno.EROFS, errno.EPERM, errno.ETXTBSY}
-# mincore() only defines the lowest bit of each vector byte ("page resident").
-_LOW_BIT = bytes(i & 1 for i in range(256))
 
 
 @dataclass(frozen=True)
@@ -111,33 +105,8 @@ def evict(path: PathLike) -> None:
             os.close(fd)
 
 
-def _load_libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    # We call mmap via libc rather than Python's mmap module: a raw address is
-    # what mincore() needs, and PROT_READ + no access faults nothing in, so
-    # measuring does not change what is measured.
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
-                          ctypes.c_int, ctypes.c_int, ctypes.c_long]
-    libc.munmap.restype = ctypes.c_int
-    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    libc.mincore.restype = ctypes.c_int
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
-    return libc
-
-
-_libc = _load_libc()
-_MAP_FAILED = ctypes.c_void_p(-1).value
-
-
-def _raise_errno(what: str, file: Path) -> None:
-    err = ctypes.get_errno()
-    raise ResidencyError(err, f"cannot measure page-cache residency ({what}: "
-                              f"{os.strerror(err)})", str(file))
-
-
 def _resident_bytes(file: Path) -> tuple[int, int]:
-    """Return ``(size, resident_bytes)`` of one regular file via mmap + mincore."""
+    """Return ``(size, resident_bytes)`` of one regular file (``lmdbio.residency``)."""
     try:
         fd = os.open(file, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
@@ -145,25 +114,12 @@ def _resident_bytes(file: Path) -> tuple[int, int]:
                              f"(open: {exc.strerror})", str(file)) from exc
     try:
         size = os.fstat(fd).st_size
-        resident = 0
-        for offset in range(0, size, _WINDOW_BYTES):
-            length = min(_WINDOW_BYTES, size - offset)
-            pages = -(-length // _PAGE_SIZE)
-            addr = _libc.mmap(None, length, 1, 1, fd, offset)  # PROT_READ, MAP_SHARED
-            if addr == _MAP_FAILED or addr is None:
-                _raise_errno("mmap", file)
-            try:
-                vector = ctypes.create_string_buffer(pages)
-                if _libc.mincore(addr, length, vector) != 0:
-                    _raise_errno("mincore", file)
-            finally:
-                _libc.munmap(addr, length)
-            flags = vector.raw[:pages].translate(_LOW_BIT)
-            resident += flags.count(1) * _PAGE_SIZE
-            # The last page is only partly file data; count just that part.
-            if offset + length == size and flags[-1]:
-                resident -= pages * _PAGE_SIZE - length
-        return size, resident
+        try:
+            return size, resident_bytes(fd, size)
+        except OSError as exc:
+            raise ResidencyError(exc.errno, f"cannot measure page-cache residency "
+                                 f"({exc.strerror}: {os.strerror(exc.errno or 0)})",
+                                 str(file)) from None
     finally:
         os.close(fd)
 

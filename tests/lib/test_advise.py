@@ -481,7 +481,7 @@ def test_the_advice_object_is_json_ready(tree: Path) -> None:
 
 
 def test_cpu_quota_and_cores_are_sane() -> None:
-    from lmdbio.advise_probe import cores_available, cpu_quota
+    from lmdbio.system import cores_available, cpu_quota
 
     quota = cpu_quota()
     assert quota is None or quota > 0

@@ -1,0 +1,64 @@
+"""How much of an open file is in the page cache: ``mincore(2)`` over a read-only shared map.
+
+A PROT_READ map that is never touched faults nothing in, so looking does not change what is
+seen. libc is reached through ctypes (loaded on first use: ``import lmdbio`` stays light) rather
+than Python's mmap module, because mincore needs the map's raw address. Used by ``lmdbio
+advise`` (is the sample cold?) and by the study's page-cache control.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+__all__ = ["resident_bytes"]
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_WINDOW = 1 << 30   # map at most this much at a time: a 100 GB file needs no 100 GB of address
+_LOW_BIT = bytes(i & 1 for i in range(256))
+_libc: Any = None
+
+
+def _load() -> Any:
+    global _libc
+    if _libc is None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)  # the process's own libc: no ldconfig run
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_int, ctypes.c_long]
+        libc.munmap.restype = ctypes.c_int
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        libc.mincore.restype = ctypes.c_int
+        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+        _libc = libc
+    return _libc
+
+
+def resident_bytes(fd: int, size: int) -> int:
+    """Bytes of the first ``size`` bytes of ``fd`` in the page cache (the last page counted
+    only for its part of the file). ``OSError`` (its errno, and "mmap" or "mincore" as the
+    message) when the file cannot be mapped or asked (some FUSE file systems, ``direct_io``)."""
+    import ctypes
+
+    libc = _load()
+    failed = ctypes.c_void_p(-1).value
+    resident = 0
+    for offset in range(0, max(size, 0), _WINDOW):
+        length = min(_WINDOW, size - offset)
+        pages = -(-length // _PAGE)
+        addr = libc.mmap(None, length, 1, 1, fd, offset)  # PROT_READ, MAP_SHARED
+        if addr in (None, failed):
+            raise OSError(ctypes.get_errno(), "mmap")
+        try:
+            vector = ctypes.create_string_buffer(pages)
+            if libc.mincore(addr, length, vector) != 0:
+                raise OSError(ctypes.get_errno(), "mincore")
+        finally:
+            libc.munmap(addr, length)
+        flags = vector.raw[:pages].translate(_LOW_BIT)
+        resident += flags.count(1) * _PAGE
+        if offset + length == size and flags[-1]:
+            resident -= pages * _PAGE - length
+    return resident
