@@ -22,7 +22,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from lmdbio.publish import create_exclusive, staged
 from lmdbio.study import pagecache, peers
 from lmdbio.study.conditions import (BASE_FORMATS, CACHES, FORMATS, LOCALITY_FORMATS, MODES,
                                      PEER_FORMATS)
@@ -31,8 +30,9 @@ from lmdbio.study.distributed import DistContext, setup
 from lmdbio.study.extras import pandas as _pandas
 from lmdbio.study.harness import RunSpec, measure, seed_transform, shuffle_seed
 from lmdbio.study.machine import run_metadata
+from lmdbio.study.report.runs import write_table
 
-__all__ = ["BenchResult", "run_bench", "schedule"]
+__all__ = ["BenchResult", "data_path", "run_bench", "schedule"]
 
 
 @dataclass(frozen=True)
@@ -57,12 +57,22 @@ def _peer_path(fmt: str, split_dir: str, peer_paths: Mapping[str, str] | None) -
     return (peer_paths or {}).get(fmt) or peers.default_destination(split_dir, fmt)
 
 
+def data_path(fmt: str, split_dir: str, lmdb_path: str,
+              peer_paths: Mapping[str, str] | None = None) -> str:
+    """What a run of ``fmt`` reads: the ImageFolder tree, the LMDB file (both lmdbio orders),
+    or a peer format's folder of shards/chunks."""
+    if fmt == "imagefolder":
+        return split_dir
+    if fmt in ("lmdb",) + LOCALITY_FORMATS:
+        return lmdb_path
+    return _peer_path(fmt, split_dir, peer_paths)
+
+
 def _data_paths(fmt: str, split_dir: str, lmdb_path: str, data_dir: str,
                 backing_dir: str, peer_paths: Mapping[str, str] | None = None) -> list[str]:
-    """What a run of ``fmt`` reads: evicted before a cold run, read through before a warm one
-    (a peer format's folder of shards/chunks, as the ImageFolder tree, walked whole)."""
-    path = {"imagefolder": split_dir, "lmdb": lmdb_path, "lmdb-block": lmdb_path}.get(fmt) or _peer_path(
-        fmt, split_dir, peer_paths)
+    """``data_path`` and, on a network FS, its server-side copy: evicted before a cold run,
+    read through before a warm one (folders walked whole)."""
+    path = data_path(fmt, split_dir, lmdb_path, peer_paths)
     paths = [path]
     if backing_dir:  # the same file on the server side of a network file system
         paths.append(os.path.join(backing_dir, os.path.relpath(path, data_dir)))
@@ -209,13 +219,6 @@ def run_bench(*, data_dir: str, split_dir: str, lmdb_path: str, storage: str, mo
 def save(result: BenchResult, output_dir: str) -> None:
     """Write ``batches.parquet``, ``runs.parquet`` and ``runs.csv``, each via a temp name."""
     os.makedirs(output_dir, exist_ok=True)
-    for name, frame, kind in (("batches.parquet", result.batches, "parquet"),
-                              ("runs.parquet", result.runs, "parquet"),
-                              ("runs.csv", result.runs, "csv")):
-        with staged(os.path.join(output_dir, name)) as partial:
-            if kind == "parquet":
-                with create_exclusive(partial, "wb") as handle:
-                    frame.to_parquet(handle, index=False)
-            else:
-                with create_exclusive(partial, "w", newline="") as handle:
-                    frame.to_csv(handle, index=False)
+    for name, frame in (("batches.parquet", result.batches), ("runs.parquet", result.runs),
+                        ("runs.csv", result.runs)):
+        write_table(frame, os.path.join(output_dir, name))

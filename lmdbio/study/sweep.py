@@ -27,7 +27,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from lmdbio.publish import create_exclusive, staged
 from lmdbio.study import pagecache
 from lmdbio.study.conditions import LOCALITY_FORMATS, installed_formats
 from lmdbio.study.extras import pandas as _pandas
@@ -35,6 +34,7 @@ from lmdbio.study.latency_fs import LatencyMount, latency_available
 from lmdbio.study.netfs import NetFSError
 from lmdbio.study.probe_fs import measure_files, measure_rtt, measure_seq
 from lmdbio.study.protocol import run_bench, schedule
+from lmdbio.study.report.runs import write_table
 from lmdbio.study.strategies import STRATEGIES, order_randomness
 from lmdbio.study.sweep_points import Point, Site, opened, relocated, residency_note
 from lmdbio.study.workspace import Workspace, prepare
@@ -113,10 +113,7 @@ def _advise_row(cfg: SweepConfig, site: Site, point: Point) -> dict[str, Any] | 
     """lmdbio advise's prediction for this point (made cold, before the runs)."""
     if not cfg.advise:
         return None
-    try:
-        from lmdbio import advise
-    except ImportError:  # the library predates advise
-        return None
+    from lmdbio import advise
     if site.backing_dir:  # advise evicts the client side; the server's copy is ours to drop
         pagecache.evict(os.path.join(site.backing_dir, os.path.relpath(
             site.workspace.split_dir, site.workspace.data_dir)))
@@ -218,16 +215,6 @@ def _shuffle_rows(cfg: SweepConfig, n: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _write(frame: Any, path: str) -> None:
-    with staged(path) as partial:
-        if path.endswith(".parquet"):
-            with create_exclusive(partial, "wb") as handle:
-                frame.to_parquet(handle, index=False)
-        else:
-            with create_exclusive(partial, "w", newline="") as handle:
-                frame.to_csv(handle, index=False)
-
-
 def _available(point: Point) -> tuple[bool, str]:
     from lmdbio.study import cgroups
 
@@ -257,7 +244,7 @@ def run_sweep(cfg: SweepConfig) -> str:
     if cfg.relay_check and latency_available("direct")[0] and any(
             p.kind == "network" for p in points):
         print("relay check (0 added delay, with vs without the relay):", flush=True)
-        _write(pandas.DataFrame(_relay_check(cfg, ws)),
+        write_table(pandas.DataFrame(_relay_check(cfg, ws)),
                os.path.join(cfg.out_dir, "relay_check.csv"))
     rows: list[dict[str, Any]] = []
     advice: list[dict[str, Any]] = []
@@ -283,15 +270,15 @@ def run_sweep(cfg: SweepConfig) -> str:
         if point_advice:
             advice.append(point_advice)
         frame = pandas.DataFrame(rows)  # rewritten after each point: a stopped sweep keeps
-        _write(frame, os.path.join(cfg.out_dir, "runs.csv"))  # what it measured
+        write_table(frame, os.path.join(cfg.out_dir, "runs.csv"))  # what it measured
     frame = pandas.DataFrame(rows)
-    _write(frame, os.path.join(cfg.out_dir, "runs.parquet"))
-    _write(pandas.DataFrame(_shuffle_rows(cfg, cfg.big_images)),
+    write_table(frame, os.path.join(cfg.out_dir, "runs.parquet"))
+    write_table(pandas.DataFrame(_shuffle_rows(cfg, cfg.big_images)),
            os.path.join(cfg.out_dir, "shuffle.csv"))
     from lmdbio.study.report import sweep as sweep_report
 
     if advice:
-        _write(sweep_report.advise_table(advice, frame), os.path.join(cfg.out_dir, "advise.csv"))
+        write_table(sweep_report.advise_table(advice, frame), os.path.join(cfg.out_dir, "advise.csv"))
     sweep_report.write_all(frame, cfg.out_dir, skipped=skipped)
     print(f"sweep done in {time.monotonic() - started:.0f} s: {cfg.out_dir}", flush=True)
     return cfg.out_dir
@@ -330,7 +317,7 @@ def advise_sweep(cfg: SweepConfig) -> str:
     from lmdbio.study.report import sweep as sweep_report
 
     path = os.path.join(cfg.out_dir, "advise.csv")
-    _write(sweep_report.advise_table(advice, frame), path)
+    write_table(sweep_report.advise_table(advice, frame), path)
     return path
 
 

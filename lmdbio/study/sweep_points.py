@@ -36,7 +36,7 @@ from lmdbio.study import pagecache
 from lmdbio.study.cgroups import ControlGroup, block_device
 from lmdbio.study.latency_fs import LatencyMount
 from lmdbio.study.probe_fs import measure_rtt, probe
-from lmdbio.study.protocol import prepare_cache
+from lmdbio.study.protocol import data_path, prepare_cache
 from lmdbio.study.workspace import Workspace
 
 __all__ = ["Point", "Site", "opened", "relocated", "throttle_check"]
@@ -161,7 +161,7 @@ def _larger_than_cache(point: Point, ws: Workspace,
 
         @contextlib.contextmanager
         def limit_for(fmt: str) -> Iterator[dict[str, Any]]:
-            path = {"imagefolder": ws.split_dir}.get(fmt) or ws.peer_paths.get(fmt) or ws.lmdb_path
+            path = data_path(fmt, ws.split_dir, ws.lmdb_path, ws.peer_paths)
             data = _data_bytes(path)
             if fmt not in own:
                 # Calibrate with the data resident (charged outside the group): first with no

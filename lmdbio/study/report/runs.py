@@ -16,10 +16,11 @@ import json
 import os
 from typing import Any
 
+from lmdbio.publish import create_exclusive, staged
 from lmdbio.study.extras import pandas as _pandas
 
 __all__ = ["KEYS", "METRICS", "cache_check", "describe", "format_parity", "load_results",
-           "per_run", "ranks", "run_counts", "speedups", "summary"]
+           "per_run", "ranks", "run_counts", "speedups", "summary", "write_table"]
 
 METRICS = ("images_per_s", "steady_images_per_s", "ttfb_s", "data_mean_s", "data_median_s",
            "data_p95_s", "data_share", "utilisation", "batch_mean_s", "batch_median_s")
@@ -185,3 +186,15 @@ def describe(runs: Any, skipped: list[dict[str, str]]) -> str:
                      f"runs per mode: {modes}")
     lines += [f"skipped target {s['target']}: {s['reason']}" for s in skipped]
     return "\n".join(lines)
+
+
+def write_table(frame: Any, path: str) -> None:
+    """``frame`` as ``path`` (``.parquet``, else CSV), written under a temporary name and
+    renamed, so a stopped run never leaves half a table under the final name."""
+    with staged(path) as partial:
+        if path.endswith(".parquet"):
+            with create_exclusive(partial, "wb") as handle:
+                frame.to_parquet(handle, index=False)
+        else:
+            with create_exclusive(partial, "w", newline="") as handle:
+                frame.to_csv(handle, index=False)

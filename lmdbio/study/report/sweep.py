@@ -15,6 +15,7 @@ from lmdbio.publish import create_exclusive, staged
 from lmdbio.study.conditions import order
 from lmdbio.study.extras import pandas as _pandas
 from lmdbio.study.report.figures import FORMAT_COLOURS
+from lmdbio.study.report.runs import write_table
 from lmdbio.study.report.trust import verdict
 
 __all__ = ["advise_table", "cells", "figure_map", "figure_rtt", "summary_markdown", "write_all"]
@@ -213,9 +214,7 @@ def write_all(frame: Any, out_dir: str, skipped: list[str] = ()) -> list[str]:  
     table = cells(frame)
     written = []
     path = os.path.join(out_dir, "cells.csv")
-    with staged(path) as partial:
-        with create_exclusive(partial, "w", newline="") as handle:
-            table.to_csv(handle, index=False)
+    write_table(table, path)
     written.append(path)
     path = os.path.join(out_dir, "summary.md")
     with staged(path) as partial:
