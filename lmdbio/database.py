@@ -11,6 +11,7 @@ from typing import Any
 import lmdb
 
 from . import envs, locality
+from .direct import DirectReads
 from .errors import (CorruptRecordError, DatabaseChangedError, FormatError,
                      LegacyFormatError)
 from .legacy import is_legacy
@@ -41,6 +42,7 @@ class Database:
         self._shared: envs.SharedEnv | None = None
         self._dbs: tuple[Any, Any] | None = None
         self._map_base: tuple[int, int | None] | None = None  # (pid, address) of the map
+        self._direct: DirectReads | None = None  # pread of records, when readahead is off
         self._header: bytes = b""  # the header read at open: the file's identity (see get)
         self.meta = self._read_header()
 
@@ -154,7 +156,10 @@ class Database:
         with self._lmdb_errors(f"record {index}", CorruptRecordError), \
                 env.begin(db=samples, buffers=True) as txn:
             self._check_identity(txn, meta)
-            value = txn.get(encode_key(index))
+            key = encode_key(index)
+            value = self._read_direct(txn, key, index) if not self.options.readahead else None
+            if value is None:
+                value = txn.get(key)
             if value is None:
                 raise CorruptRecordError(f"record {index} is missing from {self.path!r}; "
                                          "re-convert the source")
@@ -168,6 +173,35 @@ class Database:
                     f"{label}, outside the {len(self.meta.classes)} classes; the file is "
                     "damaged or hostile: re-convert the source")
             return label, bytes(payload)
+
+    def _read_direct(self, txn: lmdb.Transaction, key: bytes, index: int) -> bytes | None:
+        """The record under ``key`` read with one ``pread`` (``lmdbio.direct``): with readahead
+        off, the map would fault its pages in one at a time. None: read it through the map."""
+        direct = self._direct
+        if direct is None or direct.pid != os.getpid():
+            try:
+                env = self._handles()[0]
+                direct = self._direct = DirectReads(data_file(self.path), env.stat()["psize"],
+                                                    self._shared.identity)  # type: ignore[union-attr]
+            except OSError:
+                return None  # e.g. the name was removed since open: the map still reads
+        try:
+            return direct.read(txn, key, self._map_offset)
+        except OSError as exc:  # through the map this would be SIGBUS: typed, one line
+            raise CorruptRecordError(
+                f"{self.path!r}: record {index} ({self.stored_path(index)!r}) cannot be read "
+                f"({exc.strerror}); check the storage (a network mount gone away?) and retry, "
+                "or run 'lmdbio verify'") from None
+
+    def _map_offset(self, view: memoryview) -> int | None:
+        """Offset in the file of a view into this process's map (None if the map is not
+        found in ``/proc/self/maps``)."""
+        env = self._handles()[0]
+        if self._map_base is None or self._map_base[0] != os.getpid():
+            base = locality.map_base(data_file(self.path), env.info()["map_size"])
+            self._map_base = (os.getpid(), base)
+        base = self._map_base[1]
+        return None if base is None else locality.buffer_address(view) - base
 
     def stored_path(self, index: int) -> str:
         """Sample ``index``'s path relative to the source root, for messages (``"?"`` when the
@@ -184,19 +218,15 @@ class Database:
         if not 0 <= start < stop:
             return None
         env, samples, _ = self._handles()
-        if self._map_base is None or self._map_base[0] != os.getpid():
-            base = locality.map_base(data_file(self.path), env.info()["map_size"])
-            self._map_base = (os.getpid(), base)
-        base = self._map_base[1]
-        if base is None:
-            return None
         with self._lmdb_errors(f"records {start}-{stop}", CorruptRecordError), \
                 env.begin(db=samples, buffers=True) as txn:
             first, last = txn.get(encode_key(start)), txn.get(encode_key(stop - 1))
             if first is None or last is None:
                 return None
-            low = locality.buffer_address(first) - base
-            high = locality.buffer_address(last) - base + len(last)
+            low, end = self._map_offset(first), self._map_offset(last)
+            if low is None or end is None:
+                return None
+            high = end + len(last)
         return (low, high - low) if 0 <= low < high else None
 
     def will_need(self, start: int, stop: int) -> None:
@@ -238,6 +268,9 @@ class Database:
         self._shared = None
         self._dbs = None
         self._map_base = None  # a reopened environment maps the file elsewhere
+        if self._direct is not None:
+            self._direct.close()
+        self._direct = None
 
     def __enter__(self) -> Database:
         return self
@@ -250,6 +283,7 @@ class Database:
         state["_shared"] = None
         state["_dbs"] = None
         state["_map_base"] = None
+        state["_direct"] = None
         return state
 
     def __del__(self) -> None:

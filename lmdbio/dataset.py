@@ -113,7 +113,9 @@ class ImageFolderLMDB(ImageFolder):
             if value not in (True, False, "auto"):
                 raise ValueError(f"{name} must be True, False or 'auto', not {value!r}")
         fits = _fits_in_memory(self.root)
-        readahead = fits if readahead == "auto" else readahead
+        #: What ``readahead`` is for this dataset (``"auto"`` resolved).
+        self.readahead: bool = fits if readahead == "auto" else bool(readahead)
+        readahead = self.readahead
         self.database: SampleReader = open_database(
             self.root, EnvOptions(readahead=readahead, lock=lock, max_readers=max_readers),
             verify_checksums=verify_checksums, allow_pickle=allow_pickle)

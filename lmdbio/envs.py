@@ -40,6 +40,7 @@ class SharedEnv:
     env: lmdb.Environment
     options: EnvOptions
     pid: int
+    identity: tuple[int, int] = (0, 0)  # (st_dev, st_ino) of the file opened
     users: int = 0
 
 
@@ -169,7 +170,7 @@ def acquire(path: str, options: EnvOptions) -> SharedEnv:
             shared.env.close()
             shared = None
         if shared is None:
-            shared = SharedEnv(_open(path, options), options, os.getpid())
+            shared = SharedEnv(_open(path, options), options, os.getpid(), key)
             _envs[key] = shared
         elif shared.options != options:
             raise FormatError(f"{path!r} is already open in this process with {shared.options};"

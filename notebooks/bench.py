@@ -43,7 +43,7 @@ step_ms: float = 20.0              # emulated accelerator step, for mode emulate
 n_images: int = 64                 # images to generate when data_dir is empty
 seed: int = 0                      # model, shuffle and synthetic-data seed
 threads: int = 0                   # main-process torch threads (0: all cores)
-readahead: bool = True             # LMDB readahead
+readahead: str = "auto"             # LMDB readahead: auto (on when the data fit in memory), True, False
 max_batches: int = 0               # stop each epoch early (0: whole epochs)
 output_dir: str = ""               # where batches.parquet / runs.parquet go; empty: not saved
 

@@ -113,7 +113,7 @@ def _prepare(ctx: DistContext, paths: Sequence[str], cache: str) -> pagecache.Re
     return resident
 
 
-def _dataset(fmt: str, split_dir: str, lmdb_path: str, readahead: bool, *, seed: int = 0,
+def _dataset(fmt: str, split_dir: str, lmdb_path: str, readahead: bool | str, *, seed: int = 0,
              batch_size: int = 1, peer_paths: Mapping[str, str] | None = None) -> Any:
     """The dataset of one run; ``seed`` is the run's shuffle seed, used by the peers, which
     shuffle themselves (ImageFolder and LMDB are shuffled by the DataLoader's sampler)."""
@@ -149,7 +149,7 @@ def run_bench(*, data_dir: str, split_dir: str, lmdb_path: str, storage: str, mo
               formats: Sequence[str] = BASE_FORMATS, caches: Sequence[str] = CACHES,
               epochs: int = 1, batch_size: int = 128, num_workers: int = 2, repeats: int = 1,
               step_ms: float = 50.0, seed: int = 0, threads: int = 0, warmup: bool = True,
-              backing_dir: str = "", readahead: bool = True, max_batches: int = 0,
+              backing_dir: str = "", readahead: bool | str = "auto", max_batches: int = 0,
               device: str = "cpu", output_dir: str | None = None,
               record_indices: bool = False,
               peer_paths: Mapping[str, str] | None = None) -> BenchResult:
@@ -187,6 +187,8 @@ def run_bench(*, data_dir: str, split_dir: str, lmdb_path: str, storage: str, mo
                            batch_size=batch_size, peer_paths=peer_paths)
         setup_s = time.perf_counter() - opened
         n_samples = len(dataset)
+        # what the LMDB reader chose ("auto": on when the data fit in half the memory budget)
+        resolved_readahead = getattr(dataset, "readahead", None)  # None: not an LMDB run
         started = sample()
         try:
             batches, summary = measure(dataset, spec, num_classes=len(dataset.classes),
@@ -204,7 +206,7 @@ def run_bench(*, data_dir: str, split_dir: str, lmdb_path: str, storage: str, mo
         run_rows.append(common | ids | summary | {
             "resident_fraction": resident.fraction, "data_bytes": resident.bytes_total,
             "setup_s": setup_s, "n_samples": n_samples, **busy,
-            "readahead": readahead, "threads": torch.get_num_threads()})
+            "readahead": resolved_readahead, "threads": torch.get_num_threads()})
     gathered = ctx.gather((batch_rows, run_rows))
     if gathered is None:  # not rank 0: rank 0 writes every rank's rows
         return BenchResult(pandas.DataFrame(batch_rows), pandas.DataFrame(run_rows), None)
