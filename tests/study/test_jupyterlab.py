@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,10 +134,28 @@ def click_menu(driver, menu: str, command: str) -> None:
     entry[0].click()
 
 
-def saved_notebook(base: str, token: str, name: str) -> dict:
-    with urllib.request.urlopen(f"{base}/api/contents/{name}?content=1&token={token}",
-                                timeout=30) as response:
-        return json.load(response)["content"]
+def saved_notebook(base: str, token: str, name: str) -> dict | None:
+    """The notebook as saved on disk; None while a save is still writing it. jupyter_server
+    writes a notebook in place (its backup copy is the intermediate file), so a read that
+    lands mid-write sees half a file and answers 400 "Unreadable Notebook"."""
+    try:
+        with urllib.request.urlopen(f"{base}/api/contents/{name}?content=1&token={token}",
+                                    timeout=30) as response:
+            return json.load(response)["content"]
+    except urllib.error.HTTPError as exc:
+        if exc.code == 400 and b"Unreadable Notebook" in exc.read():
+            return None
+        raise
+
+
+def saved_in_the_ui(driver) -> bool:
+    """The notebook's tab no longer marked dirty: JupyterLab has its save's answer, so the
+    server has finished writing the file."""
+    from selenium.webdriver.common.by import By
+
+    tabs = driver.find_elements(By.CSS_SELECTOR, ".lm-DockPanel-tabBar .lm-TabBar-tab")
+    return bool(tabs) and not any("jp-mod-dirty" in (t.get_attribute("class") or "")
+                                  for t in tabs)
 
 
 @pytest.mark.parametrize("broken", [False, True], ids=["as-committed", "a-failing-cell"])
@@ -190,9 +209,16 @@ def drive(root: Path, tmp_path: Path) -> None:
             By.CSS_SELECTOR, ".jp-Notebook .jp-OutputArea-output img"), 60, "the figure")
         assert figure[-1].size["width"] > 100 and figure[-1].size["height"] > 50
         click_menu(driver, "File", "docmanager:save")
-        notebook = wait_until(lambda: (lambda nb: nb if all(
-            c.get("execution_count") for c in nb["cells"] if c["cell_type"] == "code") else None)(
-            saved_notebook(base, token, "bench.ipynb")), 60, "the saved notebook")
+        # Read only once the save has been answered: a read during the write would see half
+        # a file, and the server would then "repair" it from its backup under the writer.
+        wait_until(lambda: saved_in_the_ui(driver), 60, "the save to finish")
+
+        def saved_and_complete() -> dict | None:
+            nb = saved_notebook(base, token, "bench.ipynb")
+            return nb if nb and all(c.get("execution_count") for c in nb["cells"]
+                                    if c["cell_type"] == "code") else None
+
+        notebook = wait_until(saved_and_complete, 60, "the saved notebook")
         outputs = [o for c in notebook["cells"] if c["cell_type"] == "code"
                    for o in c["outputs"]]
         assert [o for o in outputs if o["output_type"] == "error"] == []
