@@ -69,6 +69,26 @@ class RelayStats:
         return self.cpu_s / (total / 1e9) if total else 0.0
 
 
+def _grow_pipe(fd: int) -> int:
+    """Make the pipe hold ``PIPE_BYTES`` (at most ``/proc/sys/fs/pipe-max-size`` without
+    CAP_SYS_RESOURCE, which even root may lack in a container); its capacity in bytes.
+
+    The pipe holds what is in flight one way, so its size caps the link at size / one-way
+    delay: the 64 KiB default would make 1 ms each way a 64 MB/s link whatever was configured.
+    """
+    try:
+        with open("/proc/sys/fs/pipe-max-size") as handle:
+            allowed = int(handle.read())
+    except (OSError, ValueError):
+        allowed = 1 << 20  # the kernel's default limit
+    for size in (PIPE_BYTES, min(PIPE_BYTES, allowed)):
+        try:
+            return fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+        except OSError:
+            continue
+    return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+
+
 def _nodelay(sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -238,10 +258,7 @@ class DelayRelay(Service):
         max_early = self._max_early_ns
         pipe_r, pipe_w = os.pipe2(os.O_CLOEXEC)
         try:
-            try:
-                cap = fcntl.fcntl(pipe_w, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-            except OSError:  # above /proc/sys/fs/pipe-max-size without CAP_SYS_RESOURCE
-                cap = fcntl.fcntl(pipe_w, fcntl.F_GETPIPE_SZ)
+            cap = _grow_pipe(pipe_w)
             while not stopping.is_set():
                 if not queue:
                     if eof:

@@ -138,6 +138,37 @@ def test_bandwidth_cap_is_measured_within_15_percent() -> None:
     assert abs(rate_mbps - mbps) < 0.15 * mbps, f"{rate_mbps:.1f} Mbit/s through a {mbps} cap"
 
 
+def test_a_delayed_link_is_not_capped_by_the_relays_own_buffer() -> None:
+    """What is in flight one way waits in the relay's pipe, so the pipe's size caps a link at
+    size / delay: with the 64 KiB default (where the 4 MiB asked for is refused), 1 ms each
+    way measured 58-61 MB/s whatever the network could carry. A delay alone must not cap."""
+    nbytes = 96 << 20
+    source = socket.socket()
+    source.bind(("127.0.0.1", 0))
+    source.listen(1)
+
+    def serve() -> None:
+        conn, _ = source.accept()
+        with conn:
+            conn.recv(1)
+            chunk = b"x" * (1 << 20)
+            for _ in range(nbytes >> 20):
+                conn.sendall(chunk)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    with RelayProcess(source.getsockname(), one_way_ms=1.0) as relay:
+        with socket.create_connection(("127.0.0.1", relay.port)) as sock:
+            sock.sendall(b"g")
+            got, t0 = 0, time.perf_counter()
+            while data := sock.recv(1 << 20):
+                got += len(data)
+            rate = got / (time.perf_counter() - t0) / 1e6
+    source.close()
+    assert got == nbytes
+    assert rate > 150, f"{rate:.0f} MB/s through 1 ms each way: the relay's buffer caps it"
+
+
 def test_concurrent_streams_keep_every_byte_in_order(echo_port: int) -> None:
     streams, size = 4, 2 << 20
     payloads = [os.urandom(size) for _ in range(streams)]
