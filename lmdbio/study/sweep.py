@@ -39,7 +39,7 @@ from lmdbio.study.strategies import STRATEGIES, order_randomness
 from lmdbio.study.sweep_points import Point, Site, opened, relocated, residency_note
 from lmdbio.study.workspace import Workspace, prepare
 
-__all__ = ["SweepConfig", "main", "plan", "run_sweep"]
+__all__ = ["SweepConfig", "main", "one_run", "open_point", "plan", "run_sweep"]
 
 MODES = ("load", "emulate")
 
@@ -64,6 +64,8 @@ class SweepConfig:
     seed: int = 0
     relay_check: bool = True
     advise: bool = True
+    # every run's CPU seconds per process group ("cpu"); "stacks" adds py-spy's stages
+    profile: str = "cpu"
     work_dir: str = "work/sweep"
     out_dir: str = "results/sweep"
 
@@ -88,7 +90,7 @@ def _formats(cfg: SweepConfig, point: Point) -> list[str]:
     return [f for f in cfg.formats if f not in LOCALITY_FORMATS] + extra
 
 
-def _one_run(cfg: SweepConfig, site: Site, point: Point, mode: str, fmt: str, cache: str,
+def one_run(cfg: SweepConfig, site: Site, point: Point, mode: str, fmt: str, cache: str,
              warmup: bool = False) -> dict[str, Any]:
     ws = site.workspace
     result = run_bench(
@@ -97,10 +99,24 @@ def _one_run(cfg: SweepConfig, site: Site, point: Point, mode: str, fmt: str, ca
         warmup=False, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
         step_ms=cfg.step_ms, seed=cfg.seed, backing_dir=site.backing_dir,
         max_batches=max(1, (point.max_images or cfg.max_images) // cfg.batch_size),
-        peer_paths=ws.peer_paths)
+        peer_paths=ws.peer_paths, profile=cfg.profile)
     row: dict[str, Any] = result.runs.iloc[0].to_dict()
     row["warmup"] = warmup
     return row
+
+
+@contextlib.contextmanager
+def open_point(cfg: SweepConfig, point: Point, ws: Workspace) -> Iterator[Site]:
+    """``point``'s storage over ``ws``; where it has a memory group, each strategy's room in
+    it is calibrated with one warm run of this sweep's kind."""
+    site_box: list[Site] = []
+
+    def calibrate(fmt: str) -> None:  # larger-than-cache: one warm run, data already resident
+        one_run(cfg, site_box[0], point, "load", fmt, "warm")
+
+    with opened(point, ws, calibrate) as site:
+        site_box.append(site)
+        yield site
 
 
 def _point_columns(point: Point) -> dict[str, Any]:
@@ -129,8 +145,7 @@ def _advise_row(cfg: SweepConfig, site: Site, point: Point) -> dict[str, Any] | 
 
 def _advised(cfg: SweepConfig, site: Site, point: Point) -> dict[str, Any] | None:
     """``_advise_row`` where the readers run: in the memory group, sized as for ImageFolder."""
-    inside = site.limit_for("imagefolder") if site.limit_for else contextlib.nullcontext({})
-    with inside:
+    with site.readers("imagefolder"):
         return _advise_row(cfg, site, point)
 
 
@@ -138,22 +153,15 @@ def _measure_point(cfg: SweepConfig, point: Point, ws: Workspace,
                    order_start: int) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     rows: list[dict[str, Any]] = []
     formats = _formats(cfg, point)
-    calibrate_site: list[Site] = []
-
-    def calibrate(fmt: str) -> None:  # larger-than-cache: one warm run, data already resident
-        _one_run(cfg, calibrate_site[0], point, "load", fmt, "warm")
-
-    with opened(point, ws, calibrate) as site:
-        calibrate_site.append(site)
+    with open_point(cfg, point, ws) as site:
         print(f"  {point.label}: {residency_note(site.columns)}", flush=True)
         advice = _advised(cfg, site, point)
         for mode in cfg.modes:
             plan_ = [(formats[0], point.caches[0], -1)] + schedule(formats, point.caches,
                                                                  cfg.repeats)
             for fmt, cache, repeat in plan_:
-                limit = site.limit_for(fmt) if site.limit_for else contextlib.nullcontext({})
-                with limit as extra:
-                    row = _one_run(cfg, site, point, mode, fmt, cache, warmup=repeat < 0)
+                with site.readers(fmt) as extra:
+                    row = one_run(cfg, site, point, mode, fmt, cache, warmup=repeat < 0)
                 rows.append(row | _point_columns(point) | site.columns | dict(extra) | {
                     "repeat": repeat, "order": order_start + len(rows)})
                 print(f"    {mode:7s} {fmt:11s} {cache} r{repeat:+d}: "
@@ -175,7 +183,7 @@ def _relay_check(cfg: SweepConfig, ws: Workspace) -> list[dict[str, Any]]:
                 _, one = measure_files(root, ws.data_dir, 200, 30_000, seed=repeat)
                 _, four = measure_files(root, ws.data_dir, 200, 30_000, seed=repeat, readers=4)
                 site = Site(relocated(ws, root), ws.data_dir)
-                loads = {fmt: _one_run(cfg, site, Point("network", 0.0), "load", fmt,
+                loads = {fmt: one_run(cfg, site, Point("network", 0.0), "load", fmt,
                                        "cold")["images_per_s"]
                          for fmt in ("imagefolder", "lmdb")}
             stats = mount.relay_stats
@@ -301,13 +309,7 @@ def advise_sweep(cfg: SweepConfig) -> str:
         if not _available(point)[0] or point.label not in set(frame["condition"]):
             continue
         where = big if point.kind == "larger-than-cache" else ws
-        site_box: list[Site] = []
-
-        def calibrate(fmt: str) -> None:
-            _one_run(cfg, site_box[0], point, "load", fmt, "warm")
-
-        with opened(point, where, calibrate) as site:
-            site_box.append(site)
+        with open_point(cfg, point, where) as site:
             row = _advised(cfg, site, point)
         if row:
             advice.append(row)
@@ -351,6 +353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--step-ms", type=float, default=default.step_ms)
     parser.add_argument("--no-relay-check", action="store_true")
     parser.add_argument("--no-advise", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="also sample the Python processes' stacks with py-spy (where "
+                             "their CPU seconds go: stage_*_s columns, profile.md)")
     parser.add_argument("--advise-only", action="store_true",
                         help="only lmdbio advise at every point, against OUT/runs.csv")
     parser.add_argument("--work-dir", default=default.work_dir)
@@ -365,6 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   formats=tuple(args.formats.split(",")), repeats=args.repeats,
                   batch_size=args.batch_size, num_workers=args.workers, step_ms=args.step_ms,
                   relay_check=not args.no_relay_check, advise=not args.no_advise,
+                  profile="stacks" if args.profile else "cpu",
                   work_dir=args.work_dir, out_dir=args.out)
     if args.advise_only:
         print(advise_sweep(cfg))

@@ -80,6 +80,11 @@ class Site:
     columns: dict[str, Any] = field(default_factory=dict)
     limit_for: Callable[[str], Any] | None = None  # larger-than-cache: (fmt) -> context
 
+    def readers(self, fmt: str) -> contextlib.AbstractContextManager[dict[str, Any]]:
+        """Where a run of ``fmt`` reads: inside its memory group where the point has one
+        (yielding the group's columns), else as it is (no columns)."""
+        return self.limit_for(fmt) if self.limit_for else contextlib.nullcontext({})
+
 
 def relocated(ws: Workspace, root: str) -> Workspace:
     """``ws`` seen through a mount of ``ws.data_dir`` at ``root``."""

@@ -167,3 +167,28 @@ def test_ctrl_c_mid_sweep_leaves_nothing(tmp_path: Path) -> None:
     rest, _ = proc.communicate(timeout=60)
     assert proc.returncode != 0, "".join(seen) + rest
     nothing_left(tmp_path)
+
+
+def test_report_of_a_sweep_without_imagefolder(tmp_path: Path) -> None:
+    """--formats lmdb,litdata: no speedup over ImageFolder to map (no figure, no crash), the
+    paired ratio against each peer in the summary, the CPU profile beside it."""
+    pandas = pytest.importorskip("pandas")
+    from lmdbio.study.report.sweep import write_all
+
+    rows = []
+    for repeat, (lmdb, litdata) in enumerate(((700.0, 600.0), (720.0, 610.0), (690.0, 640.0))):
+        for fmt, rate in (("lmdb", lmdb), ("litdata", litdata)):
+            rows.append({"condition": "+2 ms RTT", "kind": "network", "rtt_ms": 2.0,
+                         "bandwidth_mbps": None, "mode": "load", "cache": "cold",
+                         "format": fmt, "repeat": repeat, "warmup": False,
+                         "images_per_s": rate, "data_mean_s": 0.01, "measured_rtt_ms": 2.3,
+                         "cpu": "test CPU", "cores": 2, "ram_gib": 1.0, "git_commit": "x",
+                         "images_total": 2048, "cpu_wall_s": 3.0, "cpu_workers_s": 5.0,
+                         "cpu_idle_s": 0.5})
+    written = write_all(pandas.DataFrame(rows), str(tmp_path))
+    names = {Path(p).name for p in written}
+    assert "map.png" not in names and {"summary.md", "profile.md", "rtt.png"} <= names
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| lmdb / litdata (paired) |" in summary
+    assert "1.17x (1.08-1.18) lmdb faster" in summary  # 700/600, 720/610, 690/640
+    assert "2.44" in (tmp_path / "profile.md").read_text()  # 5.0 s / 2048 images, in ms

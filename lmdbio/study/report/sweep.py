@@ -12,9 +12,10 @@ import os
 from typing import Any
 
 from lmdbio.publish import create_exclusive, staged
-from lmdbio.study.conditions import order
+from lmdbio.study.conditions import PEER_FORMATS, order
 from lmdbio.study.extras import pandas as _pandas
 from lmdbio.study.report.figures import FORMAT_COLOURS
+from lmdbio.study.report.profile import write_profile
 from lmdbio.study.report.runs import write_table
 from lmdbio.study.report.trust import verdict
 
@@ -35,12 +36,22 @@ def cells(frame: Any) -> Any:
     runs = _measured(frame)
     rows = []
     for key, cell in runs.groupby(CELL, dropna=False, sort=False):
-        base = cell[cell["format"] == "imagefolder"].set_index("repeat")["images_per_s"]
+        by_repeat = {fmt: part.set_index("repeat")["images_per_s"]
+                     for fmt, part in cell.groupby("format")}
+        base = by_repeat.get("imagefolder", pandas.Series(dtype=float))
         for fmt in order(cell["format"].unique()):
             mine = cell[cell["format"] == fmt]
             rate = mine["images_per_s"]
-            pairs = (mine.set_index("repeat")["images_per_s"] / base).dropna()
-            rows.append(dict(zip(CELL, key)) | {
+            pairs = (by_repeat[fmt] / base).dropna()
+            against_peers = {}
+            for peer in PEER_FORMATS:  # the same ABBA pairing against each peer
+                if peer in by_repeat and peer != fmt:
+                    ratio = (by_repeat[fmt] / by_repeat[peer]).dropna()
+                    against_peers |= {
+                        f"over_{peer}": ratio.median(), f"over_{peer}_min": ratio.min(),
+                        f"over_{peer}_max": ratio.max(),
+                        f"vs_{peer}": verdict(fmt, rate.tolist(), by_repeat[peer].tolist())}
+            rows.append(dict(zip(CELL, key)) | against_peers | {
                 "format": fmt, "runs": len(mine), "images_per_s": rate.median(),
                 "images_per_s_min": rate.min(), "images_per_s_max": rate.max(),
                 "data_mean_ms": mine["data_mean_s"].median() * 1e3,
@@ -124,11 +135,14 @@ def figure_map(table: Any) -> Any:
         i, j = rows.index(cell["row"]), modes.index(cell["mode"])
         grid[i][j] = cell["speedup"]
         text[i][j] = f"{cell['speedup']:.2f}x\n({cell['speedup_min']:.2f}-{cell['speedup_max']:.2f})"
+    speedups = [max(v, 1 / v) for row in grid for v in row if v == v and v > 0]
+    if not speedups:  # ImageFolder was not run (--formats): no speedup to map
+        return None
     from matplotlib.colors import LogNorm
 
     fig, ax = plt.subplots(figsize=(5.5 + 2.0 * len(modes), 0.55 * len(rows) + 1.8))
     # log scale centred on 1 (no difference): 0.5x and 2x are equally far from it
-    extreme = max(2.0, *(max(v, 1 / v) for row in grid for v in row if v == v and v > 0))
+    extreme = max([2.0, *speedups])
     image = ax.imshow(grid, cmap="RdYlGn", aspect="auto",
                       norm=LogNorm(vmin=1 / extreme, vmax=extreme))
     for i in range(len(rows)):
@@ -148,25 +162,37 @@ def _fmt_rate(cell: Any) -> str:
             f"{cell['images_per_s_max']:.0f})")
 
 
+def _ratio(row: Any, column: str) -> str:
+    """``1.23x (1.10-1.30)``: a paired ratio's median and range; empty where not measured."""
+    if row is None or column not in row or row[column] != row[column]:
+        return ""
+    return f"{row[column]:.2f}x ({row[column + '_min']:.2f}-{row[column + '_max']:.2f})"
+
+
+def _text(row: Any, column: str) -> str:
+    value = None if row is None else row.get(column)
+    return value if isinstance(value, str) else ""
+
+
 def summary_markdown(table: Any, frame: Any, skipped: list[str]) -> str:
     lines = ["# Storage sweep: images/s (median, range) and speedup over ImageFolder", "",
              f"{len(_measured(frame))} measured runs; machine: {frame['cpu'].iloc[0]}, "
              f"{frame['cores'].iloc[0]} cores, {frame['ram_gib'].iloc[0]} GiB; commit "
              f"{frame['git_commit'].iloc[0]}.", ""]
     formats = order(table["format"].unique())
-    lines.append("| point | cache | mode | measured RTT ms | " + " | ".join(formats) +
-                 " | lmdb speedup | lmdb vs ImageFolder |")
-    lines.append("|" + "---|" * (len(formats) + 6))
+    peers = [p for p in PEER_FORMATS if f"over_{p}" in table]
+    header = (["point", "cache", "mode", "measured RTT ms", *formats, "lmdb speedup",
+               "lmdb vs ImageFolder"] + [f"lmdb / {p} (paired)" for p in peers])
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key, cell in table.groupby(["condition", "cache", "mode"], sort=False):
         by = cell.set_index("format")
         lmdb = by.loc["lmdb"] if "lmdb" in by.index else None
         rtt = cell["measured_rtt_ms"].median()
-        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | "
-                     f"{'' if rtt != rtt else f'{rtt:.2f}'} | " +
-                     " | ".join(_fmt_rate(by.loc[f]) if f in by.index else "" for f in formats)
-                     + (f" | {lmdb['speedup']:.2f}x ({lmdb['speedup_min']:.2f}-"
-                        f"{lmdb['speedup_max']:.2f}) | {lmdb['vs_imagefolder']} |"
-                        if lmdb is not None else " | | |"))
+        row = [*key, "" if rtt != rtt else f"{rtt:.2f}",
+               *(_fmt_rate(by.loc[f]) if f in by.index else "" for f in formats),
+               _ratio(lmdb, "speedup"), _text(lmdb, "vs_imagefolder")]
+        row += [f"{_ratio(lmdb, f'over_{p}')} {_text(lmdb, f'vs_{p}')}".strip() for p in peers]
+        lines.append("| " + " | ".join(row) + " |")
     if skipped:
         lines += ["", "Skipped: " + "; ".join(skipped)]
     return "\n".join(lines) + "\n"
@@ -209,7 +235,8 @@ def _save_png(fig: Any, path: str) -> None:
 
 
 def write_all(frame: Any, out_dir: str, skipped: list[str] = ()) -> list[str]:  # type: ignore[assignment]
-    """``cells.csv``, ``summary.md``, ``rtt.png`` and ``map.png`` into ``out_dir``."""
+    """``cells.csv``, ``summary.md``, ``profile.csv``/``profile.md`` (when the runs carry CPU
+    times), ``rtt.png`` and ``map.png`` into ``out_dir``."""
     plt = _pyplot()
     table = cells(frame)
     written = []
@@ -221,6 +248,7 @@ def write_all(frame: Any, out_dir: str, skipped: list[str] = ()) -> list[str]:  
         with create_exclusive(partial, "w") as handle:
             handle.write(summary_markdown(table, frame, list(skipped)))
     written.append(path)
+    written += write_profile(frame, out_dir)  # where each run's CPU went (cpu_*_s columns)
     for name, make in (("rtt.png", figure_rtt), ("map.png", figure_map)):
         fig = make(table)
         if fig is not None:
