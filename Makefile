@@ -15,7 +15,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-	$(PIP) install -q -e ".[notebooks,test,peers]" 2>&1 | grep -v '^WARNING: Location' || true
+	$(PIP) install -q -e ".[notebooks,test,peers,profile]" 2>&1 | grep -v '^WARNING: Location' || true
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	$(BIN)/python -c "import lmdbio, torch, torchvision, papermill, nbval"
 	touch $@

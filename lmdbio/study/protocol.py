@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import time
@@ -30,6 +31,7 @@ from lmdbio.study.distributed import DistContext, setup
 from lmdbio.study.extras import pandas as _pandas
 from lmdbio.study.harness import RunSpec, measure, seed_transform, shuffle_seed
 from lmdbio.study.machine import run_metadata
+from lmdbio.study.profiling import Profiler
 from lmdbio.study.report.runs import write_table
 
 __all__ = ["BenchResult", "data_path", "run_bench", "schedule"]
@@ -152,14 +154,19 @@ def run_bench(*, data_dir: str, split_dir: str, lmdb_path: str, storage: str, mo
               backing_dir: str = "", readahead: bool | str = "auto", max_batches: int = 0,
               device: str = "cpu", output_dir: str | None = None,
               record_indices: bool = False,
-              peer_paths: Mapping[str, str] | None = None) -> BenchResult:
+              peer_paths: Mapping[str, str] | None = None, profile: str = "") -> BenchResult:
     """Measure every (format, cache) condition ``repeats`` times in ABBA order.
 
     ``formats`` may name the peers (``conditions.installed_formats()`` lists what is installed); they are read from
     ``peer_paths[fmt]``, by default next to ``split_dir`` (``train.wds``, ``train.litdata``).
 
     Under torchrun (``WORLD_SIZE`` > 1) this is one rank's part of a distributed run: rank 0
-    returns (and saves) every rank's rows, the other ranks their own and save nothing."""
+    returns (and saves) every rank's rows, the other ranks their own and save nothing.
+
+    ``profile``: ``"cpu"`` adds each run's CPU seconds per process group to its row
+    (``cpu_*_s``: main process, workers, the network FS's processes, kernel threads, idle...),
+    ``"stacks"`` also where the Python processes spend them (``stage_*_s``, sampled by py-spy);
+    see ``lmdbio.study.profiling``."""
     import torch
 
     if mode not in MODES:
@@ -190,9 +197,11 @@ def run_bench(*, data_dir: str, split_dir: str, lmdb_path: str, storage: str, mo
         # what the LMDB reader chose ("auto": on when the data fit in half the memory budget)
         resolved_readahead = getattr(dataset, "readahead", None)  # None: not an LMDB run
         started = sample()
+        profiler = Profiler(use_pyspy=profile == "stacks") if profile else None
         try:
-            batches, summary = measure(dataset, spec, num_classes=len(dataset.classes),
-                                       dist=ctx, sampler=_sampler(spec, dataset))
+            with profiler or contextlib.nullcontext():
+                batches, summary = measure(dataset, spec, num_classes=len(dataset.classes),
+                                           dist=ctx, sampler=_sampler(spec, dataset))
             busy = contention(started, sample())
         finally:
             if hasattr(dataset, "close"):
@@ -206,7 +215,8 @@ def run_bench(*, data_dir: str, split_dir: str, lmdb_path: str, storage: str, mo
         run_rows.append(common | ids | summary | {
             "resident_fraction": resident.fraction, "data_bytes": resident.bytes_total,
             "setup_s": setup_s, "n_samples": n_samples, **busy,
-            "readahead": resolved_readahead, "threads": torch.get_num_threads()})
+            "readahead": resolved_readahead, "threads": torch.get_num_threads(),
+            **(profiler.columns() if profiler else {})})
     gathered = ctx.gather((batch_rows, run_rows))
     if gathered is None:  # not rank 0: rank 0 writes every rank's rows
         return BenchResult(pandas.DataFrame(batch_rows), pandas.DataFrame(run_rows), None)
