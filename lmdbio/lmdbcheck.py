@@ -6,8 +6,8 @@ with SIGBUS or SIGSEGV instead of raising an error (found by tests/torture/test_
 Records carry their own CRC-32 (docs/FORMAT.md), but the B-tree around them does not. So
 ``lmdbio verify`` first walks every branch, leaf and overflow page of the file through
 ordinary reads, checking what liblmdb would otherwise trust; only a file that passes is then
-read through liblmdb. The format is LMDB 0.9's (``mdb.c``): 16-byte page headers, two meta
-pages, 8-byte nodes; little-endian, 64-bit page numbers.
+read through liblmdb. The format is LMDB 0.9's (``lmdb_layout``): 16-byte page headers, two
+meta pages, 8-byte nodes; little-endian, 64-bit page numbers.
 """
 
 from __future__ import annotations
@@ -17,18 +17,15 @@ import stat
 import struct
 
 from .format import data_file
+from .lmdb_layout import (DB_RECORD as _DB, F_BIGDATA, F_DUPDATA, F_SUBDATA,
+                          HEADER_BYTES as _HEADER, INVALID_PAGE as _INVALID,
+                          META_DBS as _META_DBS, NODE as _NODE, NODE_BYTES as _NODE_SIZE,
+                          P_BRANCH, P_LEAF, P_META, P_OVERFLOW, PAGE as _PAGE, PGNO,
+                          child_page)
 
 __all__ = ["check_structure"]
 
 _MAGIC, _VERSION = 0xBEEFC0DE, 1
-_PAGE = struct.Struct("<QHHHH")      # pgno, pad, flags, lower, upper (overflow: pages)
-_DB = struct.Struct("<IHHQQQQQ")     # pad (FREE_DBI: page size), flags, depth, branch, leaf,
-#                                      overflow pages, entries, root
-_NODE = struct.Struct("<HHHH")       # lo, hi, flags, key size
-_HEADER, _NODE_SIZE, _META_DBS = 16, 8, 40
-P_BRANCH, P_LEAF, P_OVERFLOW, P_META, P_LEAF2 = 0x01, 0x02, 0x04, 0x08, 0x20
-F_BIGDATA, F_SUBDATA, F_DUPDATA = 0x01, 0x02, 0x04
-_INVALID = (1 << 64) - 1
 _MAX_PROBLEMS = 20
 
 
@@ -105,7 +102,7 @@ class _Walker:
                     raise _Damaged(f"database {name}: page {pgno}: keys out of order")
                 previous = key if key is not None else previous
                 if kind == P_BRANCH:
-                    children.append((lo | hi << 16 | nflags << 32, key))
+                    children.append((child_page(lo, hi, nflags), key))
                     continue
                 counts["entries"] += 1
                 size = lo | hi << 16
@@ -115,7 +112,7 @@ class _Walker:
                     if key_end + 8 > self.psize:
                         raise _Damaged(f"page {pgno}: node {index} overruns")
                     counts["overflow"] += self.overflow(
-                        struct.unpack_from("<Q", page, key_end)[0], size, name)
+                        PGNO.unpack_from(page, key_end)[0], size, name)
                 elif key_end + size > self.psize:
                     raise _Damaged(f"page {pgno}: node {index} data of {size} bytes overruns")
                 elif nflags & F_SUBDATA:
