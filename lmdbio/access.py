@@ -9,6 +9,7 @@ study read every kind through this interface and nothing else.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
 from .database import Database
@@ -48,6 +49,9 @@ class SampleReader(Protocol):
 
     def will_need(self, start: int, stop: int) -> None:
         """Ask storage to read samples ``[start, stop)`` ahead (a hint; may do nothing)."""
+
+    def will_need_records(self, indices: Iterable[int]) -> None:
+        """Ask storage to read samples ``indices`` ahead, together (a hint; may do nothing)."""
 
     def close(self) -> None:
         """Release this process's LMDB environment(s); reads reopen them."""

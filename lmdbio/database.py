@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import lmdb
 
 from . import envs, locality
-from .direct import DirectReads
+from .btree import ValueLocator
+from .direct import DirectAccess, RecordFile
 from .errors import (CorruptRecordError, DatabaseChangedError, FormatError,
-                     LegacyFormatError)
+                     LegacyFormatError, LmdbioError)
 from .legacy import is_legacy
 from .format import (KEY_COMPLETE, KEY_HEADER, KEY_PATHS, KEY_PROGRESS, KEY_TARGETS, META_DB,
                      SAMPLES_DB, Metadata, data_file, decode_paths, decode_record,
@@ -42,7 +43,8 @@ class Database:
         self._shared: envs.SharedEnv | None = None
         self._dbs: tuple[Any, Any] | None = None
         self._map_base: tuple[int, int | None] | None = None  # (pid, address) of the map
-        self._direct: DirectReads | None = None  # pread of records, when readahead is off
+        # (pid, access): pread of records and read-ahead hints (lmdbio.direct); None: the map
+        self._direct: tuple[int, DirectAccess | None] | None = None
         self._header: bytes = b""  # the header read at open: the file's identity (see get)
         self.meta = self._read_header()
 
@@ -157,7 +159,7 @@ class Database:
                 env.begin(db=samples, buffers=True) as txn:
             self._check_identity(txn, meta)
             key = encode_key(index)
-            value = self._read_direct(txn, key, index) if not self.options.readahead else None
+            value = self._read_direct(key, index) if not self.options.readahead else None
             if value is None:
                 value = txn.get(key)
             if value is None:
@@ -174,33 +176,86 @@ class Database:
                     "damaged or hostile: re-convert the source")
             return label, bytes(payload)
 
-    def _read_direct(self, txn: lmdb.Transaction, key: bytes, index: int) -> bytes | None:
+    def _direct_access(self) -> DirectAccess | None:
+        """This process's direct access to the file (``lmdbio.direct``), made on first use;
+        None where it cannot be had (the map not found, the layout not confirmed, the name
+        removed or now another file): then the map reads, as liblmdb always can."""
+        state = self._direct
+        if state is None or state[0] != os.getpid():
+            state = self._direct = (os.getpid(), self._open_direct())
+        return state[1]
+
+    def _open_direct(self) -> DirectAccess | None:
+        env, samples, _ = self._handles()
+        try:
+            base = self._map_start()
+            if base is None:
+                return None
+            page = env.stat()["psize"]
+            with env.begin() as txn:  # the main database: the samples database's record
+                locator = ValueLocator.of_database(txn, SAMPLES_DB, base, page,
+                                                   env.info()["last_pgno"])
+            if locator is None or not self._confirms(locator):
+                return None
+            return DirectAccess(locator, RecordFile(data_file(self.path),
+                                                    self._shared.identity,  # type: ignore[union-attr]
+                                                    page))
+        except (lmdb.Error, OSError):
+            return None
+
+    def _confirms(self, locator: ValueLocator) -> bool:
+        """The locator places one record where liblmdb's own view of it lies: the layout it
+        reads is this file's (checked once per process; reads that record through the map)."""
+        env, samples, _ = self._handles()
+        key = encode_key(0)
+        with env.begin(db=samples, buffers=True) as txn:
+            value = txn.get(key)
+            return value is not None and locator.span(key) == (self._map_offset(value),
+                                                               len(value))
+
+    def will_need_records(self, indices: Iterable[int]) -> None:
+        """Ask storage for records ``indices`` now, in the background: one asynchronous request
+        per run of neighbouring records, so reading them next waits for the slowest request,
+        not for their sum (what ``ImageFolderLMDB`` does for each DataLoader batch). Finding
+        them touches none of their pages. A hint: out-of-range indices are skipped and
+        nothing is raised; the reads report problems."""
+        wanted = [i for i in indices if 0 <= i < self.meta.num_samples]
+        if not wanted:
+            return
+        try:
+            access = self._direct_access()
+            if access is not None:
+                access.will_need(encode_key(i) for i in wanted)
+        except (lmdb.Error, OSError, LmdbioError):
+            return  # the read that follows says what is wrong, in its own words
+
+    def _read_direct(self, key: bytes, index: int) -> bytes | None:
         """The record under ``key`` read with one ``pread`` (``lmdbio.direct``): with readahead
         off, the map would fault its pages in one at a time. None: read it through the map."""
-        direct = self._direct
-        if direct is None or direct.pid != os.getpid():
-            try:
-                env = self._handles()[0]
-                direct = self._direct = DirectReads(data_file(self.path), env.stat()["psize"],
-                                                    self._shared.identity)  # type: ignore[union-attr]
-            except OSError:
-                return None  # e.g. the name was removed since open: the map still reads
+        access = self._direct_access()
+        if access is None:
+            return None
         try:
-            return direct.read(txn, key, self._map_offset)
+            return access.read(key)
         except OSError as exc:  # through the map this would be SIGBUS: typed, one line
             raise CorruptRecordError(
                 f"{self.path!r}: record {index} ({self.stored_path(index)!r}) cannot be read "
                 f"({exc.strerror}); check the storage (a network mount gone away?) and retry, "
                 "or run 'lmdbio verify'") from None
 
-    def _map_offset(self, view: memoryview) -> int | None:
-        """Offset in the file of a view into this process's map (None if the map is not
-        found in ``/proc/self/maps``)."""
+    def _map_start(self) -> int | None:
+        """Address of this process's map of the file (None if not found in
+        ``/proc/self/maps``)."""
         env = self._handles()[0]
         if self._map_base is None or self._map_base[0] != os.getpid():
             base = locality.map_base(data_file(self.path), env.info()["map_size"])
             self._map_base = (os.getpid(), base)
-        base = self._map_base[1]
+        return self._map_base[1]
+
+    def _map_offset(self, view: memoryview) -> int | None:
+        """Offset in the file of a view into this process's map (None if the map is not
+        found in ``/proc/self/maps``)."""
+        base = self._map_start()
         return None if base is None else locality.buffer_address(view) - base
 
     def stored_path(self, index: int) -> str:
@@ -268,8 +323,8 @@ class Database:
         self._shared = None
         self._dbs = None
         self._map_base = None  # a reopened environment maps the file elsewhere
-        if self._direct is not None:
-            self._direct.close()
+        if self._direct is not None and self._direct[1] is not None:
+            self._direct[1].close()
         self._direct = None
 
     def __enter__(self) -> Database:

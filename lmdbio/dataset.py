@@ -65,12 +65,17 @@ class ImageFolderLMDB(ImageFolder):
             the file(s) fit in half the memory this process can use, where it turns the many
             small page faults of a cold random read into few large reads; off when they do
             not, where the neighbours it reads are evicted before use (README, "Performance").
-        prefetch: read the file(s) front to back once in a background thread of this process,
-            so a cold epoch in any order runs at the storage's sequential bandwidth (see
-            ``lmdbio.prefetch``). ``"auto"`` (default): only when the files take at most half
+        prefetch: read the file(s) front to back once in a background thread of this process
+            (four concurrent streams on a network or FUSE file system, where one stream is
+            bound by its window), so a cold epoch in any order runs at the storage's
+            sequential bandwidth (see ``lmdbio.prefetch``). ``"auto"`` (default): only when the files take at most half
             of the memory this process can use (RAM, or its cgroup's limit); ``True`` always;
             ``False`` never. Started here, in the process that builds the dataset, so
             DataLoader workers share the one read; stopped by ``close()``.
+        batch_hints: when a DataLoader asks for a batch (``__getitems__``), ask storage for
+            all of its records at once, in the background, before reading the first: a cold
+            batch then waits for the slowest read instead of the sum of them all (records in
+            the page cache cost a lookup, ~10 us each). Samples are the same either way.
         lock: use LMDB's lock file; off by default, which is what read-only mounts need.
         max_readers: LMDB reader slots (only with ``lock=True``).
         verify_checksums: check each record's CRC32 before decoding it.
@@ -100,14 +105,15 @@ class ImageFolderLMDB(ImageFolder):
                  target_transform: Callable[[int], Any] | None = None, *,
                  decode: Callable[[bytes], Any] = decode_pil,
                  readahead: bool | str = "auto", prefetch: bool | str = "auto",
-                 lock: bool = False, max_readers: int = 126, verify_checksums: bool = True,
-                 allow_pickle: bool = False) -> None:
+                 batch_hints: bool = True, lock: bool = False, max_readers: int = 126,
+                 verify_checksums: bool = True, allow_pickle: bool = False) -> None:
         VisionDataset.__init__(self, None, transform=transform,  # type: ignore[arg-type]
                                target_transform=target_transform)  # sets ``transforms``
         self.root: str | list[str] = (  # expanded as torchvision's VisionDataset does
             os.path.expanduser(os.fspath(root)) if isinstance(root, (str, os.PathLike))
             else [os.path.expanduser(os.fspath(p)) for p in root])
         self.decode = decode
+        self.batch_hints = batch_hints
         self._index_of: dict[str, int] | None = None
         for name, value in (("readahead", readahead), ("prefetch", prefetch)):
             if value not in (True, False, "auto"):
@@ -253,6 +259,28 @@ class ImageFolderLMDB(ImageFolder):
         if self.target_transform is not None:
             return sample, self.target_transform(target)
         return sample, target
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[Any, Any]]:
+        """A batch, as a DataLoader with a ``batch_size`` asks for it: ``[self[i] for i in
+        indices]``, with the records asked of storage together first (``batch_hints``)."""
+        if self.batch_hints:
+            self._will_need_samples(indices)
+        return [self[i] for i in indices]
+
+    def _will_need_samples(self, indices: Sequence[int]) -> None:
+        """Hint the records behind ``indices`` (sample indices, as ``__getitem__`` takes them);
+        an index or path that is not there is left to the read to report."""
+        assigned = self._assigned_samples
+        try:
+            if assigned is None:
+                count = len(self.database)
+                records = [int(i) + count if int(i) < 0 else int(i) for i in indices]
+            else:
+                records = [self._record_of(assigned[int(i)][0], "samples path")
+                           for i in indices]
+        except (IndexError, TypeError, ValueError, SampleNotFoundError):
+            return
+        self.database.will_need_records(records)
 
     def _where(self, index: int) -> str:
         try:

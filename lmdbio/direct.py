@@ -1,60 +1,29 @@
-"""Records read with one ``pread`` each instead of page faults through LMDB's map.
+"""Records read with ``pread`` and asked of storage ahead, by their place in the file.
 
 Why: with readahead off (what ``readahead="auto"`` picks for a database larger than the page
-cache), a record read through the map costs one synchronous 4 KiB read per page. py-lmdb
-touches every page of a value before it returns it (its ``preload``: the faults then happen
-with the GIL released), and under ``MADV_RANDOM`` each touch is its own request to storage, so
-a 30 KB JPEG is eight reads one after another. One ``pread`` of the record's bytes is one
-request of the record's size. Measured on this machine's disk, cold, random order, readahead
-off: ~3 300 records/s through the map, ~6 000-7 400 with ``pread`` (README, "Performance").
+cache), a record read through LMDB's map costs one synchronous 4 KiB read per page: py-lmdb
+touches every page of a value before it returns it (its ``preload``), and under
+``MADV_RANDOM`` each touch is its own request to storage, so a 30 KB JPEG is eight reads one
+after another. One ``pread`` of the record's bytes is one request of the record's size. And
+knowing where a batch's records lie lets the reader ask storage for all of them at once
+(``posix_fadvise(WILLNEED)``, asynchronous), so a cold batch waits for its slowest read, not
+for the sum of them. Where the records lie comes from ``lmdbio.btree`` (LMDB's own pages,
+without touching the records).
 
-How the record is found without touching it: py-lmdb's ``Cursor.key()`` returns a view of the
-key inside its leaf page (the page LMDB's search has just read) and no value page is touched.
-In LMDB's leaf node (``MDB_node``, liblmdb 0.9) the 8 bytes before the key hold the value's
-size and flags; for a value on overflow pages (``F_BIGDATA``: any value over about a quarter
-of a page, so every image) the bytes after the key hold its first page number, and the value
-starts one page header into that page. Small values stay in their leaf and are read through
-the map as before. The layout is checked once per process against the map (one record located
-both ways); any mismatch, e.g. another liblmdb layout, turns direct reads off for that file.
+A ``RecordFile`` is one process's descriptor of one database file; it is opened in the
+process that reads and is not shared across ``fork``.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
-import struct
-import sys
-from typing import Any
+from collections.abc import Iterable
 
-from .locality import buffer_address
+from .btree import ValueLocator
 
-__all__ = ["DirectReads", "value_span"]
+__all__ = ["DirectAccess", "RecordFile"]
 
-_NODE_HEADER = struct.Struct("=HHHH")  # mn_lo, mn_hi (swapped on big-endian), mn_flags, mn_ksize
-_PAGE_NUMBER = struct.Struct("@N")     # pgno_t is a size_t
-_BIGDATA = 0x01                        # F_BIGDATA: the value lives on overflow pages
-_PAGE_HEADER_BYTES = 16                # PAGEHDRSZ: where an overflow page's data begins
-_BIG_ENDIAN = sys.byteorder == "big"
-
-
-def value_span(cursor: Any, key: bytes, page_size: int) -> tuple[int, int] | None:
-    """``(offset in the file, length)`` of the value stored under ``key`` on overflow pages,
-    found from its leaf node without reading the value; None when ``key`` is absent or its
-    value is stored inside the leaf. ``cursor`` is a py-lmdb cursor of a buffers=True
-    transaction on the value's database."""
-    if not cursor.set_key(key):
-        return None
-    stored_key = cursor.key()
-    size = len(stored_key)
-    node = ctypes.string_at(buffer_address(stored_key) - _NODE_HEADER.size,
-                            _NODE_HEADER.size + size + _PAGE_NUMBER.size)
-    low, high, flags, key_size = _NODE_HEADER.unpack_from(node)
-    if not flags & _BIGDATA or key_size != size:
-        return None
-    if _BIG_ENDIAN:
-        low, high = high, low
-    (page,) = _PAGE_NUMBER.unpack_from(node, _NODE_HEADER.size + size)
-    return page * page_size + _PAGE_HEADER_BYTES, low | high << 16
+Span = tuple[int, int]  # (offset in the file, length)
 
 
 def _read_fully(fd: int, offset: int, length: int) -> bytes:
@@ -74,46 +43,64 @@ def _read_fully(fd: int, offset: int, length: int) -> bytes:
     return b"".join(parts)
 
 
-class DirectReads:
-    """One process's descriptor of one database file, for reading values with ``pread``.
+class RecordFile:
+    """``pread`` and read-ahead hints on one database file, as long as its name still holds
+    the file LMDB mapped (``identity``: ``(st_dev, st_ino)``); otherwise ``fd`` is None and
+    the caller reads through the map, which still holds the file it opened."""
 
-    ``read(txn, key)`` returns the value's bytes, or None when it cannot be read directly
-    (absent key, value in its leaf, layout not confirmed, or the name now holding another file
-    than ``identity``, the one LMDB mapped): the caller then reads it through the map. Opened
-    in the process that reads; not shared across ``fork``.
-    """
-
-    def __init__(self, path: str, page_size: int, identity: tuple[int, int]) -> None:
+    def __init__(self, path: str, identity: tuple[int, int], page_size: int = 4096) -> None:
         self.path = path
         self.page_size = page_size
         self.pid = os.getpid()
         self.fd: int | None = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        self.confirmed = False  # the layout has been checked against the map in this process
         opened = os.fstat(self.fd)
         if (opened.st_dev, opened.st_ino) != identity:
             self.close()  # the name now holds another file than the one mapped: use the map
 
-    def read(self, txn: Any, key: bytes, map_offset: Any) -> bytes | None:
-        """The value under ``key`` read with one ``pread``; ``map_offset(view)`` gives a map
-        view's offset in the file (None when unknown), used for the one-time layout check."""
+    def read(self, span: Span) -> bytes | None:
+        """The bytes of ``span`` (None when the file is not ours to read: see the class)."""
         if self.fd is None:
-            return None
-        span = value_span(txn.cursor(), key, self.page_size)
-        if span is None:
-            return None
-        if not self.confirmed and not self._confirm(txn, key, span, map_offset):
             return None
         return _read_fully(self.fd, *span)
 
-    def _confirm(self, txn: Any, key: bytes, span: tuple[int, int], map_offset: Any) -> bool:
-        value = txn.get(key)
-        if value is not None and map_offset(value) == span[0] and len(value) == span[1]:
-            self.confirmed = True
-            return True
-        self.close()  # not the layout this module knows: read through the map from now on
-        return False
+    def will_need(self, spans: Iterable[Span]) -> None:
+        """Ask the kernel to read ``spans`` into the page cache now, in the background; spans
+        a page or less apart become one request."""
+        if self.fd is None:
+            return
+        ordered = sorted(spans)
+        if not ordered:
+            return
+        start, end = ordered[0][0], sum(ordered[0])
+        for offset, length in ordered[1:] + [(-1, 0)]:
+            if 0 <= offset <= end + self.page_size:
+                end = max(end, offset + length)
+                continue
+            os.posix_fadvise(self.fd, start, end - start, os.POSIX_FADV_WILLNEED)
+            start, end = offset, offset + length
 
     def close(self) -> None:
         fd, self.fd = self.fd, None
         if fd is not None and self.pid == os.getpid():
             os.close(fd)
+
+
+class DirectAccess:
+    """One process's direct access to one database file: where each record lies (a
+    ``ValueLocator``, confirmed against liblmdb by the caller) and its ``RecordFile``."""
+
+    def __init__(self, locator: ValueLocator, file: RecordFile) -> None:
+        self.locator = locator
+        self.file = file
+
+    def read(self, key: bytes) -> bytes | None:
+        """The value under ``key`` with one ``pread``; None: read it through the map."""
+        span = self.locator.span(key)
+        return None if span is None else self.file.read(span)
+
+    def will_need(self, keys: Iterable[bytes]) -> None:
+        """Ask storage for the values under ``keys`` now, in the background."""
+        self.file.will_need(span for span in map(self.locator.span, keys) if span is not None)
+
+    def close(self) -> None:
+        self.file.close()

@@ -15,6 +15,7 @@ import io
 import operator
 import os
 import pickle
+from collections.abc import Iterable
 from typing import Any
 
 import lmdb
@@ -158,6 +159,9 @@ class LegacyDatabase:
     def will_need(self, start: int, stop: int) -> None:
         """Nothing: the seed's decimal string keys do not sort in index order, so records
         ``[start, stop)`` are not one byte range to ask storage for."""
+
+    def will_need_records(self, indices: Iterable[int]) -> None:
+        """Nothing: seed files are read as they always were (their records are pickles)."""
 
     @functools.cached_property
     def meta(self) -> Metadata:

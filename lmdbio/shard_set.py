@@ -13,7 +13,7 @@ import bisect
 import dataclasses
 import glob
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from .envs import EnvOptions
 from .errors import DatabaseNotFoundError, ShardSetError
@@ -107,6 +107,16 @@ class ShardedDatabase:
             low, high = max(start, self.offsets[shard]), min(stop, self.offsets[shard + 1])
             if low < high:
                 db.will_need(low - self.offsets[shard], high - self.offsets[shard])
+
+    def will_need_records(self, indices: Iterable[int]) -> None:
+        """``Database.will_need_records`` over global indices, each asked of its shard."""
+        by_shard: dict[int, list[int]] = {}
+        for index in indices:
+            if 0 <= index < self.offsets[-1]:
+                shard = bisect.bisect_right(self.offsets, index) - 1
+                by_shard.setdefault(shard, []).append(index - self.offsets[shard])
+        for shard, local in by_shard.items():
+            self.shards[shard].will_need_records(local)
 
     def targets(self) -> list[int]:
         return [t for db in self.shards for t in db.targets()]

@@ -1,19 +1,20 @@
 """Records read with one pread (readahead off): the same bytes as through the map, none of the
-value's pages touched to find it, one-time layout check, and every way it must fall back to the
-map or fail in one typed line."""
+value's pages touched to find them (lmdbio.btree walks LMDB's own pages), one-time layout
+check, and every way it must fall back to the map or fail in one typed line."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 
 import lmdbio
 from lmdbio import Database, EnvOptions
-from lmdbio.direct import DirectReads, value_span
+from lmdbio.btree import ValueLocator
 from lmdbio.errors import CorruptRecordError
 from lmdbio.format import encode_key
 from lmdbio.study import pagecache
@@ -39,39 +40,57 @@ def test_direct_reads_return_what_the_map_holds(big_db: Path) -> None:
     expected = _through_map(big_db)
     with Database(big_db, EnvOptions(readahead=False)) as db:
         assert [db.get(i) for i in range(len(db))] == expected
-        assert db._direct is not None and db._direct.confirmed and db._direct.fd is not None
+        access = db._direct_access()
+        assert access is not None and access.file.fd is not None
 
 
-def test_locating_a_record_touches_none_of_its_pages(big_db: Path) -> None:
+def test_locating_records_touches_only_the_tree(big_db: Path) -> None:
+    """liblmdb's cursor reads a value's first page to position on it (one synchronous read per
+    cold record); the locator reads branch and leaf pages only."""
     with Database(big_db, EnvOptions(readahead=False)) as db:
+        db.close()  # opening read the header; now nothing of the file is mapped
+        for _ in range(2):  # readahead an earlier reader left in flight lands, then goes too
+            pagecache.evict(big_db)
+            time.sleep(0.2)
+        db.get(0)  # maps it, confirms the layout with record 0 (through the map), preads it
         env, samples, _ = db._handles()
         page = env.stat()["psize"]
-        with env.begin(db=samples, buffers=True) as txn:
-            spans = [value_span(txn.cursor(), encode_key(i), page) for i in range(len(db))]
-        assert all(span is not None for span in spans)
-        db.close()
-        pagecache.evict(big_db)
-        db.get(0)  # opens the map, reads the tree and record 0 (the layout check)
+        with env.begin(db=samples) as txn:
+            stat = txn.stat(samples)
+        tree_pages = stat["branch_pages"] + stat["leaf_pages"]
+        locator = db._direct_access().locator  # type: ignore[union-attr]
         before = pagecache.residency(big_db).bytes_resident
-        env, samples, _ = db._handles()  # the reopened environment
-        with env.begin(db=samples, buffers=True) as txn:
-            assert [value_span(txn.cursor(), encode_key(i), page)
-                    for i in range(len(db))] == spans
-        # only leaf/branch pages may have been read: far less than the records' bytes
+        spans = [locator.span(encode_key(i)) for i in range(len(db))]
         grown = pagecache.residency(big_db).bytes_resident - before
-        assert grown < sum(length for _, length in spans) / 4
+        assert grown <= tree_pages * page, (grown, tree_pages)
         with env.begin(db=samples, buffers=True) as txn:
-            assert value_span(txn.cursor(), encode_key(len(db) + 5), page) is None
+            views = [txn.get(encode_key(i)) for i in range(len(db))]
+            assert spans == [(db._map_offset(v), len(v)) for v in views]
+        assert locator.span(encode_key(len(db) + 5)) is None
+        assert locator.span(b"\xff" * 8) is None and locator.span(b"") is None
 
 
 def test_a_layout_that_does_not_check_out_turns_direct_reads_off(big_db: Path) -> None:
     expected = _through_map(big_db)
     with Database(big_db, EnvOptions(readahead=False)) as db:
-        env = db._handles()[0]
-        db._direct = DirectReads(str(big_db), env.stat()["psize"], db._shared.identity)
         db._map_offset = lambda view: -1  # type: ignore[method-assign]  # "the map disagrees"
         assert [db.get(i) for i in range(len(db))] == expected
-        assert db._direct.fd is None and not db._direct.confirmed
+        assert db._direct == (os.getpid(), None)
+        db.will_need_records(range(len(db)))  # no access: hints do nothing, raise nothing
+
+
+def test_pages_that_do_not_check_out_are_not_followed(big_db: Path) -> None:
+    """A locator pointed at the wrong pages (a foreign layout, a damaged tree) answers None
+    instead of reading anywhere else."""
+    with Database(big_db, EnvOptions(readahead=False)) as db:
+        db.get(0)
+        good = db._direct_access().locator  # type: ignore[union-attr]
+        key = encode_key(7)
+        assert good.span(key) is not None
+        for root, depth in ((good.root + 1, good.depth), (good.root, good.depth + 1),
+                            (good.last_page + 10, good.depth), (0, good.depth)):
+            bad = ValueLocator(good.map_base, good.page_size, root, depth, good.last_page)
+            assert bad.span(key) is None, (root, depth)
 
 
 def test_a_name_that_now_holds_another_file_is_not_read(big_db: Path, tmp_path: Path) -> None:
@@ -87,7 +106,8 @@ def test_a_name_that_now_holds_another_file_is_not_read(big_db: Path, tmp_path: 
         lmdbio.convert(tree, other, progress=False)
         os.replace(other, path)
         assert [db.get(i) for i in range(len(db))] == expected
-        assert db._direct is not None and db._direct.fd is None
+        access = db._direct_access()  # (the map is not found under the name's new inode,
+        assert access is None or access.file.fd is None  # or the descriptor is refused)
 
 
 def _read_all_in_child(path: str, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
@@ -100,7 +120,7 @@ def test_each_process_opens_its_own_descriptor(big_db: Path, method: str) -> Non
     expected = _through_map(big_db)
     with Database(big_db, EnvOptions(readahead=False)) as db:
         db.get(0)
-        parent_fd = db._direct.fd  # type: ignore[union-attr]
+        parent_fd = db._direct_access().file.fd  # type: ignore[union-attr]
         context = multiprocessing.get_context(method)
         queue = context.Queue()
         child = context.Process(target=_read_all_in_child, args=(str(big_db), queue))
@@ -108,7 +128,7 @@ def test_each_process_opens_its_own_descriptor(big_db: Path, method: str) -> Non
         assert queue.get(timeout=60) == expected
         child.join(60)
         assert child.exitcode == 0
-        assert db._direct is not None and db._direct.fd == parent_fd
+        assert db._direct_access().file.fd == parent_fd  # type: ignore[union-attr]
         os.fstat(parent_fd)  # the child closing its copy left the parent's open
 
 
