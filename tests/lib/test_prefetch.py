@@ -35,6 +35,19 @@ def test_prefetch_reads_the_whole_file_into_the_page_cache(tmp_path: Path) -> No
     assert pagecache.residency(path).fraction > 0.95
 
 
+@pytest.mark.parametrize("streams", [2, 3, 7])
+def test_several_streams_read_the_whole_file_once(tmp_path: Path, streams: int) -> None:
+    """Each stream reads its own part front to back; together every byte, none twice (an
+    odd size: the last part is short)."""
+    size = (5 << 20) + 4097
+    path = _file(tmp_path / "blob", size)
+    pagecache.evict(path)
+    fetcher = prefetch.Prefetcher(str(path), chunk_bytes=1 << 20, streams=streams).start()
+    assert fetcher.streams == streams and fetcher.wait(60)
+    assert fetcher.error is None and fetcher.bytes_read == size
+    assert pagecache.residency(path).fraction > 0.95
+
+
 def test_a_stopped_prefetch_reads_nothing_more(tmp_path: Path) -> None:
     fetcher = prefetch.Prefetcher(str(_file(tmp_path / "blob", 4 << 20)), chunk_bytes=1 << 20)
     fetcher._stop.set()  # asked to stop before its first read

@@ -9,6 +9,7 @@ import pytest
 
 from lmdbio.study import netfs
 from lmdbio.study.netfs import NetFSError, NetFSUnavailable, SshfsMount, available
+from lmdbio.prefetch import NETWORK_STREAMS, streams_for
 from lmdbio.system import FsInfo, _unescape, fs_info, mounts
 from lmdbio.study.pagecache import evict, residency
 from lmdbio.sources import LOCAL_READ_WORKERS, NETWORK_READ_WORKERS, default_read_workers
@@ -78,6 +79,9 @@ def test_read_through_mount_is_byte_identical_and_torn_down(netfs_ok: None,
         assert fs_info(m.mountpoint / "sub" / "blob.bin") == info
         # the converter reads with many threads here, few on the local disk behind it
         assert default_read_workers(m.mountpoint / "sub") == NETWORK_READ_WORKERS
+        # and a prefetch reads with several streams here, one on the local disk behind it
+        assert streams_for(str(m.mountpoint / "sub" / "blob.bin")) == NETWORK_STREAMS > 1
+        assert streams_for(str(export / "sub" / "blob.bin")) == 1
         assert default_read_workers(export / "sub") == LOCAL_READ_WORKERS
         mountpoint = m.mountpoint
     assert_torn_down(mount, mountpoint)
