@@ -267,11 +267,18 @@ class Database:
             return "?"
 
     def byte_range(self, start: int, stop: int) -> tuple[int, int] | None:
-        """``(offset, length)`` in the file of records ``[start, stop)``, found without reading
-        them (``lmdbio.locality``); None if the map cannot be located."""
+        """``(offset, length)`` in the file of records ``[start, stop)``: from LMDB's tree
+        without reading them (``lmdbio.btree``), else from liblmdb's views of the first and
+        last (which reads those two); None if neither places them."""
         stop = min(stop, self.meta.num_samples)
         if not 0 <= start < stop:
             return None
+        access = self._direct_access()
+        if access is not None:
+            first = access.locator.span(encode_key(start))
+            last = access.locator.span(encode_key(stop - 1))
+            if first is not None and last is not None and first[0] < last[0] + last[1]:
+                return first[0], last[0] + last[1] - first[0]
         env, samples, _ = self._handles()
         with self._lmdb_errors(f"records {start}-{stop}", CorruptRecordError), \
                 env.begin(db=samples, buffers=True) as txn:

@@ -92,15 +92,19 @@ class DirectAccess:
     def __init__(self, locator: ValueLocator, file: RecordFile) -> None:
         self.locator = locator
         self.file = file
+        self._hinted: dict[bytes, Span] = {}  # the last batch's places, for its reads
 
     def read(self, key: bytes) -> bytes | None:
         """The value under ``key`` with one ``pread``; None: read it through the map."""
-        span = self.locator.span(key)
+        span = self._hinted.pop(key, None) or self.locator.span(key)
         return None if span is None else self.file.read(span)
 
     def will_need(self, keys: Iterable[bytes]) -> None:
-        """Ask storage for the values under ``keys`` now, in the background."""
-        self.file.will_need(span for span in map(self.locator.span, keys) if span is not None)
+        """Ask storage for the values under ``keys`` now, in the background (their places
+        are kept for the reads that follow, until the next call)."""
+        spans = {key: self.locator.span(key) for key in keys}
+        self._hinted = {key: span for key, span in spans.items() if span is not None}
+        self.file.will_need(self._hinted.values())
 
     def close(self) -> None:
         self.file.close()
