@@ -12,9 +12,12 @@ The model (docs/ADVISE.md has it with its reasoning), all rates in images/s:
 * lmdbio, the database fits in memory (lmdbio's own rule, ``lmdbio.prefetch``): one prefetch
   thread reads the file front to back at the sequential bandwidth and the workers decode from
   the page cache: ``min(bandwidth / mean record size, cores x decode rate)``.
-* lmdbio, it does not fit: readahead off (``readahead="auto"``), so each 4 KiB page of a
-  record is one page fault, one storage request: ``t_record = pages x request latency +
-  record / bandwidth`` per worker, ``workers / (t_record + t_decode)``, with the same caps.
+* lmdbio, it does not fit: readahead off (``readahead="auto"``), each record read with one
+  request of its size (``lmdbio.direct``), and a batch's records asked for together before
+  the first is decoded, so a worker's reads overlap its decoding:
+  ``t_record = request latency + record / bandwidth``, ``workers / t_record``, with the same
+  caps. ``BlockShuffleSampler`` (blocks of neighbours in one request each) is recommended only
+  where those random reads, not decoding, would bound it.
 * An accelerator step of ``step_s`` per batch caps every rate at ``batch_size / step_s``.
 
 No constant here is fitted to a measurement; the one threshold (``WORTH_IT``) is a choice.
@@ -225,18 +228,18 @@ def predict(measured: Measured, *, workers: int, batch_size: int = 128, step_s: 
                                  "bandwidth": bandwidth / m.mean_file_bytes,
                                  "decode": cpu_slots / t_decode}))
 
-    # Not fitting: readahead is off, so every page of a record is its own request. The
-    # request's latency is the measured random read less its own transfer.
-    pages = math.ceil(record / PAGE_BYTES)
+    # Not fitting: each record is one request of its size (pread), a batch's records asked
+    # for together, so a worker's reads overlap its decoding rather than alternate with it.
+    # The request's latency is the measured random read less its own transfer.
     request_bytes = m.random_read_bytes or record
     latency = max(0.0, m.random_read_ms / 1e3 - request_bytes / bandwidth)
-    t_record = pages * latency + record / bandwidth
+    t_record = latency + record / bandwidth
 
     def lmdb(t_dec: float) -> tuple[float, str]:
         terms = {"prefetch bandwidth" if fits else "bandwidth": bandwidth / record,
                  "decode": cpu_slots / t_dec}
         if not fits:
-            terms[_in_turn("random reads", t_record, t_dec)] = in_flight / (t_record + t_dec)
+            terms["random reads"] = in_flight / t_record
         return step(_bounded(terms))
 
     lmdb_default, lmdb_draft = lmdb(t_decode), lmdb(t_draft)
@@ -301,7 +304,10 @@ def _recommend(m: Measured, imagefolder: tuple[float, str], lmdb: tuple[float, s
                convert_s: float, upper: float | None = None) -> tuple[str, str]:
     """The verdict and one sentence why, from the predicted rates. ``upper``: lmdbio's rate
     when its bandwidth bound is only a lower bound (see ``Prediction``)."""
-    best = block if block is not None else lmdb  # what a user of lmdbio can reach
+    # what a user of lmdbio can reach: BlockShuffleSampler only where the random reads, not
+    # decoding, bound the default order (it gives up part of the shuffle's randomness)
+    blocks_help = block is not None and block[0] >= threshold * lmdb[0]
+    best = block if blocks_help and block is not None else lmdb
     gain = best[0] / imagefolder[0]
     if upper is not None and gain < threshold <= upper / imagefolder[0]:
         # IOPS-bound storage (an HDD, a throttled volume) times small files at its request
@@ -314,17 +320,17 @@ def _recommend(m: Measured, imagefolder: tuple[float, str], lmdb: tuple[float, s
             f"(as disks and most network storage do) converting pays off; check with "
             f"'dd if=LARGE_FILE of=/dev/null bs=1M' that it reads faster than "
             f"{m.seq_mb_s:.1f} MB/s; converting takes at least ~{seconds(convert_s)}")
-    if gain >= threshold and not fits:
+    too_big = (f"the DB (~{db_bytes / 1e9:.2f} GB) is more than half of the "
+               f"{m.mem_available_bytes / 1e9:.2f} GB of memory available, so lmdbio will not "
+               f"prefetch it and reads each record with one request, a batch's together")
+    if gain >= threshold and blocks_help:
         assert block is not None
         return DOES_NOT_FIT, (
-            f"the DB (~{db_bytes / 1e9:.2f} GB) is more than half of the "
-            f"{m.mem_available_bytes / 1e9:.2f} GB of memory available, so lmdbio will not "
-            f"prefetch it and reads each record at random with readahead off "
-            f"({lmdb[0]:.0f} images/s, {lmdb[0] / imagefolder[0]:.2f}x ImageFolder); "
-            f"lmdbio.BlockShuffleSampler(dataset) reads blocks of neighbouring records in one "
-            f"request each: up to {block[0]:.0f} images/s ({gain:.2f}x ImageFolder's "
-            f"{imagefolder[0]:.0f}, bound by {block[1]}); converting takes at "
-            f"least ~{seconds(convert_s)}")
+            f"{too_big} ({lmdb[0]:.0f} images/s, {lmdb[0] / imagefolder[0]:.2f}x ImageFolder, "
+            f"bound by {lmdb[1]}); lmdbio.BlockShuffleSampler(dataset) reads blocks of "
+            f"neighbouring records in one request each: up to {block[0]:.0f} images/s "
+            f"({gain:.2f}x ImageFolder's {imagefolder[0]:.0f}, bound by {block[1]}); "
+            f"converting takes at least ~{seconds(convert_s)}")
     if gain >= threshold:
         more = ""
         if draft[0] >= threshold * lmdb[0]:
@@ -333,7 +339,8 @@ def _recommend(m: Measured, imagefolder: tuple[float, str], lmdb: tuple[float, s
         return CONVERT, (
             f"lmdbio reads {lmdb[0]:.0f} images/s against ImageFolder's {imagefolder[0]:.0f} "
             f"({gain:.2f}x, at least the {threshold:g}x threshold; ImageFolder is bound by "
-            f"{imagefolder[1]}, lmdbio by {lmdb[1]}){more}; converting takes at "
+            f"{imagefolder[1]}, lmdbio by {lmdb[1]}){more}"
+            f"{'' if fits else '; ' + too_big + ', in any order'}; converting takes at "
             f"least ~{seconds(convert_s)}")
     if imagefolder[1].startswith("decode") or lmdb[1].startswith("decode"):
         cores = f"{m.cores:g}"

@@ -98,22 +98,38 @@ def test_decode_bound_speedup_goes_to_one() -> None:
     assert "more workers" not in many.reason
 
 
-def test_a_db_that_does_not_fit_names_block_shuffle_sampler() -> None:
+def test_a_db_that_does_not_fit_is_read_a_request_per_record_overlapped_with_decoding() -> None:
     m = base(dataset_bytes=10**12, files=30_000_000, mem_available_bytes=8 * 10**9)
     p = predict(m, workers=8)
     assert not p.fits_in_memory
-    assert p.recommendation == DOES_NOT_FIT and "BlockShuffleSampler" in p.recommendation
-    assert "BlockShuffleSampler" in p.reason
-    # each page of a record is one request: latency = the random read less its transfer
+    # one request per record (pread), a batch's records asked for together: a worker's reads
+    # overlap its decoding, so the bound is workers / t_record, not workers / (t_record + t_dec)
     record, bandwidth = m.record_bytes, 200e6
-    latency = 1e-3 - 32_768 / bandwidth
-    t_record = math.ceil(record / PAGE_BYTES) * latency + record / bandwidth
-    assert p.lmdb_bound == "random reads"
-    assert p.lmdb_images_per_s == pytest.approx(8 / (t_record + 1e-3))
+    fast = predict(base(dataset_bytes=10**12, files=30_000_000, mem_available_bytes=8 * 10**9,
+                        decode_per_core_images_per_s=1e9, seq_mb_s=1000.0), workers=8)
+    t_request = (1e-3 - 32_768 / 1e9) + record / 1e9
+    assert fast.lmdb_bound == "random reads"
+    assert fast.lmdb_images_per_s == pytest.approx(8 / t_request)
+    # here the random reads (8 000/s) outrun decoding (4 000/s): no reason to give up the
+    # uniform shuffle for blocks
+    assert p.lmdb_bound == "decode" and p.lmdb_images_per_s == pytest.approx(4_000.0)
+    assert p.recommendation == CONVERT and "will not prefetch it" in p.reason
     assert p.block_shuffle_images_per_s == pytest.approx(min(bandwidth / record, 4_000.0))
     # nothing stays cached between epochs: warm is cold
     assert p.imagefolder_warm_images_per_s == p.imagefolder_images_per_s
     assert p.lmdb_warm_images_per_s == p.lmdb_images_per_s
+
+
+def test_blocks_are_recommended_where_random_reads_bound_a_db_that_does_not_fit() -> None:
+    """An HDD-like device (150 requests/s, 150 MB/s): a random read per record caps lmdbio at
+    2 x 150 records/s; blocks of neighbours, one request each, run at the bandwidth."""
+    m = base(dataset_bytes=10**12, files=30_000_000, mem_available_bytes=8 * 10**9,
+             file_latency_ms=13.3, random_read_ms=6.7, seq_mb_s=150.0)
+    p = predict(m, workers=2)
+    assert p.lmdb_bound == "random reads"
+    assert p.recommendation == DOES_NOT_FIT and "BlockShuffleSampler" in p.recommendation
+    assert "BlockShuffleSampler" in p.reason
+    assert p.block_shuffle_images_per_s > 1.1 * p.lmdb_images_per_s
 
 
 def test_fitting_is_lmdbios_own_rule_half_the_budget() -> None:
