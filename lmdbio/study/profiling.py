@@ -255,6 +255,8 @@ class Profiler:
         main = f"process {os.getpid()}:"
         stages: dict[str, dict[str, float]] = {}
         for process, frames, count in rows:
+            if any(mark in process for mark in _RELAY):
+                continue  # the relay is a Python child too: its CPU is its own group's
             role = "main process" if process.startswith(main) or not process else "workers"
             category = categorize(frames)
             stages.setdefault(role, collections.defaultdict(float))[category] += count / self.rate

@@ -63,6 +63,18 @@ def test_stages_go_by_priority_anywhere_in_the_stack() -> None:
     assert categorize(["<module> (x.py:1)"]) == "other"
 
 
+def test_stages_leave_the_relay_out_of_the_workers(tmp_path: Path) -> None:
+    """The delay relay is a Python child of the sweep: py-spy samples it with the DataLoader
+    workers, but its CPU is counted in its own group, not as the workers' stages."""
+    me = os.getpid()
+    raw = [(f'process {me}:"python -m lmdbio.study.sweep"', ["main (x.py:1)"], 3),
+           (f'process 11:"python /x/lmdbio/study/relay.py --upstream 127.0.0.1:1"',
+            ["_pump (lmdbio/study/relay.py:250)"], 50),
+           ('process 12:"python -m lmdbio.study.sweep"', ["decode_pil (lmdbio/decode.py:3)"], 7)]
+    stages = Profiler(rate=10)._stages(raw)
+    assert stages == {"main process": {"other": 0.3}, "workers": {"decode": 0.7}}
+
+
 def test_collapsed_stacks_of_nested_processes(tmp_path: Path) -> None:
     raw = tmp_path / "raw.txt"
     raw.write_text('process 10:"python x";main (x.py:1);loop (x.py:2) 7\n'
