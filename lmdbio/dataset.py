@@ -75,7 +75,10 @@ class ImageFolderLMDB(ImageFolder):
         batch_hints: when a DataLoader asks for a batch (``__getitems__``), ask storage for
             all of its records at once, in the background, before reading the first: a cold
             batch then waits for the slowest read instead of the sum of them all (records in
-            the page cache cost a lookup, ~10 us each). Samples are the same either way.
+            the page cache cost a lookup, ~10 us each). ``"auto"`` (default): when this
+            dataset does not prefetch its file(s) (they do not fit, or ``prefetch=False``);
+            beside a prefetch, which reads them in order anyway, the random requests would
+            slow its stream. Samples are the same either way.
         lock: use LMDB's lock file; off by default, which is what read-only mounts need.
         max_readers: LMDB reader slots (only with ``lock=True``).
         verify_checksums: check each record's CRC32 before decoding it.
@@ -105,7 +108,7 @@ class ImageFolderLMDB(ImageFolder):
                  target_transform: Callable[[int], Any] | None = None, *,
                  decode: Callable[[bytes], Any] = decode_pil,
                  readahead: bool | str = "auto", prefetch: bool | str = "auto",
-                 batch_hints: bool = True, lock: bool = False, max_readers: int = 126,
+                 batch_hints: bool | str = "auto", lock: bool = False, max_readers: int = 126,
                  verify_checksums: bool = True, allow_pickle: bool = False) -> None:
         VisionDataset.__init__(self, None, transform=transform,  # type: ignore[arg-type]
                                target_transform=target_transform)  # sets ``transforms``
@@ -113,9 +116,9 @@ class ImageFolderLMDB(ImageFolder):
             os.path.expanduser(os.fspath(root)) if isinstance(root, (str, os.PathLike))
             else [os.path.expanduser(os.fspath(p)) for p in root])
         self.decode = decode
-        self.batch_hints = batch_hints
         self._index_of: dict[str, int] | None = None
-        for name, value in (("readahead", readahead), ("prefetch", prefetch)):
+        for name, value in (("readahead", readahead), ("prefetch", prefetch),
+                            ("batch_hints", batch_hints)):
             if value not in (True, False, "auto"):
                 raise ValueError(f"{name} must be True, False or 'auto', not {value!r}")
         fits = _fits_in_memory(self.root)
@@ -135,6 +138,9 @@ class ImageFolderLMDB(ImageFolder):
         self._prefetchers: list[Prefetcher] = []
         if prefetch is True or (prefetch == "auto" and fits):
             self._prefetchers = prefetch_files(self.files)
+        #: Whether batches are hinted to storage (``"auto"`` resolved); workers inherit it.
+        self.batch_hints: bool = (not self._prefetchers if batch_hints == "auto"
+                                  else bool(batch_hints))
 
     @property
     def files(self) -> list[str]:

@@ -4,7 +4,7 @@ Two instruments, used together around one run (``Profiler``):
 
 * **Per process**, from ``/proc``: the CPU seconds (user + system) each process used during the
   run, grouped by what it is: this process (the DataLoader's main process, with lmdbio's
-  prefetch thread), its DataLoader workers (reaped children, ``getrusage``), the network file
+  prefetch threads), its DataLoader workers (reaped children, ``getrusage``), the network file
   system's processes (``sshfs``, ``sftp-server``, ``sshd``, the delay relay), kernel threads
   (reclaim, writeback, I/O completion), the profiler itself, and everything else; ``idle`` is
   what the cores did not use. Exact, whatever the process is written in.

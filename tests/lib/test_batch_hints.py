@@ -79,7 +79,7 @@ def test_hints_over_a_shard_set_reach_each_shard(big_db: Path, tmp_path: Path) -
     lmdbio.convert_shards(tree, tmp_path / "s.lmdb", num_shards=3, progress=False)
     whole = ImageFolderLMDB(big_db, transform=pixel_digest)
     sharded = ImageFolderLMDB(str(tmp_path / "s-*-of-00003.lmdb"), transform=pixel_digest,
-                              readahead=False)
+                              readahead=False, batch_hints=True)
     indices = [0, 19, 20, 39, 40, 59, 25]
     assert sharded.__getitems__(indices) == whole.__getitems__(indices)
     hinted = []
@@ -103,3 +103,18 @@ def test_workers_deliver_the_same_batches_with_hints_on_and_off(big_db: Path,
         batches[hints] = list(loader)
         dataset.close()
     assert batches[True] == batches[False] and sum(map(len, batches[True])) == 60
+
+
+def test_auto_hints_where_no_prefetch_reads_the_file(big_db: Path) -> None:
+    """Beside a prefetch (which reads the file in order anyway) random hints would only slow
+    its stream; without one (prefetch off, or a DB too large for it) batches are hinted."""
+    prefetched = ImageFolderLMDB(big_db, prefetch=True)
+    assert prefetched.batch_hints is False
+    prefetched.close()
+    for options in ({"prefetch": False}, {"prefetch": False, "readahead": False},
+                    {"prefetch": True, "batch_hints": True}):
+        dataset = ImageFolderLMDB(big_db, **options)  # type: ignore[arg-type]
+        assert dataset.batch_hints is True, options
+        dataset.close()
+    with pytest.raises(ValueError, match="batch_hints must be True, False or 'auto'"):
+        ImageFolderLMDB(big_db, batch_hints="yes")

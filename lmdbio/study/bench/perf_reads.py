@@ -1,7 +1,8 @@
 """Targets 1 and 2: cold raw-record reads (no decode) against the storage's sequential limit.
 
 1. DB that fits in RAM, random order: lmdbio as ImageFolderLMDB opens it (readahead on,
-   prefetch "auto" = on here) vs the same file without prefetch, with readahead off, the seed's
+   prefetch "auto" = on here; batch hints on, and off) vs the same file without prefetch, with
+   readahead off, the seed's
    pickled DB read the seed's way, and loose files; in one process, and through a DataLoader
    with 2 worker processes (one Python process checks and copies ~1 GB/s of records: below a
    fast local disk's sequential bandwidth).
@@ -98,11 +99,11 @@ class RawFiles:
             return len(handle.read()), 0
 
 
-def _lmdbio_dataset(path: str) -> object:
+def _lmdbio_dataset(path: str, **options: object) -> object:
     # imported here: torch would not fit in the cgroup children of target 2 (~300 MB)
     from lmdbio.dataset import ImageFolderLMDB
 
-    return ImageFolderLMDB(path, decode=len)
+    return ImageFolderLMDB(path, decode=len, **options)  # type: ignore[arg-type]
 
 
 def read_loader(make_dataset: Callable[[], object], deadline: float,
@@ -154,6 +155,8 @@ def bench_fits_in_ram(storages: list[Storage], raw: str, repeats: int,
             ("lmdbio, prefetch off", db, lambda o, d: read_lmdbio(path, o, True, False, d)),
             ("lmdbio, 2 DataLoader workers (defaults)", db,
              lambda o, d: read_loader(lambda: _lmdbio_dataset(path), d)),
+            ("lmdbio, 2 DataLoader workers, batch hints off", db,
+             lambda o, d: read_loader(lambda: _lmdbio_dataset(path, batch_hints=False), d)),
             ("loose files, 2 DataLoader workers", raw,
              lambda o, d: read_loader(lambda: RawFiles(paths), d)),
             ("lmdbio, readahead off", db, lambda o, d: read_lmdbio(path, o, False, False, d)),

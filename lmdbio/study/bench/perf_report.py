@@ -65,7 +65,8 @@ def measured_targets(out: str) -> list[dict]:
         for storage in reads["storage"].unique():
             ratio = _ratios(reads, storage)
             add("1", storage, ratio("lmdbio, 2 DataLoader workers (defaults)"),
-                f"one process {ratio('lmdbio (readahead on, prefetch auto)'):.2f}x (prefetch off "
+                f"batch hints off {ratio('lmdbio, 2 DataLoader workers, batch hints off'):.2f}x;"
+                f" one process {ratio('lmdbio (readahead on, prefetch auto)'):.2f}x (prefetch off "
                 f"{ratio('lmdbio, prefetch off'):.2f}x, readahead off "
                 f"{ratio('lmdbio, readahead off'):.2f}x); loose files "
                 f"{ratio('loose files, 2 DataLoader workers'):.2f}x with 2 workers, "

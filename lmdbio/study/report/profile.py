@@ -87,7 +87,7 @@ def profile_markdown(table: Any, machine: str = "") -> str:
     lines += [
         "CPU milliseconds per image of each process group over the whole run (user + system, "
         "from /proc; `workers` are the DataLoader workers, `main_process` includes lmdbio's "
-        "prefetch thread), and the share of the cores left idle. Medians over repetitions.", "",
+        "prefetch threads), and the share of the cores left idle. Medians over repetitions.", "",
         "| point | mode | cache | strategy | images/s | " + " | ".join(groups)
         + " | idle |", "|" + "---|" * (5 + len(groups) + 1)]
     for _, row in table.iterrows():
