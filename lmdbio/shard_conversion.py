@@ -13,6 +13,7 @@ import collections
 import concurrent.futures
 import multiprocessing
 import os
+import sys
 from typing import Any
 
 from . import errors
@@ -66,7 +67,16 @@ def convert_shards(source: str | os.PathLike[str], destination: str | os.PathLik
                                                     mp_context=context) as pool:
             futures = [pool.submit(_convert_one, os.fspath(source), dst, i, num_shards,
                                    options) for i in todo]
-            results = [future.result() for future in futures]
+            try:
+                results = [future.result() for future in futures]
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the shards' processes stop too
+                pool.shutdown(wait=False, cancel_futures=True)
+                for child in multiprocessing.active_children():
+                    child.terminate()  # what each committed stays, for --resume
+                print(f"lmdbio: interrupted; continue with --resume (complete shards are "
+                      f"kept, the others resume from their .partial files next to {dst})",
+                      file=sys.stderr)
+                raise
         failed = [r for r in results if isinstance(r, tuple)]
         if failed:
             name, message = failed[0]

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 
+from lmdbio.cli import Terminated, raise_terminated
 from lmdbio.study.conditions import MODES
 from lmdbio.study.distributed import DistContext
 
@@ -152,25 +153,33 @@ def measure(dataset: Dataset, spec: RunSpec, num_classes: int,
 
 @contextlib.contextmanager
 def _interrupts_kept() -> Iterator[None]:
-    """Ctrl-C must stop the run even when it lands while the DataLoader's iterator shuts its
-    workers down: that happens in ``__del__``, where Python prints a KeyboardInterrupt and
-    drops it. So the SIGINT is remembered and raised again once the block is left."""
+    """Ctrl-C (or SIGTERM) must stop the run even when it lands while the DataLoader's iterator
+    shuts its workers down: that happens in ``__del__``, where Python prints a
+    KeyboardInterrupt and drops it. So the signal is remembered and raised again once the block
+    is left."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    hit = []
+    hit: list[type[KeyboardInterrupt]] = []
 
     def handler(signum: int, frame: Any) -> None:
-        hit.append(signum)
+        hit.append(Terminated if signum == signal.SIGTERM else KeyboardInterrupt)
+        if signum == signal.SIGTERM:
+            raise_terminated(signum, frame)  # raises; in a forked worker ends it, as before
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGINT, handler)
+    # SIGTERM only where the program made it an interrupt (``run_guarded``): elsewhere (a
+    # notebook's kernel, a trainer's own handler) it keeps its own meaning.
+    caught = (signal.SIGINT,) + ((signal.SIGTERM,)
+                                 if signal.getsignal(signal.SIGTERM) is raise_terminated else ())
+    previous = {signum: signal.signal(signum, handler) for signum in caught}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if hit:  # reached only when the KeyboardInterrupt itself was swallowed
-        raise KeyboardInterrupt
+        for signum, old in previous.items():
+            signal.signal(signum, signal.SIG_DFL if old is None else old)
+    if hit:  # reached only when the interrupt itself was swallowed
+        raise hit[-1]
 
 
 def _epochs(spec: RunSpec, loader: Any, sampler: Any, dataset: Any, iterable: bool,

@@ -156,7 +156,11 @@ def test_partial_without_a_checkpoint_is_refused(killed: Killed, tmp_path: Path)
     assert not dst.exists()
 
 
-def test_ctrl_c_keeps_a_resumable_partial(killed: Killed, tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["ctrl-c", "sigterm"])
+def test_an_interrupt_keeps_a_resumable_partial(killed: Killed, tmp_path: Path, signum: int,
+                                                status: int) -> None:
+    """Ctrl-C or a plain ``kill`` (a scheduler's time limit): the partial is kept, resumable."""
     dst = tmp_path / "out.lmdb"
     partial = Path(f"{dst}.partial")
     proc = subprocess.Popen([sys.executable, "-m", "lmdbio.cli", "convert", str(killed.tree),
@@ -166,11 +170,11 @@ def test_ctrl_c_keeps_a_resumable_partial(killed: Killed, tmp_path: Path) -> Non
     deadline = time.monotonic() + 60
     while proc.poll() is None and time.monotonic() < deadline:
         if partial.exists() and partial.stat().st_size > 4 << 20:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signum)
             break
         time.sleep(0.001)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, (proc.returncode, out, err)
+    assert proc.returncode == status, (proc.returncode, out, err)
     assert "Traceback" not in err
     assert all(line.startswith("lmdbio: interrupted") for line in err.splitlines()), err
     assert "--resume" in err and str(partial) in err

@@ -263,6 +263,39 @@ def test_a_killed_shard_resumes_on_its_own(tmp_path) -> None:
             assert one.get(index) == two.get(index), index
 
 
+def test_sigterm_stops_parallel_shard_jobs_and_they_resume(tmp_path) -> None:
+    """``kill`` of ``convert --num-shards 2 --jobs 2`` (a scheduler's time limit): exit 143,
+    the shard processes stop with it (their partials stop growing), the message says how to
+    continue, and --resume finishes the same set as an uninterrupted conversion."""
+    from tests.helpers import BIG_KEPT as KEPT, build_big_tree
+
+    tree = build_big_tree(tmp_path / "src")
+    dst = tmp_path / "out.lmdb"
+    partials = [Path(f"{path}.partial") for path in shard_files(tmp_path, "out.lmdb", 2)]
+    proc = subprocess.Popen([sys.executable, "-m", "lmdbio.cli", "convert", str(tree), str(dst),
+                             "--num-shards", "2", "--jobs", "2", "--commit-mb", "1",
+                             "--workers", "1", "-q", "--on-error", "skip"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        if any(p.exists() and p.stat().st_size > 2 << 20 for p in partials):
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.001)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, ("finished before the kill", out, err)
+    assert "Traceback" not in err and "--resume" in err, err
+    sizes = [p.stat().st_size if p.exists() else -1 for p in partials]
+    time.sleep(1.0)
+    assert [p.stat().st_size if p.exists() else -1 for p in partials] == sizes, "still writing"
+    resumed = run_cli("convert", tree, dst, "--num-shards", "2", "--jobs", "2", "--resume",
+                      "--commit-mb", "1", "-q", "--on-error", "skip")
+    assert resumed.returncode == 0, resumed.stderr
+    with ShardedDatabase(shard_files(tmp_path, "out.lmdb", 2)) as two:
+        assert len(two) == KEPT
+    assert not any(p.exists() for p in partials)
+
+
 # -- on_error="skip" judged over the whole set ----------------------------------------------------
 
 

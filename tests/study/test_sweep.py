@@ -151,7 +151,9 @@ def test_tiny_sweep_end_to_end(tmp_path: Path) -> None:
 @pytest.mark.root
 @pytest.mark.sshfs
 @pytest.mark.slow
-def test_ctrl_c_mid_sweep_leaves_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["ctrl-c", "sigterm"])
+def test_an_interrupt_mid_sweep_leaves_nothing(tmp_path: Path, signum: int, status: int) -> None:
     if not latency_available("direct")[0]:
         pytest.skip(latency_available("direct")[1])
     proc = subprocess.Popen([sys.executable, "-m", "lmdbio.study.sweep", *tiny_args(tmp_path)],
@@ -163,9 +165,9 @@ def test_ctrl_c_mid_sweep_leaves_nothing(tmp_path: Path) -> None:
         if "load    imagefolder cold r-1" in line:
             break
     time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     rest, _ = proc.communicate(timeout=60)
-    assert proc.returncode != 0, "".join(seen) + rest
+    assert proc.returncode == status, "".join(seen) + rest
     nothing_left(tmp_path)
 
 

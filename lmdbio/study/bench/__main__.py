@@ -35,4 +35,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from lmdbio.cli import run_guarded
+
+    sys.exit(run_guarded(main))
