@@ -23,7 +23,7 @@ import ctypes
 from typing import Any
 
 from .lmdb_layout import (DB_RECORD, F_BIGDATA, HEADER_BYTES, LITTLE_ENDIAN, NODE, PAGE, PGNO,
-                          P_BRANCH, P_LEAF, child_page)
+                          P_BRANCH, P_LEAF, P_OVERFLOW, child_page)
 
 __all__ = ["ValueLocator"]
 
@@ -36,7 +36,9 @@ class ValueLocator:
     of one mapped, unchanging LMDB file, touching only its branch and leaf pages.
 
     Made in the process that reads (the map's address is that process's); ``map_base`` is the
-    address of the file's map, ``last_page`` the last page number in the file."""
+    address of the file's map, ``last_page`` the last page number in the file: the caller takes
+    it from the file's size as well as from LMDB's meta page, since a page of the map beyond
+    the end of a (truncated) file is SIGBUS when read."""
 
     def __init__(self, map_base: int, page_size: int, root: int, depth: int,
                  last_page: int) -> None:
@@ -87,7 +89,7 @@ class ValueLocator:
 
     def _page(self, number: int, kind: int) -> _Page | None:
         if not 2 <= number <= self.last_page:
-            return None  # never read outside the file (a map beyond it is SIGBUS)
+            return None  # never read outside the file
         data = ctypes.string_at(self.map_base + number * self.page_size, self.page_size)
         own, _, flags, lower, upper = PAGE.unpack_from(data)
         if (own != number or not flags & kind or (lower - HEADER_BYTES) % 2
@@ -131,6 +133,18 @@ class ValueLocator:
         if not 2 <= first or first + pages - 1 > self.last_page:
             return None
         return first * self.page_size + HEADER_BYTES, length
+
+    def heads(self, span: tuple[int, int], header: bytes) -> bool:
+        """Whether ``header``, the 16 bytes before ``span`` as read from the file, is the header
+        of the overflow run that holds it (as liblmdb checks before it returns a value): a leaf
+        node pointing into another record's pages is caught here, since a record's checksum
+        does not cover where it was found."""
+        if len(header) != HEADER_BYTES:
+            return False
+        first = (span[0] - HEADER_BYTES) // self.page_size
+        own, _, flags, lower, upper = PAGE.unpack(header)
+        pages = -(-(HEADER_BYTES + span[1]) // self.page_size)
+        return own == first and bool(flags & P_OVERFLOW) and (lower | upper << 16) >= pages
 
 
 class _Page:

@@ -4,6 +4,7 @@ any database: one file, a shard set or a seed file)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -21,6 +22,9 @@ from .format import (KEY_COMPLETE, KEY_HEADER, KEY_PATHS, KEY_PROGRESS, KEY_TARG
                      decode_targets, encode_key)
 
 __all__ = ["Database"]
+
+# errors opening the file for direct reads that say nothing about the file: tried again later
+_TRANSIENT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EINTR, errno.EAGAIN})
 
 
 class Database:
@@ -179,39 +183,63 @@ class Database:
     def _direct_access(self) -> DirectAccess | None:
         """This process's direct access to the file (``lmdbio.direct``), made on first use;
         None where it cannot be had (the map not found, the layout not confirmed, the name
-        removed or now another file): then the map reads, as liblmdb always can."""
+        removed or now another file): then the map reads, as liblmdb always can. Running
+        out of descriptors or memory is not kept: the next read tries again."""
         state = self._direct
-        if state is None or state[0] != os.getpid():
-            state = self._direct = (os.getpid(), self._open_direct())
-        return state[1]
+        if state is not None and state[0] == os.getpid():
+            return state[1]
+        try:
+            access = self._open_direct()
+        except OSError as exc:
+            if exc.errno in _TRANSIENT:
+                return None
+            access = None
+        state = self._direct
+        if state is not None and state[0] == os.getpid():  # another thread was first
+            if access is not None:
+                access.close()
+            return state[1]
+        self._direct = (os.getpid(), access)
+        return access
 
     def _open_direct(self) -> DirectAccess | None:
         env, samples, _ = self._handles()
-        try:
-            base = self._map_start()
-            if base is None:
-                return None
-            page = env.stat()["psize"]
-            with env.begin() as txn:  # the main database: the samples database's record
-                locator = ValueLocator.of_database(txn, SAMPLES_DB, base, page,
-                                                   env.info()["last_pgno"])
-            if locator is None or not self._confirms(locator):
-                return None
-            return DirectAccess(locator, RecordFile(data_file(self.path),
-                                                    self._shared.identity,  # type: ignore[union-attr]
-                                                    page))
-        except (lmdb.Error, OSError):
+        base = self._map_start()
+        if base is None:
             return None
+        page = env.stat()["psize"]
+        file = RecordFile(data_file(self.path), self._shared.identity,  # type: ignore[union-attr]
+                          page)
+        if file.fd is None:
+            return None
+        try:
+            # pages past the end of the file are SIGBUS in the map: the meta page's count is
+            # trusted only as far as the file's size agrees
+            last_page = min(env.info()["last_pgno"], os.fstat(file.fd).st_size // page - 1)
+            with env.begin() as txn:  # the main database: the samples database's record
+                locator = ValueLocator.of_database(txn, SAMPLES_DB, base, page, last_page)
+            if locator is not None and self._confirms(locator):
+                return DirectAccess(locator, file)
+        except lmdb.Error:
+            pass
+        file.close()
+        return None
 
-    def _confirms(self, locator: ValueLocator) -> bool:
-        """The locator places one record where liblmdb's own view of it lies: the layout it
-        reads is this file's (checked once per process; reads that record through the map)."""
+    def _confirms(self, locator: ValueLocator, tries: int = 64) -> bool:
+        """The locator places a record where liblmdb's own view of it lies: the layout it
+        reads is this file's (checked once per process, on the first of the first ``tries``
+        records stored on overflow pages; reads that record through the map)."""
         env, samples, _ = self._handles()
-        key = encode_key(0)
         with env.begin(db=samples, buffers=True) as txn:
-            value = txn.get(key)
-            return value is not None and locator.span(key) == (self._map_offset(value),
-                                                               len(value))
+            for index in range(min(tries, self.meta.num_samples)):
+                key = encode_key(index)
+                value = txn.get(key)
+                if value is None:
+                    return False
+                span = locator.span(key)
+                if span is not None:
+                    return span == (self._map_offset(value), len(value))
+        return False  # small records, kept in their leaves: nothing to read directly
 
     def will_need_records(self, indices: Iterable[int]) -> None:
         """Ask storage for records ``indices`` now, in the background: one asynchronous request
@@ -229,7 +257,7 @@ class Database:
         except (lmdb.Error, OSError, LmdbioError):
             return  # the read that follows says what is wrong, in its own words
 
-    def _read_direct(self, key: bytes, index: int) -> bytes | None:
+    def _read_direct(self, key: bytes, index: int) -> memoryview | None:
         """The record under ``key`` read with one ``pread`` (``lmdbio.direct``): with readahead
         off, the map would fault its pages in one at a time. None: read it through the map."""
         access = self._direct_access()

@@ -20,6 +20,7 @@ import os
 from collections.abc import Iterable
 
 from .btree import ValueLocator
+from .lmdb_layout import HEADER_BYTES
 
 __all__ = ["DirectAccess", "RecordFile"]
 
@@ -94,10 +95,16 @@ class DirectAccess:
         self.file = file
         self._hinted: dict[bytes, Span] = {}  # the last batch's places, for its reads
 
-    def read(self, key: bytes) -> bytes | None:
-        """The value under ``key`` with one ``pread``; None: read it through the map."""
+    def read(self, key: bytes) -> memoryview | None:
+        """The value under ``key`` with one ``pread`` (with its overflow page header, checked);
+        None: read it through the map, where liblmdb says what is wrong."""
         span = self._hinted.pop(key, None) or self.locator.span(key)
-        return None if span is None else self.file.read(span)
+        if span is None:
+            return None
+        data = self.file.read((span[0] - HEADER_BYTES, span[1] + HEADER_BYTES))
+        if data is None or not self.locator.heads(span, data[:HEADER_BYTES]):
+            return None
+        return memoryview(data)[HEADER_BYTES:]
 
     def will_need(self, keys: Iterable[bytes]) -> None:
         """Ask storage for the values under ``keys`` now, in the background (their places

@@ -63,8 +63,9 @@ def fs_info(path: str | os.PathLike[str]) -> FsInfo:
 
 
 def is_network_fs(fstype: str) -> bool:
-    """Whether a mount of type ``fstype`` reads over a network (or through FUSE)."""
-    return fstype.startswith("fuse") or fstype in NETWORK_FS_TYPES
+    """Whether a mount of type ``fstype`` reads over a network (or through FUSE, except
+    ``fuseblk``: a local block device read by a FUSE driver, such as NTFS or exFAT)."""
+    return (fstype.startswith("fuse") and fstype != "fuseblk") or fstype in NETWORK_FS_TYPES
 
 
 def proc_kib_field(path: str, key: str) -> int | None:

@@ -59,15 +59,21 @@ def test_hinted_records_and_only_they_arrive_in_the_page_cache(big_db: Path) -> 
         assert hinted_bytes == [through_map.get(i) for i in wanted]
 
 
-def test_a_batch_is_what_indexing_gives(big_db: Path) -> None:
-    dataset = ImageFolderLMDB(big_db, transform=pixel_digest)
+@pytest.mark.parametrize("options,hints", [({}, False),  # prefetched: hints "auto" = off
+                                           ({"batch_hints": True, "readahead": False}, True)],
+                         ids=["defaults", "hints"])
+def test_a_batch_is_what_indexing_gives(big_db: Path, options: dict, hints: bool) -> None:
+    dataset = ImageFolderLMDB(big_db, transform=pixel_digest, **options)
+    assert dataset.batch_hints is hints
     indices = [5, 0, 59, -1, -60, 5]
     assert dataset.__getitems__(indices) == [dataset[i] for i in indices]
     with pytest.raises(IndexError):  # ImageFolder's error for a bad index, hints or not
         dataset.__getitems__([3, 60])
     dataset.samples = dataset.samples[10:20][::-1]  # torchvision-style subset: paths decide
     assert dataset.__getitems__([0, 9, -2]) == [dataset[0], dataset[9], dataset[-2]]
-    assert dataset.__getitems__([0])[0] == ImageFolderLMDB(big_db, transform=pixel_digest)[19]
+    whole = ImageFolderLMDB(big_db, transform=pixel_digest, **options)
+    assert dataset.__getitems__([0])[0] == whole[19]
+    whole.close()
     dataset.samples = [("nowhere.jpg", 0)]
     with pytest.raises(lmdbio.SampleNotFoundError):
         dataset.__getitems__([0])

@@ -145,3 +145,31 @@ def test_a_read_error_is_one_typed_line(big_db: Path, monkeypatch: pytest.Monkey
         message = str(caught.value)
         assert "\n" not in message and "record 3" in message and "Input/output error" in message
         assert "check the storage" in message
+
+
+def test_a_place_that_heads_no_overflow_run_is_not_read(big_db: Path) -> None:
+    """A leaf node pointing into the middle of a value's pages (a damaged or hostile tree):
+    the page there is no overflow run's first page, so the direct read refuses it and the
+    map (liblmdb) answers, whatever the bytes there would pass for."""
+    expected = _through_map(big_db)
+    with Database(big_db, EnvOptions(readahead=False)) as db:
+        db.get(0)
+        access = db._direct_access()
+        assert access is not None
+        key = encode_key(7)
+        offset, length = access.locator.span(key)  # type: ignore[misc]
+        page = access.locator.page_size
+        with open(big_db, "rb") as handle:
+            handle.seek(offset - 16)
+            header = handle.read(16)
+            handle.seek(offset - 16 + page)
+            inside = handle.read(16)
+        assert access.locator.heads((offset, length), header)
+        assert not access.locator.heads((offset + page, length - page), inside)
+        assert not access.locator.heads((offset, length), header[:8] + b"\0" * 8)  # no flag
+        assert not access.locator.heads((offset, length + 64 * page), header)  # run too short
+        with db._handles()[0].begin(db=db._handles()[1]) as txn:
+            assert bytes(access.read(key)) == txn.get(key)  # type: ignore[arg-type]
+        access.locator.span = lambda k: (offset + page, length - page)  # type: ignore
+        assert access.read(key) is None
+        assert db.get(7) == expected[7]  # through the map

@@ -66,21 +66,31 @@ def probe(path: str, expected: dict[str, Any]) -> dict[str, Any]:
             out["untyped"].append(f"{what}: {type(exc).__name__}: {str(exc)[:200]}")
         return None
 
+    def read_all(db: Any, how: str) -> int:
+        count = len(db)
+        for index in range(min(count, len(expected["records"]) + 4)):
+            got = guarded(f"get{how}({index})", lambda i=index: db.get(i))
+            if got is None:
+                continue
+            pair = (got[0], hashlib.sha256(got[1]).hexdigest())
+            if index < len(expected["records"]) and list(pair) == expected["records"][index]:
+                out["identical"] += 1 if not how else 0
+            elif pair in pairs:
+                out["misplaced"].append(index)
+            else:
+                out["wrong"].append(index)
+        return count
+
+    # readahead off: records are found from LMDB's pages by lmdbio.btree and read with pread
+    direct = guarded("open-direct", lambda: lmdbio.open_database(
+        path, lmdbio.EnvOptions(readahead=False)))
+    if direct is not None:
+        with direct:
+            read_all(direct, "-direct")
     db = guarded("open", lambda: lmdbio.open_database(path))
     if db is not None:
         with db:
-            count = len(db)
-            for index in range(min(count, len(expected["records"]) + 4)):
-                got = guarded(f"get({index})", lambda i=index: db.get(i))
-                if got is None:
-                    continue
-                pair = (got[0], hashlib.sha256(got[1]).hexdigest())
-                if index < len(expected["records"]) and list(pair) == expected["records"][index]:
-                    out["identical"] += 1
-                elif pair in pairs:
-                    out["misplaced"].append(index)
-                else:
-                    out["wrong"].append(index)
+            count = read_all(db, "")
             if count != len(expected["records"]):
                 out["meta_differs"].append("count")
             if guarded("targets", db.targets) not in (None, expected["targets"]):
