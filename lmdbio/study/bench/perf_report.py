@@ -65,10 +65,12 @@ def measured_targets(out: str) -> list[dict]:
         for storage in reads["storage"].unique():
             ratio = _ratios(reads, storage)
             add("1", storage, ratio("lmdbio, 2 DataLoader workers (defaults)"),
-                f"batch hints off {ratio('lmdbio, 2 DataLoader workers, batch hints off'):.2f}x;"
+                f"batch hints on {ratio('lmdbio, 2 DataLoader workers, batch hints on'):.2f}x;"
                 f" one process {ratio('lmdbio (readahead on, prefetch auto)'):.2f}x (prefetch off "
                 f"{ratio('lmdbio, prefetch off'):.2f}x, readahead off "
-                f"{ratio('lmdbio, readahead off'):.2f}x); loose files "
+                f"{ratio('lmdbio, readahead off'):.2f}x); warm, the readers' CPU limit: "
+                f"{ratio('lmdbio, 2 DataLoader workers, warm (CPU limit)'):.2f}x with 2 workers, "
+                f"{ratio('lmdbio, one process, warm (CPU limit)'):.2f}x in one; loose files "
                 f"{ratio('loose files, 2 DataLoader workers'):.2f}x with 2 workers, "
                 f"{ratio('loose files'):.2f}x in one; seed-style "
                 f"{ratio('seed-style DB (pickle, readahead off)'):.2f}x")
