@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
 import random
 from collections.abc import Callable
 from typing import Any
 
-import lmdb
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -62,37 +60,27 @@ class InMemory(Dataset):
 
 
 class SeedLMDB(Dataset):
-    """The pytorch-lmdb seed's reader: readahead off, pickled ``(bytes, label)`` records. The
-    environment opens in each worker (py-lmdb 3 refuses the seed's inherited one)."""
+    """The pytorch-lmdb seed's reader: readahead off, one pickled ``(bytes, label)`` record per
+    sample, read through lmdbio's opt-in legacy reader (NumPy-only unpickler; its environment
+    opens in each worker)."""
 
     def __init__(self, path: str, transform: Any) -> None:
-        self.path, self.transform, self.env = path, transform, None
-        env = self._open()
-        with env.begin() as txn:
-            self.keys = pickle.loads(txn.get(b"__keys__"))  # noqa: S301 (written by us)
-        env.close()
-        self.env, self.classes = None, ["cat", "dog"]
-
-    def _open(self) -> lmdb.Environment:
-        return lmdb.open(self.path, subdir=False, readonly=True, lock=False, readahead=False,
-                         meminit=False)
+        self.transform = transform
+        self.db = lmdbio.open_database(path, lmdbio.EnvOptions(readahead=False),
+                                       allow_pickle=True)
+        self.classes = ["cat", "dog"]
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.db)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        if self.env is None:
-            self.env = self._open()
-        with self.env.begin() as txn:
-            image, label = pickle.loads(txn.get(self.keys[index]))  # noqa: S301
+        label, image = self.db.get(index)
         from PIL import Image
 
         return self.transform(Image.open(io.BytesIO(image)).convert("RGB")), label
 
     def close(self) -> None:
-        if self.env is not None:
-            self.env.close()
-            self.env = None
+        self.db.close()
 
 
 def prepare(work: str, jpeg: str) -> dict[str, str]:

@@ -17,16 +17,14 @@ from __future__ import annotations
 import json
 import statistics
 import os
-import pickle
 import random
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-import lmdb
 
-from lmdbio import Database, EnvOptions
+from lmdbio import Database, EnvOptions, open_database
 from lmdbio.folder import find_classes, make_dataset
 from lmdbio.prefetch import fits_in_memory, prefetch_files, stop_all
 from lmdbio.samplers import BlockShuffleSampler
@@ -69,20 +67,15 @@ def read_lmdbio(path: str, order: Sequence[int], readahead: bool, prefetch: bool
 
 
 def read_seed(path: str, order: Sequence[int], deadline: float) -> tuple[int, int]:
-    """The seed's reader: readahead off, str keys, one pickle per record."""
+    """The seed's reader: readahead off, str keys, one pickle per record (through lmdbio's
+    opt-in legacy reader)."""
     total = count = 0
-    env = lmdb.open(path, subdir=False, readonly=True, lock=False, readahead=False,
-                    meminit=False)
-    try:
-        with env.begin() as txn:
-            for index in order:
-                image, _ = pickle.loads(txn.get(str(index).encode()))  # noqa: S301 (our own file)
-                total += len(image)
-                count += 1
-                if count % 256 == 0 and time.perf_counter() > deadline:
-                    break
-    finally:
-        env.close()
+    with open_database(path, EnvOptions(readahead=False), allow_pickle=True) as db:
+        for index in order:
+            total += len(db.get(index)[1])
+            count += 1
+            if count % 256 == 0 and time.perf_counter() > deadline:
+                break
     return count, total
 
 
