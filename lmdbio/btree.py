@@ -23,7 +23,8 @@ import ctypes
 from typing import Any
 
 from .lmdb_layout import (DB_RECORD, F_BIGDATA, HEADER_BYTES, LITTLE_ENDIAN, NODE, PAGE, PGNO,
-                          P_BRANCH, P_LEAF, P_OVERFLOW, child_page)
+                          P_BRANCH, P_LEAF, P_OVERFLOW, child_page, overflow_header,
+                          overflow_pages_for)
 
 __all__ = ["ValueLocator"]
 
@@ -129,7 +130,7 @@ class ValueLocator:
             return None
         (first,) = PGNO.unpack_from(page.data, data)
         length = lo | hi << 16
-        pages = -(-(HEADER_BYTES + length) // self.page_size)
+        pages = overflow_pages_for(length, self.page_size)
         if not 2 <= first or first + pages - 1 > self.last_page:
             return None
         return first * self.page_size + HEADER_BYTES, length
@@ -141,10 +142,9 @@ class ValueLocator:
         does not cover where it was found."""
         if len(header) != HEADER_BYTES:
             return False
-        first = (span[0] - HEADER_BYTES) // self.page_size
-        own, _, flags, lower, upper = PAGE.unpack(header)
-        pages = -(-(HEADER_BYTES + span[1]) // self.page_size)
-        return own == first and bool(flags & P_OVERFLOW) and (lower | upper << 16) >= pages
+        own, flags, pages = overflow_header(header)
+        return (own == (span[0] - HEADER_BYTES) // self.page_size and bool(flags & P_OVERFLOW)
+                and pages >= overflow_pages_for(span[1], self.page_size))
 
 
 class _Page:

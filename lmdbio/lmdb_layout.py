@@ -19,7 +19,8 @@ import sys
 
 __all__ = ["DB_RECORD", "F_BIGDATA", "F_DUPDATA", "F_SUBDATA", "HEADER_BYTES", "INVALID_PAGE",
            "LITTLE_ENDIAN", "META_DBS", "NODE", "NODE_BYTES", "PAGE", "PGNO", "P_BRANCH",
-           "P_LEAF", "P_LEAF2", "P_META", "P_OVERFLOW", "child_page"]
+           "P_LEAF", "P_LEAF2", "P_META", "P_OVERFLOW", "child_page", "overflow_header",
+           "overflow_pages_for"]
 
 PAGE = struct.Struct("<QHHHH")       # pgno, pad, flags, lower, upper (overflow: page count)
 DB_RECORD = struct.Struct("<IHHQQQQQ")  # MDB_db: pad (FREE_DBI: page size), flags, depth,
@@ -36,3 +37,15 @@ LITTLE_ENDIAN = sys.byteorder == "little"  # the map is read in place: the host'
 def child_page(lo: int, hi: int, flags: int) -> int:
     """A branch node's child page number."""
     return lo | hi << 16 | flags << 32
+
+
+def overflow_header(page: bytes) -> tuple[int, int, int]:
+    """The first page of an overflow run: its own page number, its flags and the run's page
+    count (kept where other pages keep ``lower, upper``)."""
+    own, _, flags, lower, upper = PAGE.unpack_from(page)
+    return own, flags, lower | upper << 16
+
+
+def overflow_pages_for(size: int, page_size: int) -> int:
+    """Pages of the overflow run that holds a value of ``size`` bytes (one page header in)."""
+    return -(-(HEADER_BYTES + size) // page_size)

@@ -21,7 +21,7 @@ from .lmdb_layout import (DB_RECORD as _DB, F_BIGDATA, F_DUPDATA, F_SUBDATA,
                           HEADER_BYTES as _HEADER, INVALID_PAGE as _INVALID,
                           META_DBS as _META_DBS, NODE as _NODE, NODE_BYTES as _NODE_SIZE,
                           P_BRANCH, P_LEAF, P_META, P_OVERFLOW, PAGE as _PAGE, PGNO,
-                          child_page)
+                          child_page, overflow_header, overflow_pages_for)
 
 __all__ = ["check_structure"]
 
@@ -130,11 +130,10 @@ class _Walker:
 
     def overflow(self, pgno: int, size: int, name: str) -> int:
         page = self.page(pgno, f"a value of database {name}")
-        _, _, kind, _, _ = _PAGE.unpack_from(page)
-        pages = struct.unpack_from("<I", page, 12)[0]
+        _, kind, pages = overflow_header(page)
         if kind != P_OVERFLOW or pages < 1 or pgno + pages - 1 > self.last:
             raise _Damaged(f"overflow page {pgno}: flags {kind:#x}, {pages} pages")
-        if size > pages * self.psize - _HEADER:
+        if overflow_pages_for(size, self.psize) > pages:
             raise _Damaged(f"a value of {size} bytes does not fit its {pages} overflow pages")
         for extra in range(pgno + 1, pgno + pages):
             if extra in self.seen:
