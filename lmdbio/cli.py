@@ -5,12 +5,10 @@ second."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -300,18 +298,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_guarded(lambda: handler(args))
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, a job scheduler's time limit), raised where Ctrl-C would be so that
-    the same clean-ups run: temporary files, and in the study its mounts, relays and groups."""
-
-
 def run_guarded(command: Callable[[], int]) -> int:
     """Run ``command`` as a CLI does: an lmdbio or I/O error is one line on stderr and exit
     status 1, Ctrl-C is 130 and SIGTERM 143 (whoever was interrupted has said how to
     continue)."""
     from .errors import LmdbioError, printable
+    from .interrupts import Terminated, sigterm_as_interrupt
 
-    with _sigterm_as_interrupt():
+    with sigterm_as_interrupt():
         try:
             return command()
         except LmdbioError as exc:  # printable: one line, whatever a stored name holds
@@ -324,36 +318,6 @@ def run_guarded(command: Callable[[], int]) -> int:
         except OSError as exc:  # an I/O failure lmdbio did not anticipate: still one line
             print(f"lmdbio: error: {printable(exc)}", file=sys.stderr)
             return 1
-
-
-_OWNER: list[int] = []  # the pid whose run_guarded made SIGTERM an interrupt
-
-
-def raise_terminated(signum: int, frame: Any) -> None:
-    """The SIGTERM handler of ``run_guarded``. A process forked from it (a pool worker, a
-    DataLoader worker) inherits it but not the clean-ups: there SIGTERM does what it always
-    did, end the process."""
-    if _OWNER and os.getpid() != _OWNER[-1]:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
-        return
-    raise Terminated
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Python's default for SIGTERM is to die on the spot, skipping every ``finally``."""
-    try:
-        previous = signal.signal(signal.SIGTERM, raise_terminated)
-    except ValueError:  # not the main thread: signals are not ours to handle
-        yield
-        return
-    _OWNER.append(os.getpid())
-    try:
-        yield
-    finally:
-        _OWNER.pop()
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 _API_OPTION = None

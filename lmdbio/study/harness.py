@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 
-from lmdbio.cli import Terminated, raise_terminated
+from lmdbio.interrupts import Terminated, raise_terminated
 from lmdbio.study.conditions import MODES
 from lmdbio.study.distributed import DistContext
 
@@ -168,7 +168,7 @@ def _interrupts_kept() -> Iterator[None]:
             raise_terminated(signum, frame)  # raises; in a forked worker ends it, as before
         raise KeyboardInterrupt
 
-    # SIGTERM only where the program made it an interrupt (``run_guarded``): elsewhere (a
+    # SIGTERM only where the program made it an interrupt (``lmdbio.interrupts``): elsewhere (a
     # notebook's kernel, a trainer's own handler) it keeps its own meaning.
     caught = (signal.SIGINT,) + ((signal.SIGTERM,)
                                  if signal.getsignal(signal.SIGTERM) is raise_terminated else ())
