@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .lmdb_layout import overflow_pages_for
 from .prefetch import FRACTION_OF_BUDGET
 
 __all__ = ["CONVERT", "DECODE_BOUND", "DOES_NOT_FIT", "NOT_WORTH_IT", "PAGE_BYTES", "WORTH_IT",
@@ -56,7 +57,8 @@ def record_bytes(file_bytes: float) -> float:
     value = _RECORD_HEADER + file_bytes
     node = 8 + _KEY_BYTES + value
     if node > _NODE_MAX:
-        return math.ceil((16 + value) / PAGE_BYTES) * PAGE_BYTES + 8 + _KEY_BYTES + 8
+        pages = overflow_pages_for(math.ceil(value), PAGE_BYTES)
+        return pages * PAGE_BYTES + 8 + _KEY_BYTES + 8
     return node + 2
 
 
