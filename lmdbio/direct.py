@@ -109,8 +109,8 @@ class DirectAccess:
     def will_need(self, keys: Iterable[bytes]) -> None:
         """Ask storage for the values under ``keys`` now, in the background (their places
         are kept for the reads that follow, until the next call)."""
-        spans = {key: self.locator.span(key) for key in keys}
-        self._hinted = {key: span for key, span in spans.items() if span is not None}
+        self._hinted = {key: span for key in keys
+                        if (span := self.locator.span(key)) is not None}
         self.file.will_need(self._hinted.values())
 
     def close(self) -> None:
