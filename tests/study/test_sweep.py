@@ -172,10 +172,11 @@ def test_an_interrupt_mid_sweep_leaves_nothing(tmp_path: Path, signum: int, stat
 
 
 def test_report_of_a_sweep_without_imagefolder(tmp_path: Path) -> None:
-    """--formats lmdb,litdata: no speedup over ImageFolder to map (no figure, no crash), the
-    paired ratio against each peer in the summary, the CPU profile beside it."""
+    """--formats lmdb,litdata: no speedup over ImageFolder to map (no figure, no crash) nor to
+    tabulate (no empty columns), the paired ratio against each peer in the summary and in the
+    round-trip figure's lower row, the CPU profile beside it."""
     pandas = pytest.importorskip("pandas")
-    from lmdbio.study.report.sweep import write_all
+    from lmdbio.study.report.sweep import cells, figure_rtt, write_all
 
     rows = []
     for repeat, (lmdb, litdata) in enumerate(((700.0, 600.0), (720.0, 610.0), (690.0, 640.0))):
@@ -193,4 +194,9 @@ def test_report_of_a_sweep_without_imagefolder(tmp_path: Path) -> None:
     summary = (tmp_path / "summary.md").read_text()
     assert "| lmdb / litdata (paired) |" in summary
     assert "1.17x (1.08-1.18) lmdb faster" in summary  # 700/600, 720/610, 690/640
+    assert "ImageFolder" not in summary and "speedup" not in summary
     assert "2.44" in (tmp_path / "profile.md").read_text()  # 5.0 s / 2048 images, in ms
+    lower = figure_rtt(cells(pandas.DataFrame(rows))).axes[1]
+    assert lower.get_ylabel() == "lmdbio / peer (median of pairs)"
+    (ratio,) = [bars for bars in lower.containers if bars.get_label() == "litdata"]
+    assert list(ratio.lines[0].get_ydata()) == pytest.approx([700 / 600])  # the median pair

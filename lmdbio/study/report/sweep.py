@@ -74,33 +74,50 @@ def _pyplot() -> Any:
     return plt
 
 
+def _ratio_lines(cell: Any, baseline: bool) -> list[tuple[str, str, Any]]:
+    """The bottom row's lines: (label, column, rows) for every strategy's speedup over
+    ImageFolder, or, in a sweep without ImageFolder (``--formats``), lmdbio's paired ratio over
+    each peer."""
+    if baseline:
+        return [(fmt, "speedup", cell[cell["format"] == fmt])
+                for fmt in order(cell["format"].unique())]
+    lmdb = cell[cell["format"] == "lmdb"]
+    return [(peer, f"over_{peer}", lmdb) for peer in PEER_FORMATS if f"over_{peer}" in lmdb
+            and lmdb[f"over_{peer}"].notna().any()]
+
+
 def figure_rtt(table: Any) -> Any:
-    """images/s (top) and speedup over ImageFolder (bottom) against added round trip, one line
-    per strategy, one column per mode; cold, uncapped network points; whiskers: range."""
+    """images/s (top) and speedup over ImageFolder (bottom; lmdbio over each peer where
+    ImageFolder was not run) against added round trip, one line per strategy, one column per
+    mode; cold, uncapped network points; whiskers: range."""
     plt = _pyplot()
     net = table[(table["kind"] == "network") & table["bandwidth_mbps"].isna()
                 & (table["cache"] == "cold")]
     if net.empty:
         return None
+    baseline = "imagefolder" in set(net["format"])
     modes = [m for m in ("load", "emulate", "train") if m in set(net["mode"])]
     fig, axes = plt.subplots(2, len(modes), figsize=(5.2 * len(modes), 7.5), squeeze=False,
                              sharex=True)
     for col, mode in enumerate(modes):
         cell = net[net["mode"] == mode]
-        for fmt in order(cell["format"].unique()):
-            line = cell[cell["format"] == fmt].sort_values("rtt_ms")
-            x = line["rtt_ms"].astype(float)
-            for row, (metric, lo, hi) in enumerate((
-                    ("images_per_s", "images_per_s_min", "images_per_s_max"),
-                    ("speedup", "speedup_min", "speedup_max"))):
-                axes[row][col].errorbar(x, line[metric],
-                                        yerr=[line[metric] - line[lo], line[hi] - line[metric]],
-                                        marker="o", capsize=3, label=fmt,
-                                        color=COLOURS.get(fmt))
+        rates = [(fmt, "images_per_s", cell[cell["format"] == fmt])
+                 for fmt in order(cell["format"].unique())]
+        for row, lines in enumerate((rates, _ratio_lines(cell, baseline))):
+            for label, metric, line in lines:
+                line = line.sort_values("rtt_ms")
+                axes[row][col].errorbar(
+                    line["rtt_ms"].astype(float), line[metric],
+                    yerr=[line[metric] - line[metric + "_min"],
+                          line[metric + "_max"] - line[metric]],
+                    marker="o", capsize=3, label=label, color=COLOURS.get(label))
         measured = cell.groupby("rtt_ms")["measured_rtt_ms"].median()
         axes[0][col].set_title(f"{mode}, cold: SFTP mount + added round trip")
         axes[0][col].set_ylabel("images/s (median, range of runs)")
-        axes[1][col].set_ylabel("speedup over ImageFolder (median of pairs)")
+        axes[1][col].set_ylabel("speedup over ImageFolder (median of pairs)" if baseline
+                                else "lmdbio / peer (median of pairs)")
+        if not baseline:
+            axes[1][col].legend(fontsize=8, title="lmdbio over", title_fontsize=8)
         axes[1][col].axhline(1.0, color="black", linewidth=0.8)
         axes[1][col].set_xlabel("added round trip, ms (measured RTT through the mount below)")
         axes[1][col].set_xticks(list(measured.index.astype(float)))
@@ -175,22 +192,26 @@ def _text(row: Any, column: str) -> str:
 
 
 def summary_markdown(table: Any, frame: Any, skipped: list[str]) -> str:
-    lines = ["# Storage sweep: images/s (median, range) and speedup over ImageFolder", "",
+    formats = order(table["format"].unique())
+    baseline = "imagefolder" in formats  # a sweep of some strategies only has no speedup
+    lines = ["# Storage sweep: images/s (median, range)"
+             + (" and speedup over ImageFolder" if baseline else ""), "",
              f"{len(_measured(frame))} measured runs; machine: {frame['cpu'].iloc[0]}, "
              f"{frame['cores'].iloc[0]} cores, {frame['ram_gib'].iloc[0]} GiB; commit "
              f"{frame['git_commit'].iloc[0]}.", ""]
-    formats = order(table["format"].unique())
     peers = [p for p in PEER_FORMATS if f"over_{p}" in table]
-    header = (["point", "cache", "mode", "measured RTT ms", *formats, "lmdb speedup",
-               "lmdb vs ImageFolder"] + [f"lmdb / {p} (paired)" for p in peers])
+    header = (["point", "cache", "mode", "measured RTT ms", *formats]
+              + (["lmdb speedup", "lmdb vs ImageFolder"] if baseline else [])
+              + [f"lmdb / {p} (paired)" for p in peers])
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key, cell in table.groupby(["condition", "cache", "mode"], sort=False):
         by = cell.set_index("format")
         lmdb = by.loc["lmdb"] if "lmdb" in by.index else None
         rtt = cell["measured_rtt_ms"].median()
         row = [*key, "" if rtt != rtt else f"{rtt:.2f}",
-               *(_fmt_rate(by.loc[f]) if f in by.index else "" for f in formats),
-               _ratio(lmdb, "speedup"), _text(lmdb, "vs_imagefolder")]
+               *(_fmt_rate(by.loc[f]) if f in by.index else "" for f in formats)]
+        if baseline:
+            row += [_ratio(lmdb, "speedup"), _text(lmdb, "vs_imagefolder")]
         row += [f"{_ratio(lmdb, f'over_{p}')} {_text(lmdb, f'vs_{p}')}".strip() for p in peers]
         lines.append("| " + " | ".join(row) + " |")
     if skipped:
