@@ -48,6 +48,50 @@ def test_several_streams_read_the_whole_file_once(tmp_path: Path, streams: int) 
     assert pagecache.residency(path).fraction > 0.95
 
 
+def test_where_splicing_is_refused_the_prefetch_reads_into_a_buffer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system without splice support answers sendfile with EINVAL: the stream goes on
+    with preadv, the file still read whole into the cache; any other error is the stream's."""
+    import errno
+
+    calls: list[int] = []
+
+    def refused(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+        calls.append(offset)
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "sendfile", refused)
+    size = (3 << 20) + 17
+    path = _file(tmp_path / "blob", size)
+    pagecache.evict(path)
+    fetcher = prefetch.Prefetcher(str(path), chunk_bytes=1 << 20, streams=2).start()
+    assert fetcher.wait(60) and fetcher.error is None and fetcher.bytes_read == size
+    assert pagecache.residency(path).fraction > 0.95
+    assert sorted(calls) == [0, size - size // 2]  # one refusal per stream, then preadv
+
+    def failing(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "sendfile", failing)
+    fetcher = prefetch.Prefetcher(str(path), chunk_bytes=1 << 20).start()
+    assert fetcher.wait(60) and fetcher.bytes_read == 0
+    assert isinstance(fetcher.error, OSError) and fetcher.error.errno == errno.EIO
+
+
+def test_the_prefetch_copies_nothing_into_the_process(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the file system splices (here: the local disk), no chunk is read into Python."""
+    def copied(*args: object) -> int:
+        raise AssertionError("preadv used where sendfile works")
+
+    monkeypatch.setattr(os, "preadv", copied)
+    path = _file(tmp_path / "blob", (2 << 20) + 5)
+    pagecache.evict(path)
+    fetcher = prefetch.Prefetcher(str(path), chunk_bytes=1 << 20).start()
+    assert fetcher.wait(60) and fetcher.error is None and fetcher.bytes_read == (2 << 20) + 5
+    assert pagecache.residency(path).fraction > 0.95
+
+
 def test_a_stopped_prefetch_reads_nothing_more(tmp_path: Path) -> None:
     fetcher = prefetch.Prefetcher(str(_file(tmp_path / "blob", 4 << 20)), chunk_bytes=1 << 20)
     fetcher._stop.set()  # asked to stop before its first read
