@@ -131,13 +131,17 @@ _NO_SPLICE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
 class _Sink:
     """Reads parts of one open file into the page cache and nowhere else: ``sendfile`` to
     ``/dev/null`` (no copy into this process), or ``preadv`` into one reusable buffer where the
-    file system refuses that (on the first read)."""
+    file system refuses that (on the first read) or ``/dev/null`` cannot be opened (a bare
+    chroot, no descriptors left)."""
 
     def __init__(self, fd: int, chunk_bytes: int) -> None:
         self.fd = fd
         self.chunk_bytes = chunk_bytes
-        self.null: int | None = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         self.buffer: bytearray | None = None
+        try:
+            self.null: int | None = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:
+            self.null = None
 
     def read(self, offset: int, length: int) -> int:
         """Bytes read at ``offset`` (at most ``length``, at most ``chunk_bytes``; 0 at the end)."""

@@ -78,6 +78,18 @@ def test_where_splicing_is_refused_the_prefetch_reads_into_a_buffer(
     assert isinstance(fetcher.error, OSError) and fetcher.error.errno == errno.EIO
 
 
+def test_without_dev_null_the_prefetch_reads_into_a_buffer(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No /dev/null to send to (a bare chroot): the file is still read whole, with preadv."""
+    monkeypatch.setattr(os, "devnull", str(tmp_path / "no-such-device"))
+    path = _file(tmp_path / "blob", (2 << 20) + 3)
+    pagecache.evict(path)
+    fetcher = prefetch.Prefetcher(str(path), chunk_bytes=1 << 20).start()
+    assert fetcher.wait(60) and fetcher.error is None and fetcher.bytes_read == (2 << 20) + 3
+    assert pagecache.residency(path).fraction > 0.95
+    assert not (tmp_path / "no-such-device").exists()
+
+
 def test_the_prefetch_copies_nothing_into_the_process(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Where the file system splices (here: the local disk), no chunk is read into Python."""
