@@ -23,7 +23,8 @@ from typing import Iterator, Union
 
 from lmdbio.residency import resident_bytes
 
-__all__ = ["Residency", "ResidencyError", "evict", "residency", "evict_and_check"]
+__all__ = ["Residency", "ResidencyError", "evict", "evict_and_check", "read_through",
+           "residency"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -103,6 +104,16 @@ def evict(path: PathLike) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+
+
+def read_through(path: PathLike, chunk: int = 8 << 20) -> None:
+    """Read a file, or every regular file in a tree, once from start to end, so its pages are
+    in the page cache (a "warm" run); the same files :func:`evict` drops."""
+    buffer = bytearray(chunk)
+    for file in _regular_files(path):
+        with open(file, "rb", buffering=0) as handle:
+            while handle.readinto(buffer):
+                pass
 
 
 def _resident_bytes(file: Path) -> tuple[int, int]:

@@ -81,14 +81,6 @@ def _data_paths(fmt: str, split_dir: str, lmdb_path: str, data_dir: str,
     return paths
 
 
-def _read_through(path: str) -> None:
-    for root, _, files in os.walk(path) if os.path.isdir(path) else [("", [], [path])]:
-        for name in files:
-            with open(os.path.join(root, name), "rb", buffering=0) as handle:
-                while handle.read(1 << 20):
-                    pass
-
-
 def prepare_cache(paths: Sequence[str], cache: str) -> pagecache.Residency:
     """Evict (cold) or fully read (warm) ``paths``; returns the residency of ``paths[0]``."""
     if cache not in CACHES:
@@ -97,7 +89,7 @@ def prepare_cache(paths: Sequence[str], cache: str) -> pagecache.Residency:
         if cache == "cold":
             pagecache.evict(path)
         else:
-            _read_through(path)
+            pagecache.read_through(path)
     return pagecache.residency(paths[0])
 
 

@@ -35,6 +35,20 @@ def test_read_file_is_resident_and_evict_drops_it(tmp_path: Path) -> None:
     assert residency(data).fraction < 0.1
 
 
+def test_read_through_brings_a_tree_back_after_evict(tmp_path: Path) -> None:
+    """The warm side of a benchmark: every regular file of a tree read back into the cache."""
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    files = [write_file(tmp_path / "a" / "one.bin", SIZE // 2),
+             write_file(tmp_path / "a" / "b" / "two.bin", SIZE // 4 + 1)]
+    evict(tmp_path)
+    assert residency(tmp_path).fraction < 0.1
+    pagecache.read_through(tmp_path, chunk=1 << 20)
+    assert residency(tmp_path).fraction > 0.9
+    evict(files[0])
+    pagecache.read_through(files[0])  # one file, the default chunk
+    assert residency(files[0]).fraction > 0.9
+
+
 def test_evict_syncs_dirty_pages_first(tmp_path: Path) -> None:
     # Without the fsync inside evict(), DONTNEED would keep these dirty pages.
     data = write_file(tmp_path / "dirty.bin", sync=False)

@@ -28,7 +28,7 @@ from lmdbio import Database, EnvOptions, open_database
 from lmdbio.folder import find_classes, make_dataset
 from lmdbio.prefetch import fits_in_memory, prefetch_files, stop_all
 from lmdbio.samplers import BlockShuffleSampler
-from lmdbio.study import cgroups
+from lmdbio.study import cgroups, pagecache
 from lmdbio.study.cgroups import ControlGroup
 from lmdbio.study.strategies import order_randomness
 from lmdbio.study.bench.perf_common import MB, Storage, banner, median, sequential_mb_s
@@ -39,14 +39,6 @@ BLOCK, BUFFER = 128, 1024   # records per block (~4 MB of 30 KB JPEGs), shuffle 
 # lookup, copy, CRC-32), the ceiling of any cold variant whatever the storage.
 WARM_LOADER = "lmdbio, 2 DataLoader workers, warm (CPU limit)"
 WARM_ONE = "lmdbio, one process, warm (CPU limit)"
-
-
-def read_through(path: str, chunk: int = 8 << 20) -> None:
-    """Bring the whole file into the page cache."""
-    buffer = bytearray(chunk)
-    with open(path, "rb", buffering=0) as handle:
-        while handle.readinto(buffer):
-            pass
 
 
 def read_lmdbio(path: str, order: Sequence[int], readahead: bool, prefetch: bool,
@@ -181,7 +173,7 @@ def bench_fits_in_ram(storages: list[Storage], raw: str, repeats: int,
                          "repeat": repeat, "mb_per_s": limit, "ratio_to_sequential": 1.0})
             for name, relative, read in variants if repeat % 2 == 0 else variants[::-1]:
                 if name in (WARM_LOADER, WARM_ONE):
-                    read_through(storage.path(relative))
+                    pagecache.read_through(storage.path(relative))
                 else:
                     storage.evict(relative)
                 row = timed(lambda d: read(order, d), max_seconds)  # noqa: B023
