@@ -70,9 +70,12 @@ def convert_shards(source: str | os.PathLike[str], destination: str | os.PathLik
             try:
                 results = [future.result() for future in futures]
             except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the shards' processes stop too
+                # this pool's processes only (the caller may have children of its own); the
+                # executor offers no public handle on them before Python 3.14
+                workers = list((getattr(pool, "_processes", None) or {}).values())
                 pool.shutdown(wait=False, cancel_futures=True)
-                for child in multiprocessing.active_children():
-                    child.terminate()  # what each committed stays, for --resume
+                for worker in workers:
+                    worker.terminate()  # what each committed stays, for --resume
                 print(f"lmdbio: interrupted; continue with --resume (complete shards are "
                       f"kept, the others resume from their .partial files next to {dst})",
                       file=sys.stderr)

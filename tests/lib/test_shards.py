@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -294,6 +295,46 @@ def test_sigterm_stops_parallel_shard_jobs_and_they_resume(tmp_path) -> None:
     with ShardedDatabase(shard_files(tmp_path, "out.lmdb", 2)) as two:
         assert len(two) == KEPT
     assert not any(p.exists() for p in partials)
+
+
+def test_an_interrupted_parallel_conversion_leaves_the_callers_own_children(tmp_path) -> None:
+    """``lmdbio.convert_shards(jobs=2)`` called from a program with a child process of its
+    own: Ctrl-C stops the shard processes, not the caller's child."""
+    from tests.helpers import build_big_tree
+
+    tree = build_big_tree(tmp_path / "src")
+    script = tmp_path / "caller.py"
+    script.write_text(textwrap.dedent(f"""
+        import multiprocessing, sys, time
+        import lmdbio
+
+        if __name__ == "__main__":
+            own = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(600,))
+            own.start()
+            print(own.pid, flush=True)
+            try:
+                lmdbio.convert_shards({str(tree)!r}, {str(tmp_path / "out.lmdb")!r}, 2, jobs=2,
+                                      workers=1, commit_bytes=1 << 20, progress=False,
+                                      on_error="skip")
+            except KeyboardInterrupt:
+                own.join(2)  # a terminated child takes a moment to be reaped
+                print("alive" if own.is_alive() else "killed", flush=True)
+            finally:
+                own.kill()
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    proc.stdout.readline()  # the caller's child is running
+    partials = [Path(f"{path}.partial") for path in shard_files(tmp_path, "out.lmdb", 2)]
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        if any(p.exists() and p.stat().st_size > 2 << 20 for p in partials):
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.001)
+    out, err = proc.communicate(timeout=60)
+    assert out.split() == ["alive"], (out, err)
 
 
 # -- on_error="skip" judged over the whole set ----------------------------------------------------
