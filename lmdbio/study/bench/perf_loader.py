@@ -13,7 +13,6 @@ Conditions (each one epoch, ``lmdbio.harness.measure`` in "load" mode, ABBA orde
 
 from __future__ import annotations
 
-import io
 import os
 import random
 from collections.abc import Callable
@@ -75,9 +74,7 @@ class SeedLMDB(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         label, image = self.db.get(index)
-        from PIL import Image
-
-        return self.transform(Image.open(io.BytesIO(image)).convert("RGB")), label
+        return self.transform(decode_pil(image)), label
 
     def close(self) -> None:
         self.db.close()
