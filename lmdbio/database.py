@@ -12,8 +12,7 @@ from typing import Any
 import lmdb
 
 from . import envs, locality
-from .btree import ValueLocator
-from .direct import DirectAccess, RecordFile
+from .direct import DirectAccess, open_direct
 from .errors import (CorruptRecordError, DatabaseChangedError, FormatError,
                      LegacyFormatError, LmdbioError)
 from .legacy import is_legacy
@@ -207,39 +206,9 @@ class Database:
         base = self._map_start()
         if base is None:
             return None
-        page = env.stat()["psize"]
-        file = RecordFile(data_file(self.path), self._shared.identity,  # type: ignore[union-attr]
-                          page)
-        if file.fd is None:
-            return None
-        try:
-            # pages past the end of the file are SIGBUS in the map: the meta page's count is
-            # trusted only as far as the file's size agrees
-            last_page = min(env.info()["last_pgno"], os.fstat(file.fd).st_size // page - 1)
-            with env.begin() as txn:  # the main database: the samples database's record
-                locator = ValueLocator.of_database(txn, SAMPLES_DB, base, page, last_page)
-            if locator is not None and self._confirms(locator):
-                return DirectAccess(locator, file)
-        except lmdb.Error:
-            pass
-        file.close()
-        return None
-
-    def _confirms(self, locator: ValueLocator, tries: int = 64) -> bool:
-        """The locator places a record where liblmdb's own view of it lies: the layout it
-        reads is this file's (checked once per process, on the first of the first ``tries``
-        records stored on overflow pages; reads that record through the map)."""
-        env, samples, _ = self._handles()
-        with env.begin(db=samples, buffers=True) as txn:
-            for index in range(min(tries, self.meta.num_samples)):
-                key = encode_key(index)
-                value = txn.get(key)
-                if value is None:
-                    return False
-                span = locator.span(key)
-                if span is not None:
-                    return span == (self._map_offset(value), len(value))
-        return False  # small records, kept in their leaves: nothing to read directly
+        return open_direct(env, samples, data_file(self.path),
+                           self._shared.identity,  # type: ignore[union-attr]
+                           base, self.meta.num_samples, self._map_offset)
 
     def will_need_records(self, indices: Iterable[int]) -> None:
         """Ask storage for records ``indices`` now, in the background: one asynchronous request

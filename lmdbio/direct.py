@@ -17,12 +17,16 @@ process that reads and is not shared across ``fork``.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import lmdb
 
 from .btree import ValueLocator
+from .format import SAMPLES_DB, encode_key
 from .lmdb_layout import HEADER_BYTES
 
-__all__ = ["DirectAccess", "RecordFile"]
+__all__ = ["DirectAccess", "RecordFile", "open_direct"]
 
 Span = tuple[int, int]  # (offset in the file, length)
 
@@ -115,3 +119,46 @@ class DirectAccess:
 
     def close(self) -> None:
         self.file.close()
+
+
+def open_direct(env: lmdb.Environment, samples: Any, path: str, identity: tuple[int, int],
+                map_base: int, num_samples: int,
+                map_offset: Callable[[memoryview], int | None]) -> DirectAccess | None:
+    """Direct access to the database file ``path`` that ``env`` has mapped at ``map_base``
+    (``samples``: its samples database; ``map_offset``: a view into the map -> its offset in the
+    file); None where the layout is not confirmed, the records are too small to be read apart
+    from their leaves or the name holds another file: then the map reads, as liblmdb always
+    can. ``OSError`` from opening the file is the caller's to judge."""
+    page = env.stat()["psize"]
+    file = RecordFile(path, identity, page)
+    if file.fd is None:
+        return None
+    try:
+        # pages past the end of the file are SIGBUS in the map: the meta page's count is
+        # trusted only as far as the file's size agrees
+        last_page = min(env.info()["last_pgno"], os.fstat(file.fd).st_size // page - 1)
+        with env.begin() as txn:  # the main database: the samples database's record
+            locator = ValueLocator.of_database(txn, SAMPLES_DB, map_base, page, last_page)
+        if locator is not None and _confirms(env, samples, locator, num_samples, map_offset):
+            return DirectAccess(locator, file)
+    except lmdb.Error:
+        pass
+    file.close()
+    return None
+
+
+def _confirms(env: lmdb.Environment, samples: Any, locator: ValueLocator, num_samples: int,
+              map_offset: Callable[[memoryview], int | None], tries: int = 64) -> bool:
+    """The locator places a record where liblmdb's own view of it lies: the layout it reads
+    is this file's (checked once per process, on the first of the first ``tries`` records
+    stored on overflow pages; reads that record through the map)."""
+    with env.begin(db=samples, buffers=True) as txn:
+        for index in range(min(tries, num_samples)):
+            key = encode_key(index)
+            value = txn.get(key)
+            if value is None:
+                return False
+            span = locator.span(key)
+            if span is not None:
+                return span == (map_offset(value), len(value))
+    return False  # small records, kept in their leaves: nothing to read directly
