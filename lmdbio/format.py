@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .checksum import crc32
 from .errors import CorruptRecordError, FormatError
 
 __all__ = [
@@ -74,7 +75,7 @@ def encode_key(index: int) -> bytes:
 def encode_record(label: int, payload: bytes) -> bytes:
     """Header + payload; the checksum covers the label too, so a flipped label is caught."""
     head = _RECORD.pack(_RECORD_MAGIC, _RECORD_VERSION, 0, label, len(payload), 0)[:12]
-    crc = zlib.crc32(payload, zlib.crc32(head))
+    crc = crc32(payload, crc32(head))
     return head + struct.pack("<I", crc) + payload
 
 
@@ -91,7 +92,7 @@ def decode_record(value: bytes, index: int, *, verify: bool = True) -> tuple[int
     if len(payload) != length:
         raise CorruptRecordError(f"record {index} holds {len(payload)} payload bytes, header says "
                                  f"{length}; re-convert the source")
-    if verify and zlib.crc32(payload, zlib.crc32(memoryview(value)[:12])) != crc:
+    if verify and crc32(payload, crc32(memoryview(value)[:12])) != crc:
         raise CorruptRecordError(f"record {index} fails its checksum; the file is damaged: "
                                  "re-convert the source or restore the database from a copy")
     return label, payload

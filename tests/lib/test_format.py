@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import struct
+import sys
 import zlib
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lmdbio
+from lmdbio import checksum
 from lmdbio import format as fmt
 from lmdbio.format import (RECORD_HEADER_SIZE, Metadata, decode_paths, decode_record,
                            decode_targets, encode_key, encode_paths, encode_record,
@@ -272,3 +275,31 @@ def test_non_lmdb_and_missing_files(tmp_path: Path) -> None:
     with pytest.raises(lmdbio.DatabaseNotFoundError, match="does not exist") as caught:
         lmdbio.open_database(tmp_path / "missing.lmdb")
     assert isinstance(caught.value, FileNotFoundError)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=70_000), st.integers(0, 2**32 - 1))
+def test_the_record_checksum_is_zlibs_crc32_whichever_module_computes_it(
+        data: bytes, start: int) -> None:
+    # the format is zlib's CRC-32: files written with zlib-ng must check with zlib and back
+    assert checksum.crc32(data, start) == zlib.crc32(data, start)
+    assert checksum.crc32(memoryview(data)[1:]) == zlib.crc32(data[1:])
+
+
+def test_without_zlib_ng_the_standard_library_checks_the_same_records(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    record = encode_record(3, b"\xff\xd8 some jpeg bytes")
+    monkeypatch.setattr(checksum, "_impl", None)
+    monkeypatch.setitem(sys.modules, "zlib_ng", None)  # import zlib_ng now raises ImportError
+    monkeypatch.setitem(sys.modules, "zlib_ng.zlib_ng", None)
+    assert checksum.implementation() == "zlib"
+    assert decode_record(record, 0)[0] == 3
+    assert encode_record(3, b"\xff\xd8 some jpeg bytes") == record
+    with pytest.raises(lmdbio.CorruptRecordError, match="checksum"):
+        decode_record(record[:-1] + b"\x00", 0)
+
+
+def test_where_zlib_ng_is_installed_it_computes_the_checksums() -> None:
+    if importlib.util.find_spec("zlib_ng") is None:
+        pytest.skip("zlib-ng has no wheel for this machine; the standard library checks")
+    assert checksum.implementation() == "zlib_ng"
