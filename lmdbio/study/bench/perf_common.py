@@ -117,13 +117,8 @@ def write_seed_db(split: str, dst: str) -> None:
 def sequential_mb_s(storage: Storage, relative: str, chunk: int = 8 << 20) -> float:
     """Cold sequential read bandwidth of one file on ``storage``: the storage limit."""
     storage.evict(relative)
-    path = storage.path(relative)
-    buffer = bytearray(chunk)
     start = time.perf_counter()
-    total = 0
-    with open(path, "rb", buffering=0) as handle:
-        while got := handle.readinto(buffer):
-            total += got
+    total = pagecache.read_through(storage.path(relative), chunk)
     return total / MB / (time.perf_counter() - start)
 
 

@@ -197,12 +197,8 @@ def _child(argv: list[str]) -> None:
     to storage through ``will_need`` (the sampler's default) unless the order ends in "-nohint"."""
     path, variant, max_seconds = argv[0], argv[1], float(argv[2])
     if variant == "sequential":
-        buffer = bytearray(8 << 20)
         start = time.perf_counter()
-        total = 0
-        with open(path, "rb", buffering=0) as handle:
-            while got := handle.readinto(buffer):
-                total += got
+        total = pagecache.read_through(path)
         seconds = time.perf_counter() - start
         print(json.dumps({"mb_per_s": total / MB / seconds, "seconds": seconds}))
         return
