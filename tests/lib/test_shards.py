@@ -218,6 +218,18 @@ def test_errors_of_parallel_shard_jobs_reach_the_caller(simple_tree, tmp_path) -
 # -- independent resume ---------------------------------------------------------------------------
 
 
+def _signal_once_writing(proc: subprocess.Popen, partials: list[Path], signum: int,
+                         past: int = 2 << 20) -> None:
+    """Send ``signum`` to ``proc`` once one of ``partials`` has grown past ``past`` bytes (the
+    conversion is under way), or give up after 60 s (the test's assertions then say why)."""
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        if any(p.exists() and p.stat().st_size > past for p in partials):
+            proc.send_signal(signum)
+            return
+        time.sleep(0.001)
+
+
 def test_a_killed_shard_resumes_on_its_own(tmp_path) -> None:
     """kill -9 while --num-shards 2 writes shard 1: --resume keeps the finished shard 0,
     continues shard 1 from its checkpoint, and the set equals the single database (with bad
@@ -232,12 +244,7 @@ def test_a_killed_shard_resumes_on_its_own(tmp_path) -> None:
                              "--num-shards", "2", "--commit-mb", "1", "--workers", "2", "-q",
                              "--on-error", "skip"], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while proc.poll() is None and time.monotonic() < deadline:
-        if partial.exists() and partial.stat().st_size > 4 << 20:
-            os.kill(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.001)
+    _signal_once_writing(proc, [partial], signal.SIGKILL, past=4 << 20)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL, ("finished before the kill", out, err)
     assert first.exists() and not second.exists()
@@ -277,12 +284,7 @@ def test_sigterm_stops_parallel_shard_jobs_and_they_resume(tmp_path) -> None:
                              "--num-shards", "2", "--jobs", "2", "--commit-mb", "1",
                              "--workers", "1", "-q", "--on-error", "skip"], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while proc.poll() is None and time.monotonic() < deadline:
-        if any(p.exists() and p.stat().st_size > 2 << 20 for p in partials):
-            proc.send_signal(signal.SIGTERM)
-            break
-        time.sleep(0.001)
+    _signal_once_writing(proc, partials, signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, ("finished before the kill", out, err)
     assert "Traceback" not in err and "--resume" in err, err
@@ -327,12 +329,7 @@ def test_an_interrupted_parallel_conversion_leaves_the_callers_own_children(tmp_
     assert proc.stdout is not None
     proc.stdout.readline()  # the caller's child is running
     partials = [Path(f"{path}.partial") for path in shard_files(tmp_path, "out.lmdb", 2)]
-    deadline = time.monotonic() + 60
-    while proc.poll() is None and time.monotonic() < deadline:
-        if any(p.exists() and p.stat().st_size > 2 << 20 for p in partials):
-            proc.send_signal(signal.SIGINT)
-            break
-        time.sleep(0.001)
+    _signal_once_writing(proc, partials, signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert out.split() == ["alive"], (out, err)
 
