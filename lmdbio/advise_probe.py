@@ -5,7 +5,7 @@ Order matters, and is the one docs/ADVISE.md gives: the tree is listed first exa
 ImageFolder lists it (``lmdbio.folder``: no ``stat`` per file, so a network FS's attribute
 cache is in the state a real ImageFolder run sees); then each sampled file is opened once: the
 open is timed, its pages are dropped from the page cache (``posix_fadvise(DONTNEED)``, checked
-with ``mincore``), and its read and close are timed, cold. Nothing is ever written: files are
+with ``mincore``), and its read and close are timed, cold (the reads: ``lmdbio.advise_reads``). Nothing is ever written: files are
 opened read-only, and the only state changed is the page cache (pages dropped, then read
 back).
 
@@ -15,25 +15,22 @@ Stdlib + Pillow (+ numpy through Pillow); torch and torchvision only for ``trans
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import math
 import os
 import random
-import stat
 import statistics
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-from .advise_model import PAGE_BYTES, Measured, record_bytes
+from .advise_model import Measured, record_bytes
+from .advise_reads import (Eviction, Timed, evict_one, random_reads, read_stream, stat_rest,
+                           threaded_reads, timed_read)
 from .decode import DraftDecoder, decode_pil
-from .errors import SourceError, SourceFileError
+from .errors import SourceError
 from .folder import find_classes, make_dataset
 from .prefetch import memory_budget
-from .residency import resident_bytes
 from .sources import default_read_workers
 from .system import cores_available, fs_info, is_network_fs
 from .validate import check_payload
@@ -42,287 +39,19 @@ __all__ = ["DRAFT_MIN_SIZE", "TRANSFORMS", "measure"]
 
 TRANSFORMS = ("seed", "none")
 DRAFT_MIN_SIZE = 64          # the seed transform's crop: DraftDecoder's fastest setting for it
-READ_BYTES = 1 << 20         # the sequential reads' size, as the brief of issue #16 asks
 LARGE_FILE_BYTES = 64 << 20  # a file this large holds many records' worth of random offsets
 SEQ_READ_MAX = 256 << 20     # read at most this much of a large file for the bandwidth
 KEEP_FOR_DECODE = 64 << 20   # sampled bytes kept in memory for the decode timings
-RANDOM_READS = 32
 WARM_FILES = 50
 DECODE_MAX = 200             # images per decode timing (enough for a stable median rate)
-STAT_THREADS = 8             # as lmdbio.sources.list_source's default
 RESIDENT_OK = 0.05           # "evicted" when at most this share of the sample stays cached
 _NO_EVICTION_FS = frozenset({"tmpfs", "ramfs", "devtmpfs"})  # the pages are the storage
 
 Progress = Callable[[str], None]
-_T = TypeVar("_T")
-_R = TypeVar("_R")
 
 
 def _quiet(_: str) -> None:
     pass
-
-
-# -- the page cache -------------------------------------------------------------------------------
-
-
-class _Eviction:
-    """Drops each sampled file's pages in the very open() that reads it, and tallies what
-    stayed. One open per file: evicting in a pass of its own would open every file first and
-    leave its attributes freshly cached on a network FS, so the timed open would not be the
-    one ImageFolder pays. Shared by the reading threads (hence the lock)."""
-
-    def __init__(self, evict: bool) -> None:
-        self.evict = evict
-        self.resident = self.checked_bytes = self.unverifiable = self.refused = 0
-        self._lock = threading.Lock()
-
-    def drop(self, fd: int, size: int) -> None:
-        """Drop ``fd``'s pages and read back how many stayed (mincore). Dirty pages (a tree
-        written moments ago) survive DONTNEED, so where some stay they are written back and
-        dropped again: fdatasync on a read-only descriptor flushes what others wrote and
-        changes neither the bytes nor the times. Only then, since on a network FS it is a
-        round trip of its own."""
-        if not self.evict:
-            return
-        dropped = _dontneed(fd)
-        resident = _resident(fd, size)
-        if dropped and resident:
-            with contextlib.suppress(OSError):
-                os.fdatasync(fd)
-            _dontneed(fd)
-            resident = _resident(fd, size)
-        with self._lock:
-            self.refused += not dropped
-            if resident is None:
-                self.unverifiable += 1
-            else:
-                self.resident += min(resident, size)
-                self.checked_bytes += size
-
-
-def _resident(fd: int, size: int) -> int | None:
-    """Resident bytes of ``fd`` (``lmdbio.residency``); None where it cannot be checked."""
-    try:
-        return resident_bytes(fd, size)
-    except (OSError, AttributeError):  # AttributeError: a libc without mincore
-        return None
-
-
-def _dontneed(fd: int) -> bool:
-    """POSIX_FADV_DONTNEED on the whole file; False when the file system refuses."""
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    except OSError:
-        return False
-    return True
-
-
-def _unreadable(path: str, why: str) -> SourceFileError:
-    return SourceFileError(f"{path!r}: cannot read: {why}; fix its permissions or remove it "
-                           "(ImageFolder's loader and lmdbio convert stop at it too)", path)
-
-
-def _open_regular(path: str) -> tuple[int, int]:
-    """``(descriptor, size)`` of ``path`` opened read-only, which must be a regular file.
-    Opened with O_NONBLOCK, cleared once checked, as lmdbio.sources does: a FIFO named like
-    an image would block open() forever, and a device (a link to /dev/zero) never ends."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise _unreadable(path, exc.strerror or str(exc)) from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise _unreadable(path, "not a regular file")
-        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, info.st_size
-
-
-def _evict_one(path: str) -> None:
-    """Drop one file's pages again (the large file, between its reads)."""
-    fd, _ = _open_regular(path)
-    try:
-        _dontneed(fd)
-    finally:
-        os.close(fd)
-
-
-# -- timed reads ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Timed:
-    path: str
-    size: int
-    open_s: float
-    read_s: float
-    close_s: float
-    data: bytes | None
-
-    @property
-    def total_s(self) -> float:
-        return self.open_s + self.read_s + self.close_s
-
-
-def _timed_read(path: str, cache: _Eviction | None, keep: int) -> _Timed:
-    """open + read to EOF + close, each part timed; between open and read (untimed) the
-    file is checked to be regular and its pages dropped (``cache``; None: read as cached).
-    Its bytes are kept when it is at most ``keep`` bytes, for the decode timings."""
-    t0 = time.perf_counter()
-    fd, size = _open_regular(path)
-    t1 = time.perf_counter()
-    open_fd: int | None = fd  # closed in finally unless the timed close ran (Ctrl-C, errors)
-    try:
-        if cache is not None:
-            cache.drop(fd, size)
-        chunks = []
-        got = 0
-        t2 = time.perf_counter()
-        while got <= size:  # past the size seen: changed meanwhile, stop
-            chunk = os.read(fd, READ_BYTES)
-            if not chunk:
-                break
-            got += len(chunk)
-            chunks.append(chunk)
-        t3 = time.perf_counter()
-        open_fd = None
-        os.close(fd)
-        t4 = time.perf_counter()
-    except OSError as exc:
-        raise _unreadable(path, exc.strerror or str(exc)) from None
-    finally:
-        if open_fd is not None:
-            os.close(open_fd)
-    data = b"".join(chunks) if got <= keep else None
-    return _Timed(path, got, t1 - t0, t3 - t2, t4 - t3, data)
-
-
-def _read_through(path: str, deadline: float, limit: int) -> int:
-    """Bytes of ``path`` read front to back in READ_BYTES reads, at most ``limit``, stopping
-    at ``deadline``: what one sequential stream (lmdbio's prefetch) gets."""
-    fd, _ = _open_regular(path)
-    try:
-        with contextlib.suppress(OSError):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # as lmdbio.prefetch does
-        got = 0
-        while got < limit:
-            chunk = os.read(fd, READ_BYTES)
-            if not chunk:
-                break
-            got += len(chunk)
-            if time.perf_counter() > deadline:
-                break
-        return got
-    finally:
-        os.close(fd)
-
-
-def _threaded_reads(paths: Sequence[str], threads: int, deadline: float, cache: _Eviction,
-                    keep: int) -> tuple[float, list[_Timed]]:
-    """``(seconds, reads)`` of ``paths`` read cold by ``threads`` threads at once, each file
-    front to back in READ_BYTES reads: the converter's reading pattern on this FS. Files not
-    started by ``deadline`` are left out."""
-    def one(path: str) -> _Timed | None:
-        return None if time.perf_counter() > deadline else _timed_read(path, cache, keep)
-
-    start = time.perf_counter()
-    done = [item for item in _in_threads(one, paths, threads) if item is not None]
-    return time.perf_counter() - start, done
-
-
-def _random_reads(path: str, size: int, request: int, deadline: float,
-                  rng: random.Random) -> list[float]:
-    """Seconds per cold ``pread`` of ``request`` bytes at random page-aligned offsets of the
-    large file ``path``; readahead off (POSIX_FADV_RANDOM), as lmdbio reads a database that
-    does not fit in memory."""
-    _evict_one(path)
-    fd, _ = _open_regular(path)
-    times: list[float] = []
-    try:
-        with contextlib.suppress(OSError):  # a hint: without it the figure includes readahead
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-        span = max(1, (size - request) // PAGE_BYTES)
-        for offset in rng.sample(range(span), min(RANDOM_READS, span)):
-            if times and time.perf_counter() > deadline:
-                break
-            t0 = time.perf_counter()
-            os.pread(fd, request, offset * PAGE_BYTES)
-            times.append(time.perf_counter() - t0)
-    finally:
-        os.close(fd)
-    return times
-
-
-def _stat_rest(paths: Sequence[str], deadline: float) -> tuple[dict[str, int], list[float]]:
-    """Sizes of ``paths`` by stat in STAT_THREADS threads (runs of 256, as list_source), until
-    ``deadline``; and the seconds each stat took."""
-    def run(chunk: Sequence[str]) -> list[tuple[str, int, float]]:
-        out = []
-        for path in chunk:
-            if time.perf_counter() > deadline:
-                break
-            t0 = time.perf_counter()
-            try:
-                size = os.stat(path).st_size
-            except OSError:
-                size = -1  # the read would fail; here it only counts for the size
-            out.append((path, size, time.perf_counter() - t0))
-        return out
-
-    chunks = [paths[i:i + 256] for i in range(0, len(paths), 256)]
-    sizes: dict[str, int] = {}
-    times: list[float] = []
-    for part in _in_threads(run, chunks, STAT_THREADS):
-        for path, size, seconds in part:
-            sizes[path] = max(0, size)
-            times.append(seconds)
-    return sizes, times
-
-
-def _in_threads(work: Callable[[_T], _R], items: Sequence[_T], threads: int) -> list[_R]:
-    """``[work(item) for item in items]``, run by ``threads`` threads; the first exception is
-    raised once all have stopped. Every thread started is joined before this returns or
-    raises, Ctrl-C included: ThreadPoolExecutor loses a thread when the interrupt lands while
-    it starts one (it is recorded only after ``start()`` returns), and that thread outlives
-    the call. Here an interrupt stops the handing out of items and waits for the reads in
-    flight (one file each)."""
-    results: list[Any] = [None] * len(items)
-    errors: list[BaseException] = []
-    positions = iter(range(len(items)))
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def run() -> None:
-        while not stop.is_set():
-            with lock:
-                position = next(positions, None)
-            if position is None:
-                return
-            try:
-                results[position] = work(items[position])
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
-                errors.append(exc)
-                stop.set()
-
-    started: list[threading.Thread] = []
-    try:
-        for number in range(min(threads, len(items))):
-            thread = threading.Thread(target=run, name=f"lmdbio-advise-{number}", daemon=True)
-            started.append(thread)  # before start(): an interrupt inside start() still joins
-            thread.start()
-        for thread in started:
-            thread.join()
-    finally:
-        stop.set()
-        for thread in started:
-            with contextlib.suppress(RuntimeError):  # interrupted before it could start
-                thread.join()
-    if errors:
-        raise errors[0]
-    return results
 
 
 # -- decoding -------------------------------------------------------------------------------------
@@ -444,7 +173,7 @@ def measure(root: str | os.PathLike[str], *, sample: int = 300, budget_s: float 
 
     rng = random.Random(seed)
     chosen = [listed[i] for i in rng.sample(range(len(listed)), min(sample, len(listed)))]
-    cache = _Eviction(evict)
+    cache = Eviction(evict)
     n_bandwidth = len(chosen) // 3 if len(chosen) >= 3 else 0
     bandwidth_set, latency_set = chosen[:n_bandwidth], chosen[n_bandwidth:]
 
@@ -453,12 +182,12 @@ def measure(root: str | os.PathLike[str], *, sample: int = 300, budget_s: float 
     say(f"reading {len(latency_set)} sampled files cold, one at a time"
         + ("" if evict else " (not evicted)"))
     deadline = clock.phase(0.4)
-    timed: list[_Timed] = []
+    timed: list[Timed] = []
     kept = 0
     for path in latency_set:
         if timed and time.perf_counter() > deadline:
             break
-        item = _timed_read(path, cache, KEEP_FOR_DECODE - kept)
+        item = timed_read(path, cache, KEEP_FOR_DECODE - kept)
         kept += len(item.data or b"")
         timed.append(item)
     clock.over("per-file reads", len(timed), len(latency_set))
@@ -467,12 +196,12 @@ def measure(root: str | os.PathLike[str], *, sample: int = 300, budget_s: float 
 
     # (ii) the converter's pattern, the other sampled files by its threads: a lower bound of
     # the sequential bandwidth, its read rate, and more bytes to decode
-    streamed: list[_Timed] = []
+    streamed: list[Timed] = []
     threaded_mb_s = 0.0
     if bandwidth_set:
         say(f"reading {len(bandwidth_set)} other sampled files with {read_workers} threads")
         deadline = clock.phase(0.25)
-        seconds, streamed = _threaded_reads(bandwidth_set, read_workers, deadline, cache,
+        seconds, streamed = threaded_reads(bandwidth_set, read_workers, deadline, cache,
                                             max(0, KEEP_FOR_DECODE - kept)
                                             // len(bandwidth_set))
         clock.over("threaded reads", len(streamed), len(bandwidth_set))
@@ -488,11 +217,11 @@ def measure(root: str | os.PathLike[str], *, sample: int = 300, budget_s: float 
     random_times: list[float] = []
     if large:
         say(f"random reads of {request} bytes in {large}")
-        random_times = _random_reads(large, sizes[large], request, clock.phase(0.1), rng)
+        random_times = random_reads(large, sizes[large], request, clock.phase(0.1), rng)
         say(f"reading {large} front to back")
-        _evict_one(large)
+        evict_one(large)
         t0 = time.perf_counter()
-        got = _read_through(large, clock.phase(0.25), SEQ_READ_MAX)
+        got = read_stream(large, clock.phase(0.25), SEQ_READ_MAX)
         seq_mb_s = got / (time.perf_counter() - t0) / 1e6
         seq_source = f"one large file ({got / 1e6:.0f} MB of {sizes[large] / 1e6:.0f} MB)"
     elif streamed:
@@ -523,7 +252,7 @@ def measure(root: str | os.PathLike[str], *, sample: int = 300, budget_s: float 
     for item in timed[:WARM_FILES]:
         if warm and time.perf_counter() > deadline:
             break
-        warm.append(_timed_read(item.path, None, 0).total_s)
+        warm.append(timed_read(item.path, None, 0).total_s)
 
     # (iv) decode rates on one core, on the bytes read in (i) and (ii)
     kept_images = [(item.path, item.data) for item in timed + streamed
@@ -563,7 +292,7 @@ def measure(root: str | os.PathLike[str], *, sample: int = 300, budget_s: float 
     stat_times: list[float] = []
     if rest:
         say(f"stat of the other {len(rest)} files for the dataset's size")
-        more, stat_times = _stat_rest(rest, clock.end)
+        more, stat_times = stat_rest(rest, clock.end)
         known.update(more)
     if len(known) == len(listed):
         dataset_bytes, size_source = sum(known.values()), "stat"
@@ -613,7 +342,7 @@ def _quantile(ordered: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-def _judge_eviction(evict: bool, dropped: _Eviction, fstype: str,
+def _judge_eviction(evict: bool, dropped: Eviction, fstype: str,
                     network: bool) -> tuple[bool, str, float | None]:
     """``(evicted, what it means, resident share)``: whether the figures are cold ones."""
     lower = "the latencies are then warm-cache figures: lower bounds of a cold epoch's"

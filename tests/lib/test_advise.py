@@ -277,9 +277,9 @@ def test_ctrl_c_while_reading_threads_run_waits_for_them(
         tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A real SIGINT to the main thread while the bandwidth threads start and read: no more
     reads are handed out, and every thread is joined before the interrupt goes on."""
-    import lmdbio.advise_probe as probe
+    import lmdbio.advise_reads as reads
 
-    real, sent = probe._timed_read, threading.Event()
+    real, sent = reads.timed_read, threading.Event()
 
     def read_and_interrupt(*args: object, **kwargs: object) -> object:
         if threading.current_thread() is not threading.main_thread() and not sent.is_set():
@@ -288,7 +288,7 @@ def test_ctrl_c_while_reading_threads_run_waits_for_them(
             time.sleep(0.05)  # still reading when the main thread is interrupted
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(probe, "_timed_read", read_and_interrupt)
+    monkeypatch.setattr(reads, "timed_read", read_and_interrupt)
     with pytest.raises(KeyboardInterrupt):
         measure(tree, sample=60, budget_s=20, transform="none")
     assert sent.is_set()
