@@ -53,6 +53,10 @@ class SampleReader(Protocol):
     def will_need_records(self, indices: Iterable[int]) -> None:
         """Ask storage to read samples ``indices`` ahead, together (a hint; may do nothing)."""
 
+    def fetch_records(self, indices: Iterable[int]) -> None:
+        """Read samples ``indices`` into the page cache together where they are not there yet,
+        and return when they are (may do nothing; reports nothing)."""
+
     def close(self) -> None:
         """Release this process's LMDB environment(s); reads reopen them."""
 

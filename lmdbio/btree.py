@@ -67,6 +67,14 @@ class ValueLocator:
     def span(self, key: bytes) -> tuple[int, int] | None:
         """Where the value under ``key`` lies; None when the key is absent, its value is kept
         in its leaf, or anything read does not check out."""
+        leaf = self.leaf(key)
+        page = None if leaf is None else self._page(leaf, P_LEAF)
+        return None if page is None else self._value(page, key)
+
+    def leaf(self, key: bytes) -> int | None:
+        """The number of the leaf page that holds ``key`` if any does, found through the
+        branch pages alone (None if one does not check out): a reader can have the leaves
+        of a batch read together before it looks into them."""
         page_number = self.root
         for _ in range(self.depth - 1):
             branch = self._branch(page_number)
@@ -74,8 +82,7 @@ class ValueLocator:
                 return None
             keys, children = branch
             page_number = children[bisect.bisect_right(keys, key, 1) - 1]
-        page = self._page(page_number, P_LEAF)
-        return None if page is None else self._value(page, key)
+        return page_number
 
     def _branch(self, number: int) -> tuple[list[bytes], list[int]] | None:
         """A branch page's node keys and child page numbers, parsed once (every lookup walks

@@ -11,7 +11,7 @@ from typing import Any
 
 import lmdb
 
-from . import envs, locality
+from . import envs, locality, residency
 from .direct import DirectAccess, open_direct
 from .errors import (CorruptRecordError, DatabaseChangedError, FormatError,
                      LegacyFormatError, LmdbioError)
@@ -48,6 +48,7 @@ class Database:
         self._map_base: tuple[int, int | None] | None = None  # (pid, address) of the map
         # (pid, access): pread of records and read-ahead hints (lmdbio.direct); None: the map
         self._direct: tuple[int, DirectAccess | None] | None = None
+        self._all_cached: int | None = None  # pid that found a whole batch cached (fetch_records)
         self._header: bytes = b""  # the header read at open: the file's identity (see get)
         self.meta = self._read_header()
 
@@ -226,6 +227,27 @@ class Database:
         except (lmdb.Error, OSError, LmdbioError):
             return  # the read that follows says what is wrong, in its own words
 
+    def fetch_records(self, indices: Iterable[int]) -> None:
+        """Read records ``indices`` into the page cache now where they are not there yet, all
+        at once, and return when they are (``DirectAccess.fetch``): a cold batch then waits for
+        its slowest read, not for each read in turn behind whatever storage has in flight.
+        Once one call finds everything there already (a prefetch has read the file), later
+        calls in this process return at once. Out-of-range indices are skipped and nothing is
+        raised: the reads that follow report problems."""
+        if self._all_cached == os.getpid():
+            return
+        wanted = [i for i in indices if 0 <= i < self.meta.num_samples]
+        try:
+            access = self._direct_access()
+            base = self._map_start()
+            if not wanted or access is None or base is None:
+                return
+            if access.fetch([encode_key(i) for i in wanted],
+                            lambda offset, length: residency.map_resident(base + offset, length)):
+                self._all_cached = os.getpid()
+        except (lmdb.Error, OSError, LmdbioError):
+            return
+
     def _read_direct(self, key: bytes, index: int) -> memoryview | None:
         """The record under ``key`` read with one ``pread`` (``lmdbio.direct``): with readahead
         off, the map would fault its pages in one at a time. None: read it through the map."""
@@ -330,6 +352,7 @@ class Database:
         if self._direct is not None and self._direct[1] is not None:
             self._direct[1].close()
         self._direct = None
+        self._all_cached = None  # pages may be evicted before it is read again
 
     def __enter__(self) -> Database:
         return self
@@ -341,6 +364,7 @@ class Database:
         state = self.__dict__.copy()
         state["_shared"] = None
         state["_dbs"] = None
+        state["_all_cached"] = None
         state["_map_base"] = None
         state["_direct"] = None
         return state

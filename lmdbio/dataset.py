@@ -25,6 +25,7 @@ from .errors import (
 from .format import data_file
 from .prefetch import Prefetcher, fits_in_memory, prefetch_files, stop_all
 from .shard_set import expand_paths
+from .system import on_network_fs
 
 __all__ = ["ImageFolderLMDB", "ImageTooLargeError"]
 
@@ -78,7 +79,12 @@ class ImageFolderLMDB(ImageFolder):
             the page cache cost a lookup, ~10 us each). ``"auto"`` (default): when this
             dataset does not prefetch its file(s) (they do not fit, or ``prefetch=False``);
             beside a prefetch, which reads them in order anyway, the random requests would
-            slow its stream. Samples are the same either way.
+            slow its stream. There, on a network file system, the records of a batch that
+            the stream has not reached yet (and only those) are read together by a few
+            threads before the first is used (``batch_fetch``): one after another each would
+            wait behind the stream's requests (0.45 s against 0.06 s for a cold batch of 64
+            over sshfs at 1 Gb/s); once a batch finds all of its records in the page cache,
+            a worker stops looking. Samples are the same either way.
         lock: use LMDB's lock file; off by default, which is what read-only mounts need.
         max_readers: LMDB reader slots (only with ``lock=True``).
         verify_checksums: check each record's CRC32 before decoding it.
@@ -141,6 +147,10 @@ class ImageFolderLMDB(ImageFolder):
         #: Whether batches are hinted to storage (``"auto"`` resolved); workers inherit it.
         self.batch_hints: bool = (not self._prefetchers if batch_hints == "auto"
                                   else bool(batch_hints))
+        #: Whether a batch's records not yet in the page cache are read together before the
+        #: first is used: ``batch_hints="auto"`` beside a prefetch on a network file system.
+        self.batch_fetch: bool = (batch_hints == "auto" and bool(self._prefetchers)
+                                  and any(on_network_fs(f) for f in self.files))
 
     @property
     def files(self) -> list[str]:
@@ -269,24 +279,25 @@ class ImageFolderLMDB(ImageFolder):
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[Any, Any]]:
         """A batch, as a DataLoader with a ``batch_size`` asks for it: ``[self[i] for i in
         indices]``, with the records asked of storage together first (``batch_hints``)."""
-        if self.batch_hints:
-            self._will_need_samples(indices)
+        if self.batch_hints or self.batch_fetch:
+            records = self._records_behind(indices)
+            if records and self.batch_hints:
+                self.database.will_need_records(records)
+            elif records:
+                self.database.fetch_records(records)
         return [self[i] for i in indices]
 
-    def _will_need_samples(self, indices: Sequence[int]) -> None:
-        """Hint the records behind ``indices`` (sample indices, as ``__getitem__`` takes them);
-        an index or path that is not there is left to the read to report."""
+    def _records_behind(self, indices: Sequence[int]) -> list[int] | None:
+        """The records behind ``indices`` (sample indices, as ``__getitem__`` takes them); None
+        when one is not there, which is left to the read to report."""
         assigned = self._assigned_samples
         try:
             if assigned is None:
                 count = len(self.database)
-                records = [int(i) + count if int(i) < 0 else int(i) for i in indices]
-            else:
-                records = [self._record_of(assigned[int(i)][0], "samples path")
-                           for i in indices]
+                return [int(i) + count if int(i) < 0 else int(i) for i in indices]
+            return [self._record_of(assigned[int(i)][0], "samples path") for i in indices]
         except (IndexError, TypeError, ValueError, SampleNotFoundError):
-            return
-        self.database.will_need_records(records)
+            return None
 
     def _where(self, index: int) -> str:
         try:

@@ -10,6 +10,12 @@ knowing where a batch's records lie lets the reader ask storage for all of them 
 for the sum of them. Where the records lie comes from ``lmdbio.btree`` (LMDB's own pages,
 without touching the records).
 
+Beside a prefetch on a network file system (records read through the map, readahead on), a
+batch's records that the stream has not reached yet are instead read together, synchronously,
+and only those (``DirectAccess.fetch``): each read through the map would otherwise wait in
+turn behind the stream's requests (``lmdbio.fetch``), and a hint for every record of every
+batch slowed the stream itself (README, target 1).
+
 A ``RecordFile`` is one process's descriptor of one database file; it is opened in the
 process that reads and is not shared across ``fork``.
 """
@@ -17,18 +23,20 @@ process that reads and is not shared across ``fork``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import lmdb
 
 from .btree import ValueLocator
+from .fetch import Sink, read_all
 from .format import SAMPLES_DB, encode_key
 from .lmdb_layout import HEADER_BYTES
 
 __all__ = ["DirectAccess", "RecordFile", "open_direct"]
 
 Span = tuple[int, int]  # (offset in the file, length)
+_SINK_BUFFER = 1 << 20  # where the file system cannot splice: read through a 1 MiB buffer
 
 
 def _read_fully(fd: int, offset: int, length: int) -> bytes:
@@ -58,6 +66,7 @@ class RecordFile:
         self.page_size = page_size
         self.pid = os.getpid()
         self.fd: int | None = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._sink: Sink | None = None  # for ``fetch``, made on its first use
         opened = os.fstat(self.fd)
         if (opened.st_dev, opened.st_ino) != identity:
             self.close()  # the name now holds another file than the one mapped: use the map
@@ -84,9 +93,23 @@ class RecordFile:
             os.posix_fadvise(self.fd, start, end - start, os.POSIX_FADV_WILLNEED)
             start, end = offset, offset + length
 
+    def fetch(self, spans: Sequence[Span]) -> None:
+        """Read ``spans`` into the page cache now, all at once, and return when they are there
+        (``lmdbio.fetch``); failures are left to the reads that follow."""
+        if self.fd is None or not spans:
+            return
+        if self._sink is None:
+            self._sink = Sink(self.fd, _SINK_BUFFER)
+        read_all(self._sink, spans)
+
     def close(self) -> None:
         fd, self.fd = self.fd, None
-        if fd is not None and self.pid == os.getpid():
+        sink, self._sink = self._sink, None
+        if self.pid != os.getpid():
+            return
+        if sink is not None:
+            sink.close()
+        if fd is not None:
             os.close(fd)
 
 
@@ -116,6 +139,22 @@ class DirectAccess:
         self._hinted = {key: span for key in keys
                         if (span := self.locator.span(key)) is not None}
         self.file.will_need(self._hinted.values())
+
+    def fetch(self, keys: Iterable[bytes], resident: Callable[[int, int], bool]) -> bool:
+        """Read into the page cache now what of the values under ``keys`` is not there
+        (``resident(offset, length)`` says, without reading), all at once: first the leaf
+        pages that place them, then the values (with their overflow page headers). True when
+        everything was there already."""
+        page = self.file.page_size
+        wanted = set(keys)
+        leaves = {leaf for key in wanted if (leaf := self.locator.leaf(key)) is not None}
+        cold_leaves = [(n * page, page) for n in sorted(leaves) if not resident(n * page, page)]
+        self.file.fetch(cold_leaves)
+        values = [(span[0] - HEADER_BYTES, span[1] + HEADER_BYTES) for key in wanted
+                  if (span := self.locator.span(key)) is not None]
+        cold = [value for value in values if not resident(*value)]
+        self.file.fetch(cold)
+        return not cold_leaves and not cold
 
     def close(self) -> None:
         self.file.close()

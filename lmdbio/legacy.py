@@ -163,6 +163,9 @@ class LegacyDatabase:
     def will_need_records(self, indices: Iterable[int]) -> None:
         """Nothing: seed files are read as they always were (their records are pickles)."""
 
+    def fetch_records(self, indices: Iterable[int]) -> None:
+        """Nothing: seed files are read as they always were (their records are pickles)."""
+
     @functools.cached_property
     def meta(self) -> Metadata:
         labels = self.targets()

@@ -7,8 +7,8 @@ and every record behind the read cursor is then a page-cache hit. So a reader th
 database which fits comfortably in memory starts one background thread per file that reads it
 through once; records are still served in whatever order the sampler asks for.
 
-The thread moves each chunk from the file to ``/dev/null`` with ``sendfile``: the kernel reads
-it into the page cache and hands it on without copying it into this process, which took 21-27
+The thread moves each chunk from the file to ``/dev/null`` with ``sendfile`` (``lmdbio.fetch``):
+the kernel reads it into the page cache and hands it on without copying it into this process, which took 21-27
 ms of CPU for the sweep's 66 MB database on the SFTP mount against 31-62 ms for ``preadv`` into
 a buffer (file systems that cannot splice get ``preadv`` into one reusable buffer). The GIL is
 released during each call, so DataLoader work in the same process is not slowed; the thread
@@ -27,14 +27,14 @@ memory limit below the machine's RAM is judged by its own limit.
 
 from __future__ import annotations
 
-import errno
 import os
 import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from .system import fs_info, is_network_fs, proc_kib_field
+from .fetch import Sink
+from .system import on_network_fs, proc_kib_field
 
 __all__ = ["NETWORK_STREAMS", "Prefetcher", "fits_in_memory", "memory_budget", "prefetch_files",
            "stop_all", "streams_for"]
@@ -118,48 +118,7 @@ def fits_in_memory(paths: Iterable[str], fraction: float = FRACTION_OF_BUDGET) -
 def streams_for(path: str) -> int:
     """How many streams read ``path``: ``NETWORK_STREAMS`` on a network or FUSE file system,
     else 1."""
-    try:
-        return NETWORK_STREAMS if is_network_fs(fs_info(path).fstype) else 1
-    except OSError:
-        return 1
-
-
-# what sendfile answers where the file system cannot splice a file into a pipe
-_NO_SPLICE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
-
-
-class _Sink:
-    """Reads parts of one open file into the page cache and nowhere else: ``sendfile`` to
-    ``/dev/null`` (no copy into this process), or ``preadv`` into one reusable buffer where the
-    file system refuses that (on the first read) or ``/dev/null`` cannot be opened (a bare
-    chroot, no descriptors left)."""
-
-    def __init__(self, fd: int, chunk_bytes: int) -> None:
-        self.fd = fd
-        self.chunk_bytes = chunk_bytes
-        self.buffer: bytearray | None = None
-        try:
-            self.null: int | None = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-        except OSError:
-            self.null = None
-
-    def read(self, offset: int, length: int) -> int:
-        """Bytes read at ``offset`` (at most ``length``, at most ``chunk_bytes``; 0 at the end)."""
-        if self.null is not None:
-            try:
-                return os.sendfile(self.null, self.fd, offset, length)
-            except OSError as exc:
-                if exc.errno not in _NO_SPLICE:
-                    raise
-                self.close()
-        if self.buffer is None:
-            self.buffer = bytearray(self.chunk_bytes)
-        return os.preadv(self.fd, [memoryview(self.buffer)[:length]], offset)
-
-    def close(self) -> None:
-        null, self.null = self.null, None
-        if null is not None:
-            os.close(null)
+    return NETWORK_STREAMS if on_network_fs(path) else 1
 
 
 class Prefetcher:
@@ -198,7 +157,7 @@ class Prefetcher:
             return
         sink = None
         try:
-            sink = _Sink(fd, self.chunk_bytes)
+            sink = Sink(fd, self.chunk_bytes)
             size = os.fstat(fd).st_size
             part = -(-size // self.streams)
             offset, end = stream * part, min(size, (stream + 1) * part)

@@ -3,7 +3,8 @@
 A PROT_READ map that is never touched faults nothing in, so looking does not change what is
 seen. libc is reached through ctypes (loaded on first use: ``import lmdbio`` stays light) rather
 than Python's mmap module, because mincore needs the map's raw address. Used by ``lmdbio
-advise`` (is the sample cold?) and by the study's page-cache control.
+advise`` (is the sample cold?), by the study's page-cache control and, over the map LMDB already
+holds, by a reader deciding which records of a batch to read ahead (``map_resident``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["resident_bytes"]
+__all__ = ["map_resident", "resident_bytes"]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _WINDOW = 1 << 30   # map at most this much at a time: a 100 GB file needs no 100 GB of address
@@ -62,3 +63,20 @@ def resident_bytes(fd: int, size: int) -> int:
         if offset + length == size and flags[-1]:
             resident -= pages * _PAGE - length
     return resident
+
+
+def map_resident(address: int, length: int) -> bool:
+    """Whether every page of ``length`` bytes at ``address``, inside a file mapping this process
+    already holds, is in the page cache (asking touches nothing). True also when the kernel
+    cannot say (the range is not mapped): the caller then reads as it would have anyway."""
+    import ctypes
+
+    if length <= 0:
+        return True
+    libc = _load()
+    start = address - address % _PAGE
+    pages = -(-(address + length - start) // _PAGE)
+    vector = ctypes.create_string_buffer(pages)
+    if libc.mincore(ctypes.c_void_p(start), pages * _PAGE, vector) != 0:
+        return True
+    return vector.raw[:pages].translate(_LOW_BIT).count(1) == pages

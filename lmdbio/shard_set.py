@@ -108,15 +108,24 @@ class ShardedDatabase:
             if low < high:
                 db.will_need(low - self.offsets[shard], high - self.offsets[shard])
 
-    def will_need_records(self, indices: Iterable[int]) -> None:
-        """``Database.will_need_records`` over global indices, each asked of its shard."""
+    def _by_shard(self, indices: Iterable[int]) -> dict[int, list[int]]:
+        """Global indices in range, as each shard's own indices."""
         by_shard: dict[int, list[int]] = {}
         for index in indices:
             if 0 <= index < self.offsets[-1]:
                 shard = bisect.bisect_right(self.offsets, index) - 1
                 by_shard.setdefault(shard, []).append(index - self.offsets[shard])
-        for shard, local in by_shard.items():
+        return by_shard
+
+    def will_need_records(self, indices: Iterable[int]) -> None:
+        """``Database.will_need_records`` over global indices, each asked of its shard."""
+        for shard, local in self._by_shard(indices).items():
             self.shards[shard].will_need_records(local)
+
+    def fetch_records(self, indices: Iterable[int]) -> None:
+        """``Database.fetch_records`` over global indices, shard by shard."""
+        for shard, local in self._by_shard(indices).items():
+            self.shards[shard].fetch_records(local)
 
     def targets(self) -> list[int]:
         return [t for db in self.shards for t in db.targets()]

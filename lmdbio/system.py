@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["NETWORK_FS_TYPES", "FsInfo", "cores_available", "cpu_quota", "fs_info",
-           "is_network_fs", "mounts", "peak_rss_bytes", "proc_kib_field"]
+           "is_network_fs", "mounts", "on_network_fs", "peak_rss_bytes", "proc_kib_field"]
 
 # Types whose every page-cache miss is a request over a network (FUSE counts: sshfs, s3fs, ...).
 NETWORK_FS_TYPES = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "lustre", "gpfs",
@@ -66,6 +66,15 @@ def is_network_fs(fstype: str) -> bool:
     """Whether a mount of type ``fstype`` reads over a network (or through FUSE, except
     ``fuseblk``: a local block device read by a FUSE driver, such as NTFS or exFAT)."""
     return (fstype.startswith("fuse") and fstype != "fuseblk") or fstype in NETWORK_FS_TYPES
+
+
+def on_network_fs(path: str) -> bool:
+    """Whether ``path`` lies on a network or FUSE file system (``is_network_fs``); False when
+    its mount cannot be found."""
+    try:
+        return is_network_fs(fs_info(path).fstype)
+    except OSError:
+        return False
 
 
 def proc_kib_field(path: str, key: str) -> int | None:

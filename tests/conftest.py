@@ -31,6 +31,16 @@ def odd_db(tmp_path_factory: pytest.TempPathFactory) -> Converted:
 
 
 @pytest.fixture(scope="module")
+def big_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """60 records of ~10-20 KB: every value on overflow pages, like real JPEGs (one per test
+    module, which may evict it at will)."""
+    root = tmp_path_factory.mktemp("big")
+    tree = build_simple_tree(root / "tree", per_class=30, size=(160, 120))
+    lmdbio.convert(tree, root / "db.lmdb", progress=False)
+    return root / "db.lmdb"
+
+
+@pytest.fixture(scope="module")
 def reference(odd_db) -> collections.Counter[tuple[str, int]]:
     """Pixel digests of the odd tree as torchvision's ImageFolder loads it."""
     counts = expected_digests(odd_db.tree)

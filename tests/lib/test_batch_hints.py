@@ -21,15 +21,6 @@ from lmdbio.study import pagecache
 from tests.helpers import build_simple_tree, pixel_digest
 
 
-@pytest.fixture(scope="module")
-def big_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """60 records of ~10-20 KB: every value on overflow pages, like real JPEGs."""
-    root = tmp_path_factory.mktemp("hints")
-    tree = build_simple_tree(root / "tree", per_class=30, size=(160, 120))
-    lmdbio.convert(tree, root / "db.lmdb", progress=False)
-    return root / "db.lmdb"
-
-
 def _spans(db: Database, indices: list[int]) -> list[tuple[int, int]]:
     locator = db._direct_access().locator  # type: ignore[union-attr]
     return [locator.span(encode_key(i)) for i in indices]  # type: ignore[misc]

@@ -22,15 +22,6 @@ from lmdbio.study import pagecache
 from tests.helpers import build_simple_tree
 
 
-@pytest.fixture(scope="module")
-def big_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """60 records of ~10-20 KB: every value on overflow pages, like real JPEGs."""
-    root = tmp_path_factory.mktemp("direct")
-    tree = build_simple_tree(root / "tree", per_class=30, size=(160, 120))
-    lmdbio.convert(tree, root / "db.lmdb", progress=False)
-    return root / "db.lmdb"
-
-
 def _through_map(path: Path) -> list[tuple[int, bytes]]:
     with Database(path, EnvOptions(readahead=True)) as db:
         return [db.get(i) for i in range(len(db))]

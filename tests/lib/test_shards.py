@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 import lmdbio
 from lmdbio.dataset import ImageFolderLMDB
-from lmdbio.format import META_DB, SAMPLES_DB
+from lmdbio.format import SAMPLES_DB
 from lmdbio.shard_set import ShardedDatabase
 from lmdbio.shard_plan import shard_path
 

@@ -129,3 +129,30 @@ def test_evict_drops_fuse_client_cache(netfs_ok: None, tmp_path: Path) -> None:
         assert residency(mounted).fraction > 0.9
         evict(mounted)
         assert residency(mounted).fraction < 0.1
+
+
+@pytest.mark.sshfs
+def test_a_dataset_on_the_mount_fetches_cold_batches(netfs_ok: None, tmp_path: Path) -> None:
+    """Beside its prefetch on sshfs a dataset reads a batch's cold records together
+    (``batch_fetch``); on the local disk behind the mount it does not; samples are the same."""
+    import lmdbio
+    from tests.helpers import build_simple_tree, pixel_digest
+
+    export = tmp_path / "export"
+    tree = build_simple_tree(tmp_path / "tree", per_class=20, size=(160, 120))
+    export.mkdir()
+    lmdbio.convert(tree, export / "db.lmdb", progress=False)
+    local = lmdbio.ImageFolderLMDB(export / "db.lmdb", transform=pixel_digest)
+    assert not local.batch_fetch
+    with SshfsMount(export) as m:
+        mounted = m.mountpoint / "db.lmdb"
+        remote = lmdbio.ImageFolderLMDB(mounted, transform=pixel_digest, prefetch=False)
+        assert not remote.batch_fetch and remote.batch_hints  # no prefetch: hints instead
+        remote.close()
+        evict(mounted)
+        remote = lmdbio.ImageFolderLMDB(mounted, transform=pixel_digest)
+        assert remote.batch_fetch and not remote.batch_hints
+        indices = [39, 0, 17, 17, -1]
+        assert remote.__getitems__(indices) == [local[i] for i in indices]
+        remote.close()
+    local.close()
