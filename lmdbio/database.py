@@ -24,6 +24,9 @@ __all__ = ["Database"]
 
 # errors opening the file for direct reads that say nothing about the file: tried again later
 _TRANSIENT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EINTR, errno.EAGAIN})
+# fetch_records stops looking once this many records in a row were cached already: with a file
+# a fraction f cached, a run of 256 by chance has probability f**256 (0.08 at f = 0.99)
+CACHED_RUN = 256
 
 
 class Database:
@@ -48,7 +51,8 @@ class Database:
         self._map_base: tuple[int, int | None] | None = None  # (pid, address) of the map
         # (pid, access): pread of records and read-ahead hints (lmdbio.direct); None: the map
         self._direct: tuple[int, DirectAccess | None] | None = None
-        self._all_cached: int | None = None  # pid that found a whole batch cached (fetch_records)
+        # (pid, records that fetch_records found cached in a row): it stops looking at enough
+        self._cached_run: tuple[int, int] | None = None
         self._header: bytes = b""  # the header read at open: the file's identity (see get)
         self.meta = self._read_header()
 
@@ -231,10 +235,12 @@ class Database:
         """Read records ``indices`` into the page cache now where they are not there yet, all
         at once, and return when they are (``DirectAccess.fetch``): a cold batch then waits for
         its slowest read, not for each read in turn behind whatever storage has in flight.
-        Once one call finds everything there already (a prefetch has read the file), later
-        calls in this process return at once. Out-of-range indices are skipped and nothing is
-        raised: the reads that follow report problems."""
-        if self._all_cached == os.getpid():
+        Once ``CACHED_RUN`` records in a row were there already (a prefetch has read the file),
+        later calls in this process return at once. Out-of-range indices are skipped and nothing
+        is raised: the reads that follow report problems."""
+        pid = os.getpid()
+        run = self._cached_run[1] if self._cached_run and self._cached_run[0] == pid else 0
+        if run >= CACHED_RUN:
             return
         wanted = [i for i in indices if 0 <= i < self.meta.num_samples]
         try:
@@ -242,11 +248,12 @@ class Database:
             base = self._map_start()
             if not wanted or access is None or base is None:
                 return
-            if access.fetch([encode_key(i) for i in wanted],
-                            lambda offset, length: residency.map_resident(base + offset, length)):
-                self._all_cached = os.getpid()
-        except (lmdb.Error, OSError, LmdbioError):
-            return
+            cached = access.fetch([encode_key(i) for i in wanted],
+                                  lambda offset, length: residency.map_resident(base + offset,
+                                                                                length))
+            self._cached_run = (pid, run + len(wanted) if cached else 0)
+        except (lmdb.Error, OSError, LmdbioError, RuntimeError):  # RuntimeError: no thread
+            return  # could be started (a process limit) or the interpreter is shutting down
 
     def _read_direct(self, key: bytes, index: int) -> memoryview | None:
         """The record under ``key`` read with one ``pread`` (``lmdbio.direct``): with readahead
@@ -352,7 +359,7 @@ class Database:
         if self._direct is not None and self._direct[1] is not None:
             self._direct[1].close()
         self._direct = None
-        self._all_cached = None  # pages may be evicted before it is read again
+        self._cached_run = None  # pages may be evicted before it is read again
 
     def __enter__(self) -> Database:
         return self
@@ -364,7 +371,7 @@ class Database:
         state = self.__dict__.copy()
         state["_shared"] = None
         state["_dbs"] = None
-        state["_all_cached"] = None
+        state["_cached_run"] = None
         state["_map_base"] = None
         state["_direct"] = None
         return state

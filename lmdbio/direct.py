@@ -23,6 +23,7 @@ process that reads and is not shared across ``fork``.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -37,6 +38,7 @@ __all__ = ["DirectAccess", "RecordFile", "open_direct"]
 
 Span = tuple[int, int]  # (offset in the file, length)
 _SINK_BUFFER = 1 << 20  # where the file system cannot splice: read through a 1 MiB buffer
+_sink_lock = threading.Lock()  # one sink per file, also when two threads fetch at once
 
 
 def _read_fully(fd: int, offset: int, length: int) -> bytes:
@@ -98,9 +100,11 @@ class RecordFile:
         (``lmdbio.fetch``); failures are left to the reads that follow."""
         if self.fd is None or not spans:
             return
-        if self._sink is None:
-            self._sink = Sink(self.fd, _SINK_BUFFER)
-        read_all(self._sink, spans)
+        with _sink_lock:
+            if self._sink is None:
+                self._sink = Sink(self.fd, _SINK_BUFFER)
+            sink = self._sink
+        read_all(sink, spans)
 
     def close(self) -> None:
         fd, self.fd = self.fd, None

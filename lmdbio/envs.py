@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import stat
-import threading
 from dataclasses import dataclass
 
 import lmdb
 
 from .errors import DatabaseNotFoundError, FormatError
+from .forklock import ForkSafeLock
 from .format import data_file
 
 __all__ = ["EnvOptions", "SharedEnv", "acquire", "check_database_path", "options_for",
@@ -44,17 +44,8 @@ class SharedEnv:
     users: int = 0
 
 
-_lock = threading.Lock()
+_lock = ForkSafeLock()
 _envs: dict[tuple[int, int], SharedEnv] = {}
-
-
-def _reset_lock_in_child() -> None:
-    # A fork taken while another thread held the lock would leave it held forever.
-    global _lock
-    _lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_reset_lock_in_child)
 
 
 def check_database_path(path: str) -> os.stat_result:

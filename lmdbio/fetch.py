@@ -2,8 +2,8 @@
 
 Two readers use it. The prefetch (``lmdbio.prefetch``) reads a file front to back in large
 chunks, one stream per thread. A reader of a batch (``lmdbio.direct``) reads the parts of the
-batch's records that are not in the page cache yet all at once, one thread each, and waits for
-them: on a network file system a read waits behind what the file system already has in
+batch's records that are not in the page cache yet all at once (``FETCH_THREADS`` in flight)
+and waits for them: on a network file system a read waits behind what the file system already has in
 flight, and beside a prefetch that is the stream's readahead. One record after another, a
 cold batch of 64 waited 0.45 s for its reads there; read together, 0.06 s (the sweep's 66 MB
 database over sshfs at +0.5 ms and 1 Gb/s while it was being prefetched; README).
@@ -19,6 +19,8 @@ import errno
 import os
 from collections.abc import Sequence
 from typing import Any
+
+from .forklock import ForkSafeLock
 
 __all__ = ["FETCH_THREADS", "Sink", "read_all"]
 
@@ -49,9 +51,10 @@ class Sink:
     def read(self, offset: int, length: int) -> int:
         """Bytes read at ``offset`` (at most ``length``, at most ``chunk_bytes``; 0 at the end)."""
         length = min(length, self.chunk_bytes)
-        if self.splices:
+        null = self.null  # read once: ``close`` may set it to None meanwhile
+        if self.splices and null is not None:
             try:
-                return os.sendfile(self.null, self.fd, offset, length)  # type: ignore[arg-type]
+                return os.sendfile(null, self.fd, offset, length)
             except OSError as exc:
                 if exc.errno not in _NO_SPLICE:
                     raise
@@ -82,15 +85,17 @@ def _read_span(sink: Sink, offset: int, length: int) -> None:
 
 
 _pool: tuple[int, Any] | None = None  # (pid, ThreadPoolExecutor): threads do not survive fork
+_pool_lock = ForkSafeLock()
 
 
 def _threads() -> Any:
     global _pool
-    if _pool is None or _pool[0] != os.getpid():
-        from concurrent.futures import ThreadPoolExecutor  # here: ``import lmdbio`` stays light
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid():
+            from concurrent.futures import ThreadPoolExecutor  # here: ``import lmdbio`` stays light
 
-        _pool = (os.getpid(), ThreadPoolExecutor(FETCH_THREADS, "lmdbio-fetch"))
-    return _pool[1]
+            _pool = (os.getpid(), ThreadPoolExecutor(FETCH_THREADS, "lmdbio-fetch"))
+        return _pool[1]
 
 
 def read_all(sink: Sink, spans: Sequence[tuple[int, int]]) -> None:
@@ -98,6 +103,16 @@ def read_all(sink: Sink, spans: Sequence[tuple[int, int]]) -> None:
     once (up to ``FETCH_THREADS`` in flight), and return when they are there."""
     if len(spans) == 1:
         _read_span(sink, *spans[0])
-    elif spans:
-        for _ in _threads().map(lambda span: _read_span(sink, *span), spans):
-            pass
+        return
+    if not spans:
+        return
+    from concurrent.futures import wait
+
+    pool = _threads()
+    futures = [pool.submit(_read_span, sink, *span) for span in spans]
+    try:
+        wait(futures)
+    finally:  # interrupted (Ctrl-C): no read may outlive this call, whose caller may close
+        for future in futures:  # the descriptors next
+            future.cancel()
+        wait(futures)

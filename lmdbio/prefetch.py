@@ -7,13 +7,14 @@ and every record behind the read cursor is then a page-cache hit. So a reader th
 database which fits comfortably in memory starts one background thread per file that reads it
 through once; records are still served in whatever order the sampler asks for.
 
-The thread moves each chunk from the file to ``/dev/null`` with ``sendfile`` (``lmdbio.fetch``):
-the kernel reads it into the page cache and hands it on without copying it into this process, which took 21-27
-ms of CPU for the sweep's 66 MB database on the SFTP mount against 31-62 ms for ``preadv`` into
-a buffer (file systems that cannot splice get ``preadv`` into one reusable buffer). The GIL is
-released during each call, so DataLoader work in the same process is not slowed; the thread
-stops early when asked and never holds the data. Files larger than the memory budget are not prefetched: their
-early pages would be evicted before use (for those, see ``lmdbio.samplers``).
+The thread moves each chunk from the file to ``/dev/null`` with ``sendfile``
+(``lmdbio.fetch``): the kernel reads it into the page cache and hands it on without copying it
+into this process, which took 21-27 ms of CPU for the sweep's 66 MB database on the SFTP mount
+against 31-62 ms for ``preadv`` into a buffer (file systems that cannot splice get ``preadv``
+into one reusable buffer). The GIL is released during each call, so DataLoader work in the same
+process is not slowed; the thread stops early when asked and never holds the data. Files larger
+than the memory budget are not prefetched: their early pages would be evicted before use (for
+those, see ``lmdbio.samplers``).
 
 On a network file system one sequential stream is bound by its window, not by the network:
 the kernel keeps about one readahead window (128 KiB through FUSE) in flight per stream, so a
@@ -34,6 +35,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .fetch import Sink
+from .forklock import ForkSafeLock
 from .system import on_network_fs, proc_kib_field
 
 __all__ = ["NETWORK_STREAMS", "Prefetcher", "fits_in_memory", "memory_budget", "prefetch_files",
@@ -195,17 +197,8 @@ class Prefetcher:
                 thread.join()
 
 
-_lock = threading.Lock()
+_lock = ForkSafeLock()
 _active: dict[tuple[int, int, int], Prefetcher] = {}
-
-
-def _reset_lock_in_child() -> None:
-    # A fork taken while another thread held the lock would leave it held forever.
-    global _lock
-    _lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_reset_lock_in_child)
 
 
 def prefetch_files(paths: Iterable[str]) -> list[Prefetcher]:

@@ -123,7 +123,8 @@ class ShardedDatabase:
             self.shards[shard].will_need_records(local)
 
     def fetch_records(self, indices: Iterable[int]) -> None:
-        """``Database.fetch_records`` over global indices, shard by shard."""
+        """``Database.fetch_records`` over global indices, shard by shard (a batch spread over
+        k shards waits for k rounds of reads, still not one per record)."""
         for shard, local in self._by_shard(indices).items():
             self.shards[shard].fetch_records(local)
 

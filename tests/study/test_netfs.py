@@ -136,6 +136,8 @@ def test_a_dataset_on_the_mount_fetches_cold_batches(netfs_ok: None, tmp_path: P
     """Beside its prefetch on sshfs a dataset reads a batch's cold records together
     (``batch_fetch``); on the local disk behind the mount it does not; samples are the same."""
     import lmdbio
+    from lmdbio.format import encode_key
+    from lmdbio.residency import map_resident
     from tests.helpers import build_simple_tree, pixel_digest
 
     export = tmp_path / "export"
@@ -155,4 +157,15 @@ def test_a_dataset_on_the_mount_fetches_cold_batches(netfs_ok: None, tmp_path: P
         indices = [39, 0, 17, 17, -1]
         assert remote.__getitems__(indices) == [local[i] for i in indices]
         remote.close()
+        # and the fetch itself, through FUSE: the records are in the client's cache on return
+        with lmdbio.Database(mounted, lmdbio.EnvOptions(readahead=True)) as db:
+            access = db._direct_access()
+            base = db._map_start()
+            assert access is not None and base is not None
+            evict(mounted)
+            spans = [access.locator.span(encode_key(i)) for i in (5, 33)]
+            assert spans[0] is not None and spans[1] is not None
+            assert not any(map_resident(base + offset, length) for offset, length in spans)
+            db.fetch_records([5, 33])
+            assert all(map_resident(base + offset, length) for offset, length in spans)
     local.close()
