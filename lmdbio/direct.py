@@ -117,6 +117,12 @@ class RecordFile:
             os.close(fd)
 
 
+def _with_header(span: Span) -> Span:
+    """A value's span widened to the overflow page header before it (read and checked with
+    the value: see ``ValueLocator.heads``)."""
+    return span[0] - HEADER_BYTES, span[1] + HEADER_BYTES
+
+
 class DirectAccess:
     """One process's direct access to one database file: where each record lies (a
     ``ValueLocator``, confirmed against liblmdb by the caller) and its ``RecordFile``."""
@@ -132,7 +138,7 @@ class DirectAccess:
         span = self._hinted.pop(key, None) or self.locator.span(key)
         if span is None:
             return None
-        data = self.file.read((span[0] - HEADER_BYTES, span[1] + HEADER_BYTES))
+        data = self.file.read(_with_header(span))
         if data is None or not self.locator.heads(span, data[:HEADER_BYTES]):
             return None
         return memoryview(data)[HEADER_BYTES:]
@@ -154,7 +160,7 @@ class DirectAccess:
         leaves = {leaf for key in wanted if (leaf := self.locator.leaf(key)) is not None}
         cold_leaves = [(n * page, page) for n in sorted(leaves) if not resident(n * page, page)]
         self.file.fetch(cold_leaves)
-        values = [(span[0] - HEADER_BYTES, span[1] + HEADER_BYTES) for key in wanted
+        values = [_with_header(span) for key in wanted
                   if (span := self.locator.span(key)) is not None]
         cold = [value for value in values if not resident(*value)]
         self.file.fetch(cold)

@@ -53,12 +53,11 @@ def resident_bytes(fd: int, size: int) -> int:
         if addr in (None, failed):
             raise OSError(ctypes.get_errno(), "mmap")
         try:
-            vector = ctypes.create_string_buffer(pages)
-            if libc.mincore(addr, length, vector) != 0:
+            flags = _page_flags(addr, length)
+            if flags is None:
                 raise OSError(ctypes.get_errno(), "mincore")
         finally:
             libc.munmap(addr, length)
-        flags = vector.raw[:pages].translate(_LOW_BIT)
         resident += flags.count(1) * _PAGE
         if offset + length == size and flags[-1]:
             resident -= pages * _PAGE - length
@@ -69,14 +68,21 @@ def map_resident(address: int, length: int) -> bool:
     """Whether every page of ``length`` bytes at ``address``, inside a file mapping this process
     already holds, is in the page cache (asking touches nothing). True also when the kernel
     cannot say (the range is not mapped): the caller then reads as it would have anyway."""
-    import ctypes
-
     if length <= 0:
         return True
-    libc = _load()
+    flags = _page_flags(address, length)
+    return flags is None or flags.count(1) == len(flags)
+
+
+def _page_flags(address: int, length: int) -> bytes | None:
+    """One byte per page of the mapped range ``[address, address + length)`` (``address``
+    rounded down to its page): 1 if the page is in the page cache, else 0; None when
+    ``mincore`` fails (its errno left for ``ctypes.get_errno``)."""
+    import ctypes
+
     start = address - address % _PAGE
     pages = -(-(address + length - start) // _PAGE)
     vector = ctypes.create_string_buffer(pages)
-    if libc.mincore(ctypes.c_void_p(start), pages * _PAGE, vector) != 0:
-        return True
-    return vector.raw[:pages].translate(_LOW_BIT).count(1) == pages
+    if _load().mincore(ctypes.c_void_p(start), pages * _PAGE, vector) != 0:
+        return None
+    return vector.raw[:pages].translate(_LOW_BIT)
