@@ -30,6 +30,9 @@ __all__ = ["ValueLocator"]
 
 _BRANCHES_KEPT = 256  # branch pages parsed and kept (~12 KB each): every branch of a tree of
 #                       ~7 M records; beyond that the rest are parsed when walked
+_LEAVES_KEPT = 64  # leaf pages kept (4 KiB each; all dropped when full): a block of
+#                    neighbouring records shares one or two leaves, and reading the leaf out
+#                    of the map again was a third of a record's lookup
 
 
 class ValueLocator:
@@ -50,6 +53,7 @@ class ValueLocator:
         self.last_page = last_page
         # branch pages, parsed once: (keys, child page numbers); every lookup walks them
         self._branches: dict[int, tuple[list[bytes], list[int]]] = {}
+        self._leaves: dict[int, _Page] = {}  # the last _LEAVES_KEPT leaves, read once each
 
     @classmethod
     def of_database(cls, txn: Any, name: bytes, map_base: int, page_size: int,
@@ -68,8 +72,17 @@ class ValueLocator:
         """Where the value under ``key`` lies; None when the key is absent, its value is kept
         in its leaf, or anything read does not check out."""
         leaf = self.leaf(key)
-        page = None if leaf is None else self._page(leaf, P_LEAF)
-        return None if page is None else self._value(page, key)
+        if leaf is None:
+            return None
+        page = self._leaves.get(leaf)
+        if page is None:
+            page = self._page(leaf, P_LEAF)
+            if page is None:
+                return None
+            if len(self._leaves) >= _LEAVES_KEPT:
+                self._leaves.clear()  # atomic: a reader thread and the hint thread share it
+            self._leaves[leaf] = page
+        return self._value(page, key)
 
     def leaf(self, key: bytes) -> int | None:
         """The number of the leaf page that holds ``key`` if any does, found through the
@@ -106,16 +119,14 @@ class ValueLocator:
         return _Page(data, memoryview(data)[HEADER_BYTES:lower].cast("H"), upper)
 
     def _value(self, page: _Page, key: bytes) -> tuple[int, int] | None:
-        low, high = 0, len(page.nodes)
-        if not high:
-            return None
-        first = page.key(0)
-        if first is not None and len(first) == len(key):
+        high = len(page.nodes)
+        if page.first is not None and len(key) == len(page.first):
             # lmdbio's keys are consecutive integers: a leaf holding keys first..first+n-1
             # has ``key`` at node key - first. One look instead of a search; checked.
-            guess = int.from_bytes(key, "big") - int.from_bytes(first, "big")
+            guess = int.from_bytes(key, "big") - page.first_number
             if 0 <= guess < high and page.key(guess) == key:
                 return self._overflow(page, guess, len(key))
+        low = 0
         while low < high:
             middle = (low + high) // 2
             found = page.key(middle)
@@ -155,12 +166,16 @@ class ValueLocator:
 
 
 class _Page:
-    """One branch or leaf page: its bytes, node offsets and where its nodes begin."""
+    """One branch or leaf page: its bytes, node offsets and where its nodes begin; and its
+    first key, as bytes and as a number (None when the page has no node or it does not
+    check out)."""
 
-    __slots__ = ("data", "nodes", "upper")
+    __slots__ = ("data", "first", "first_number", "nodes", "upper")
 
     def __init__(self, data: bytes, nodes: memoryview, upper: int) -> None:
         self.data, self.nodes, self.upper = data, nodes, upper
+        self.first = self.key(0) if len(nodes) else None
+        self.first_number = int.from_bytes(self.first or b"", "big")
 
     def key(self, index: int) -> bytes | None:
         """Node ``index``'s key; None if the node lies outside the page's node area."""

@@ -319,7 +319,13 @@ class Database:
 
     def will_need(self, start: int, stop: int) -> None:
         """Have storage read records ``[start, stop)`` into the page cache now, in one
-        asynchronous request (what ``BlockShuffleSampler`` asks for each block)."""
+        asynchronous request (what ``BlockShuffleSampler`` asks for each block), sent from
+        this process's hint thread (``locality.in_background``): this returns at once."""
+        self._handles()  # opened here, by the caller: the hint thread only uses them
+        self._direct_access()
+        locality.in_background(self._will_need_now, start, stop)
+
+    def _will_need_now(self, start: int, stop: int) -> None:
         span = self.byte_range(start, stop)
         if span is not None:
             locality.will_need(data_file(self.path), *span)
@@ -351,6 +357,7 @@ class Database:
     def close(self) -> None:
         """Release this process's environment (closed with its last user, so pages can be
         evicted)."""
+        locality.settle()  # a block hint still queued would read pages back after eviction
         if self._shared is not None:
             envs.release(self._shared)
         self._shared = None

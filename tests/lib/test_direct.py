@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import random
 import shutil
 import time
 from pathlib import Path
@@ -13,10 +14,10 @@ from pathlib import Path
 import pytest
 
 import lmdbio
-from lmdbio import Database, EnvOptions
+from lmdbio import Database, EnvOptions, btree
 from lmdbio.btree import ValueLocator
 from lmdbio.errors import CorruptRecordError
-from lmdbio.format import encode_key
+from lmdbio.format import RECORD_HEADER_SIZE, encode_key
 from lmdbio.study import pagecache
 
 from tests.helpers import build_simple_tree
@@ -59,6 +60,37 @@ def test_locating_records_touches_only_the_tree(big_db: Path) -> None:
             assert spans == [(db._map_offset(v), len(v)) for v in views]
         assert locator.span(encode_key(len(db) + 5)) is None
         assert locator.span(b"\xff" * 8) is None and locator.span(b"") is None
+
+
+def test_leaves_kept_and_dropped_still_place_every_record(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Leaf pages are kept after their first read (at most ``_LEAVES_KEPT``, then dropped):
+    every record is still placed where liblmdb's own view of it lies, in any order."""
+    monkeypatch.setattr(btree, "_LEAVES_KEPT", 2)
+    tree = build_simple_tree(tmp_path / "tree", per_class=400, size=(80, 60))
+    lmdbio.convert(tree, tmp_path / "db.lmdb", progress=False)
+    with Database(tmp_path / "db.lmdb", EnvOptions(readahead=False)) as db:
+        db.get(0)
+        env, samples, _ = db._handles()
+        with env.begin(db=samples) as txn:
+            assert txn.stat(samples)["leaf_pages"] > 4  # more leaves than are kept
+        locator = db._direct_access().locator  # type: ignore[union-attr]
+        with env.begin(db=samples, buffers=True) as txn:
+            expected = [(db._map_offset(v), len(v))
+                        for v in (txn.get(encode_key(i)) for i in range(len(db)))]
+        order = list(range(len(db)))
+        for shuffle in (False, True):
+            if shuffle:
+                random.Random(0).shuffle(order)
+            assert [locator.span(encode_key(i)) for i in order] == [expected[i] for i in order]
+            assert 0 < len(locator._leaves) <= 2
+        assert [db.get(i)[1] for i in order[:50]] == [_through_map_one(db, i) for i in order[:50]]
+
+
+def _through_map_one(db: Database, index: int) -> bytes:
+    env, samples, _ = db._handles()
+    with env.begin(db=samples) as txn:
+        return bytes(txn.get(encode_key(index)))[RECORD_HEADER_SIZE:]
 
 
 def test_a_layout_that_does_not_check_out_turns_direct_reads_off(big_db: Path) -> None:

@@ -1,10 +1,13 @@
 """Record byte ranges and block hints: the offsets LMDB's map gives are the file's real bytes,
-a hint really brings them into the page cache, and the sampler hints every block before any
-of its records is drawn."""
+a hint really brings them into the page cache, the sampler hints every block before any
+of its records is drawn, and hints are sent from a background thread, in order, without
+the caller waiting, and are all sent before a closed database can be evicted."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -12,7 +15,7 @@ import pytest
 from torch.utils.data import DataLoader
 
 import lmdbio
-from lmdbio import Database, EnvOptions
+from lmdbio import Database, EnvOptions, locality
 from lmdbio.study import pagecache
 from lmdbio.dataset import ImageFolderLMDB
 from lmdbio.format import RECORD_HEADER_SIZE
@@ -109,3 +112,48 @@ def test_byte_ranges_stay_right_after_the_environment_is_reopened(big_db: Path) 
         assert handle.read(length - RECORD_HEADER_SIZE) == db.get(3)[1]
     assert (offset, length) == first  # the same bytes of the file
     db.close()
+
+
+def test_hints_run_in_the_background_in_order_and_never_raise() -> None:
+    gate, ran = threading.Event(), []
+    locality.in_background(gate.wait, 10)  # the hint thread is busy: later hints queue up
+    locality.in_background(ran.append, 1)
+    locality.in_background(int, "not a number")  # a failing hint is dropped, quietly
+    locality.in_background(ran.append, 2)
+    assert ran == []  # the caller did not wait for any of them
+    gate.set()
+    locality.settle()
+    assert ran == [1, 2]
+
+
+def test_closing_a_database_waits_for_its_queued_hints(big_db: Path) -> None:
+    """Otherwise a hint still queued could read the file back in after it was evicted."""
+    gate, ran = threading.Event(), []
+    with Database(big_db, EnvOptions(readahead=False)) as db:
+        db.get(0)
+        locality.in_background(gate.wait, 10)
+        db.will_need(0, len(db))
+        locality.in_background(ran.append, "after the hint")
+        threading.Timer(0.3, gate.set).start()
+        started = time.monotonic()
+    assert ran == ["after the hint"] and time.monotonic() - started >= 0.25
+
+
+def _hint_in_child(queue: multiprocessing.Queue) -> None:
+    ran: list[int] = []
+    locality.in_background(ran.append, os.getpid())
+    locality.settle()
+    queue.put(ran)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_child_process_sends_hints_from_its_own_thread(method: str) -> None:
+    """The parent's hint thread does not exist in a forked child: the child makes its own."""
+    locality.in_background(int, "0")
+    locality.settle()  # the parent's pool exists and has run
+    context = multiprocessing.get_context(method)
+    queue = context.Queue()
+    child = context.Process(target=_hint_in_child, args=(queue,))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0 and queue.get(timeout=5) == [child.pid]
