@@ -17,9 +17,10 @@ in key order, so a block of indices is one contiguous range.
 
 The request is sent from a background thread of the process (``in_background``): finding the
 range may read a cold leaf page, and ``posix_fadvise`` returns only once the read is queued,
-which in a memory cgroup at its limit includes reclaiming room for it. Sent inline, the hints
-held a single reader at 0.55x of the file's sequential read in the cgroup; from the thread,
-0.67x (4 ABBA pairs, 1.18 GB database at 1/4 of it; README, "Performance targets").
+which in a memory cgroup at its limit includes reclaiming room for it (2-3 ms per 4 MB
+block). A single reader in a cgroup at 1/4 of a 1.18 GB database read 451 MB/s with the hints
+sent inline, 544 MB/s with them sent from the thread (medians of 4 ABBA pairs, each pair
+faster; README, "Performance targets").
 """
 
 from __future__ import annotations
