@@ -30,9 +30,10 @@ __all__ = ["ValueLocator"]
 
 _BRANCHES_KEPT = 256  # branch pages parsed and kept (~12 KB each): every branch of a tree of
 #                       ~7 M records; beyond that the rest are parsed when walked
-_LEAVES_KEPT = 64  # leaf pages kept (4 KiB each; all dropped when full): a block of
-#                    neighbouring records shares one or two leaves, and reading the leaf out
-#                    of the map again was a third of a record's lookup
+_LEAVES_KEPT = 16  # leaf pages kept per database (4 KiB each; all dropped when full): a
+#                    block of neighbouring records shares one or two, a shuffle buffer mixes
+#                    a few blocks, and reading the leaf out of the map again was a third of a
+#                    record's lookup
 
 
 class ValueLocator:

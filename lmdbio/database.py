@@ -300,11 +300,9 @@ class Database:
         if not 0 <= start < stop:
             return None
         access = self._direct_access()
-        if access is not None:
-            first = access.locator.span(encode_key(start))
-            last = access.locator.span(encode_key(stop - 1))
-            if first is not None and last is not None and first[0] < last[0] + last[1]:
-                return first[0], last[0] + last[1] - first[0]
+        span = None if access is None else access.range(encode_key(start), encode_key(stop - 1))
+        if span is not None:
+            return span
         env, samples, _ = self._handles()
         with self._lmdb_errors(f"records {start}-{stop}", CorruptRecordError), \
                 env.begin(db=samples, buffers=True) as txn:
@@ -320,15 +318,29 @@ class Database:
     def will_need(self, start: int, stop: int) -> None:
         """Have storage read records ``[start, stop)`` into the page cache now, in one
         asynchronous request (what ``BlockShuffleSampler`` asks for each block), sent from
-        this process's hint thread (``locality.in_background``): this returns at once."""
-        self._handles()  # opened here, by the caller: the hint thread only uses them
-        self._direct_access()
+        this process's hint thread (``locality.in_background``): this returns at once. A
+        hint: nothing is raised; the reads that follow report problems."""
+        stop = min(stop, self.meta.num_samples)
+        if not 0 <= start < stop:
+            return
+        try:
+            if self._direct_access() is None:
+                # placed through a read transaction: here, not in the hint thread, where a
+                # DataLoader forking meanwhile would copy it open into its workers
+                span = self.byte_range(start, stop)
+                if span is not None:
+                    locality.in_background(locality.will_need, data_file(self.path), *span)
+                return
+        except (lmdb.Error, OSError, LmdbioError):
+            return
         locality.in_background(self._will_need_now, start, stop)
 
     def _will_need_now(self, start: int, stop: int) -> None:
-        span = self.byte_range(start, stop)
-        if span is not None:
-            locality.will_need(data_file(self.path), *span)
+        """In the hint thread. It opens nothing: a database closed meanwhile stays closed."""
+        direct = self._direct
+        if (self._shared is not None and direct is not None and direct[0] == os.getpid()
+                and direct[1] is not None):
+            direct[1].will_need_range(encode_key(start), encode_key(stop - 1))
 
     @property
     def paths(self) -> list[str]:
@@ -356,10 +368,14 @@ class Database:
     # -- lifetime ----------------------------------------------------------------------------
     def close(self) -> None:
         """Release this process's environment (closed with its last user, so pages can be
-        evicted)."""
-        locality.settle()  # a block hint still queued would read pages back after eviction
+        evicted); first waits for this process's queued block hints, so none reads the file
+        back in after it is evicted."""
+        locality.settle()
+        self._release()
+
+    def _release(self, wait: bool = True) -> None:
         if self._shared is not None:
-            envs.release(self._shared)
+            envs.release(self._shared, wait=wait)
         self._shared = None
         self._dbs = None
         self._map_base = None  # a reopened environment maps the file elsewhere
@@ -385,7 +401,9 @@ class Database:
 
     def __del__(self) -> None:
         try:
-            self.close()
+            # Neither waits for hints (a queued hint holds a reference to this object, so none
+            # is queued) nor for a lock: the collector may run this while the thread holds one.
+            self._release(wait=False)
         except Exception:  # interpreter shutdown: modules may already be gone
             pass
 

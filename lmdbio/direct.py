@@ -143,6 +143,27 @@ class DirectAccess:
             return None
         return memoryview(data)[HEADER_BYTES:]
 
+    def range(self, first: bytes, last: bytes) -> Span | None:
+        """From the value under ``first`` to the end of the value under ``last`` (records
+        stored in key order lie between), found from the tree alone; None where either is
+        not placed or they are out of order."""
+        low, high = self.locator.span(first), self.locator.span(last)
+        if low is None or high is None or low[0] >= high[0] + high[1]:
+            return None
+        return low[0], high[0] + high[1] - low[0]
+
+    def will_need_range(self, first: bytes, last: bytes) -> None:
+        """Ask storage for ``range(first, last)`` in one request. The leaf pages that place it
+        are read first with ``pread``, which lets other threads run while it waits; a fault
+        in the map (``ctypes.string_at``) would hold the interpreter's lock meanwhile."""
+        page = self.file.page_size
+        for leaf in {self.locator.leaf(first), self.locator.leaf(last)}:
+            if leaf is not None:
+                self.file.read((leaf * page, page))
+        span = self.range(first, last)
+        if span is not None:
+            self.file.will_need([span])
+
     def will_need(self, keys: Iterable[bytes]) -> None:
         """Ask storage for the values under ``keys`` now, in the background (their places
         are kept for the reads that follow, until the next call)."""

@@ -46,6 +46,7 @@ class SharedEnv:
 
 _lock = ForkSafeLock()
 _envs: dict[tuple[int, int], SharedEnv] = {}
+_deferred: list[SharedEnv] = []  # released by a finalizer that could not take the lock
 
 
 def check_database_path(path: str) -> os.stat_result:
@@ -154,6 +155,7 @@ def acquire(path: str, options: EnvOptions) -> SharedEnv:
     """This process's environment for ``path``, opened if needed; pair with ``release()``."""
     key = _identity(path)
     with _lock:
+        _drop_deferred()
         shared = _envs.get(key)
         if shared is not None and shared.pid != os.getpid():
             # Inherited through fork: close our copy of the mapping (safe: a forked child
@@ -187,14 +189,32 @@ def options_for(path: str, preferred: EnvOptions) -> EnvOptions:
     return preferred
 
 
-def release(shared: SharedEnv) -> None:
-    """Drop one use; the environment closes (its pages become evictable) with the last one."""
-    with _lock:
-        if shared.pid != os.getpid():
-            return
-        shared.users -= 1
-        if shared.users <= 0:
-            shared.env.close()
-            for key, value in list(_envs.items()):
-                if value is shared:
-                    del _envs[key]
+def release(shared: SharedEnv, *, wait: bool = True) -> None:
+    """Drop one use; the environment closes (its pages become evictable) with the last one.
+    ``wait=False`` is for finalizers: the garbage collector can run one while this very thread
+    holds the lock (inside ``acquire``), where waiting would hang for good; the release is
+    then left to the next ``acquire`` or ``release``."""
+    if not _lock.acquire(blocking=wait):
+        _deferred.append(shared)  # list.append: atomic, takes no lock
+        return
+    try:
+        _drop(shared)
+        _drop_deferred()
+    finally:
+        _lock.release()
+
+
+def _drop(shared: SharedEnv) -> None:
+    if shared.pid != os.getpid():
+        return
+    shared.users -= 1
+    if shared.users <= 0:
+        shared.env.close()
+        for key, value in list(_envs.items()):
+            if value is shared:
+                del _envs[key]
+
+
+def _drop_deferred() -> None:
+    while _deferred:
+        _drop(_deferred.pop())

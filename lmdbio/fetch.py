@@ -18,8 +18,9 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Sequence
+from typing import Any
 
-from . import threadpools
+from .forklock import ForkSafeLock
 
 __all__ = ["FETCH_THREADS", "Sink", "read_all"]
 
@@ -83,6 +84,20 @@ def _read_span(sink: Sink, offset: int, length: int) -> None:
         return
 
 
+_pool: tuple[int, Any] | None = None  # (pid, ThreadPoolExecutor): threads do not survive fork
+_pool_lock = ForkSafeLock()
+
+
+def _threads() -> Any:
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid():
+            from concurrent.futures import ThreadPoolExecutor  # here: ``import lmdbio`` stays light
+
+            _pool = (os.getpid(), ThreadPoolExecutor(FETCH_THREADS, "lmdbio-fetch"))
+        return _pool[1]
+
+
 def read_all(sink: Sink, spans: Sequence[tuple[int, int]]) -> None:
     """Read every ``(offset, length)`` of ``spans`` into the page cache through ``sink``, all at
     once (up to ``FETCH_THREADS`` in flight), and return when they are there."""
@@ -93,7 +108,7 @@ def read_all(sink: Sink, spans: Sequence[tuple[int, int]]) -> None:
         return
     from concurrent.futures import wait
 
-    pool = threadpools.pool("lmdbio-fetch", FETCH_THREADS)
+    pool = _threads()
     futures = [pool.submit(_read_span, sink, *span) for span in spans]
     try:
         wait(futures)

@@ -23,6 +23,12 @@ class ForkSafeLock:
     def _renew(self) -> None:
         self._lock = threading.Lock()
 
+    def acquire(self, blocking: bool = True) -> bool:
+        return self._lock.acquire(blocking)
+
+    def release(self) -> None:
+        self._lock.release()
+
     def __enter__(self) -> bool:
         return self._lock.acquire()
 

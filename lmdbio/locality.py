@@ -30,14 +30,13 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from . import threadpools
 from .forklock import ForkSafeLock
 
 __all__ = ["buffer_address", "in_background", "map_base", "settle", "will_need"]
 
 _HINT_THREAD = "lmdbio-hint"
-_last: tuple[int, Any] | None = None  # (pid, future of the latest hint): what settle waits on
-_last_lock = ForkSafeLock()
+_hints: tuple[int, Any] | None = None  # (pid, SimpleQueue) of this process's hint thread
+_hints_lock = ForkSafeLock()
 
 
 def buffer_address(view: memoryview) -> int:
@@ -66,28 +65,53 @@ def map_base(path: str, map_size: int) -> int | None:
 
 def in_background(hint: Callable[..., object], *args: object) -> None:
     """Run ``hint(*args)`` in this process's hint thread (one, so hints keep their order), and
-    return at once. Why: finding a block's bytes may read a cold leaf page of the B-tree
-    through the map, and ``posix_fadvise`` blocks until the read is queued, which where memory
-    is tight (a cgroup at its limit) includes reclaiming room for it; the caller, a sampler in
-    the training loop's process, goes on meanwhile. A hint: what it raises is dropped, and
-    the read that follows reports the problem in its own words."""
-    global _last
-    with _last_lock:
-        try:
-            _last = (os.getpid(), threadpools.pool(_HINT_THREAD, 1).submit(_quietly, hint, *args))
-        except RuntimeError:  # no thread could be started, or the interpreter is exiting
-            return
+    return at once. Why: finding a block's bytes may read a cold leaf page of the B-tree,
+    and ``posix_fadvise`` blocks until the read is queued, which where memory is tight (a
+    cgroup at its limit) includes reclaiming room for it; the caller, a sampler in the
+    training loop's process, goes on meanwhile. A hint: what it raises is dropped, and the
+    read that follows reports the problem in its own words; where no thread can be started
+    the hint is dropped too."""
+    try:
+        hints = _hint_queue()
+    except RuntimeError:  # no thread could be started (a process limit), or exiting
+        return
+    hints.put((hint, args))  # SimpleQueue.put is reentrant: safe even from a finalizer
 
 
 def settle() -> None:
     """Return once every hint this process asked for has run (before a file's pages are
     evicted, so no late hint reads them back in)."""
-    if threading.current_thread().name.startswith(_HINT_THREAD):
-        return  # a hint closing its database would wait for itself
-    with _last_lock:
-        last = _last
-    if last is not None and last[0] == os.getpid():
-        last[1].result()
+    made = _hints
+    if (made is None or made[0] != os.getpid()
+            or threading.current_thread().name == _HINT_THREAD):
+        return  # no hint was asked for here; or a hint itself asks, and would wait for itself
+    done = threading.Event()
+    made[1].put((done.set, ()))
+    done.wait()
+
+
+def _hint_queue() -> Any:
+    """This process's queue of hints, its thread started first (a forked child, where the
+    parent's thread does not exist, starts its own)."""
+    global _hints
+    with _hints_lock:
+        if _hints is None or _hints[0] != os.getpid():
+            import queue
+
+            hints: Any = queue.SimpleQueue()
+            # a daemon: hints still queued when the interpreter exits are dropped, not waited for
+            threading.Thread(target=_serve, args=(hints,), name=_HINT_THREAD, daemon=True).start()
+            _hints = (os.getpid(), hints)
+        return _hints[1]
+
+
+def _serve(hints: Any) -> None:
+    while True:
+        hint, args = hints.get()
+        try:
+            hint(*args)
+        except Exception:  # noqa: BLE001 - a hint; see in_background
+            pass
 
 
 def will_need(path: str, offset: int, length: int) -> None:
@@ -99,10 +123,3 @@ def will_need(path: str, offset: int, length: int) -> None:
         os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
     finally:
         os.close(fd)
-
-
-def _quietly(hint: Callable[..., object], *args: object) -> None:
-    try:
-        hint(*args)
-    except Exception:  # noqa: BLE001 - a hint; see in_background
-        pass

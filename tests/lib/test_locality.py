@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -153,7 +155,77 @@ def test_a_child_process_sends_hints_from_its_own_thread(method: str) -> None:
     locality.settle()  # the parent's pool exists and has run
     context = multiprocessing.get_context(method)
     queue = context.Queue()
-    child = context.Process(target=_hint_in_child, args=(queue,))
+    child = context.Process(target=_hint_in_child, args=(queue,), daemon=True)
     child.start()
-    child.join(60)
-    assert child.exitcode == 0 and queue.get(timeout=5) == [child.pid]
+    try:
+        child.join(60)
+        assert child.exitcode == 0 and queue.get(timeout=5) == [child.pid]
+    finally:
+        if child.is_alive():
+            child.kill()
+
+
+def test_where_no_thread_can_be_started_the_hint_is_dropped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[int] = []
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(locality, "_hints", None)  # as in a process that has sent none yet
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    locality.in_background(ran.append, 1)  # no error, nothing queued
+    locality.settle()
+    monkeypatch.undo()
+    monkeypatch.setattr(locality, "_hints", None)
+    locality.in_background(ran.append, 2)  # the next hint starts the thread: 1 is not run
+    locality.settle()
+    assert ran == [2]
+
+
+def test_a_hint_never_reopens_a_closed_database(big_db: Path) -> None:
+    from lmdbio import envs
+
+    db = Database(big_db, EnvOptions(readahead=False))
+    db.get(0)
+    db.close()
+    db._will_need_now(0, len(db))  # what a hint queued before the close would run after it
+    assert db._shared is None and db._direct is None
+    assert envs._identity(str(big_db)) not in envs._envs  # nothing of it is open again
+
+
+_FINALIZED_DURING = """
+import gc, sys
+from lmdbio import Database, locality
+garbage = Database(sys.argv[1])
+garbage.get(0)
+garbage.cycle = garbage  # only the cyclic collector can finalize it
+del garbage
+
+def collect_inside(frame, event, arg):  # the collector runs at an allocation in there
+    if event == "call" and frame.f_code.co_name == sys.argv[2]:
+        sys.setprofile(None)
+        gc.collect()
+
+sys.setprofile(collect_inside)
+if sys.argv[2] == "start":  # the hint thread's, started holding the hint queue's lock
+    locality.in_background(print, "hint ran")
+    locality.settle()
+else:  # "_open": another file's environment opened, holding the environments' lock
+    Database(sys.argv[3]).close()
+print("done")
+"""
+
+
+@pytest.mark.parametrize("holding", ["start", "_open"])
+def test_a_database_finalized_while_a_lock_is_held_does_not_hang(big_db: Path,
+                                                                  holding: str) -> None:
+    """The collector can finalize a Database (in a reference cycle) at any allocation, also
+    while this thread holds the hint queue's or the environments' lock: its finalizer must
+    not wait for either."""
+    other = big_db.with_name("other.lmdb")
+    other.write_bytes(big_db.read_bytes())
+    out = subprocess.run([sys.executable, "-c", _FINALIZED_DURING, str(big_db), holding,
+                          str(other)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.splitlines()[-1] == "done", out.stderr[-2000:]
