@@ -64,7 +64,7 @@ def test_locating_records_touches_only_the_tree(big_db: Path) -> None:
 
 def test_leaves_kept_and_dropped_still_place_every_record(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """Leaf pages are kept after their first read (at most ``_LEAVES_KEPT``, then dropped):
+    """Leaf pages are kept after their first read (at most ``_LEAVES_KEPT``, oldest dropped):
     every record is still placed where liblmdb's own view of it lies, in any order."""
     monkeypatch.setattr(btree, "_LEAVES_KEPT", 2)
     tree = build_simple_tree(tmp_path / "tree", per_class=400, size=(80, 60))
@@ -83,7 +83,7 @@ def test_leaves_kept_and_dropped_still_place_every_record(tmp_path: Path,
             if shuffle:
                 random.Random(0).shuffle(order)
             assert [locator.span(encode_key(i)) for i in order] == [expected[i] for i in order]
-            assert 0 < len(locator._leaves) <= 2
+            assert 0 < len(btree._leaves) <= 2
         assert [db.get(i)[1] for i in order[:50]] == [_through_map_one(db, i) for i in order[:50]]
 
 
