@@ -178,6 +178,31 @@ def _render(seed: int, class_name: str, index: int) -> tuple[Image.Image, int]:
     return picture, int(rng.integers(82, 94))
 
 
+@contextlib.contextmanager
+def _pool(workers: int) -> Any:
+    """A process pool of ``workers`` (None for one: the caller's own process). Done, it is
+    closed and joined: the workers leave on their own. ``Pool.__exit__`` would terminate them
+    with SIGTERM instead, and one that did not die of it (a forked worker inheriting the
+    caller's SIGTERM handler) hung a run of the storage sweep at exit. Interrupted, they are
+    terminated, and each has SIGTERM's default (die) from its start."""
+    if workers <= 1:
+        yield None
+        return
+    pool = multiprocessing.Pool(workers, initializer=_die_on_sigterm)
+    try:
+        yield pool
+        pool.close()
+        pool.join()
+    finally:
+        pool.terminate()  # after a join: nothing left to signal
+
+
+def _die_on_sigterm() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _write_image(task: tuple[str, int, str, int]) -> int:
     """Pool worker: render one image and save it; returns the file size in bytes."""
     split_dir, seed, class_name, index = task
@@ -223,7 +248,7 @@ def generate_cats_dogs(data_dir: str | os.PathLike[str], n_images: int = 25_000,
     workers = min((os.cpu_count() or 1) if workers is None else workers, n_images)
     chunksize = max(1, min(64, n_images // (workers * 8)))  # amortise IPC, keep workers busy to the end
     try:
-        with multiprocessing.Pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        with _pool(workers) as pool:
             sizes: Iterable[int] = (map(_write_image, tasks) if pool is None
                                     else pool.imap(_write_image, tasks, chunksize))
             if progress:
