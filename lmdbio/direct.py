@@ -23,7 +23,6 @@ process that reads and is not shared across ``fork``.
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -31,6 +30,7 @@ import lmdb
 
 from .btree import ValueLocator
 from .fetch import Sink, read_all
+from .forklock import ForkSafeLock
 from .format import SAMPLES_DB, encode_key
 from .lmdb_layout import HEADER_BYTES
 
@@ -38,7 +38,7 @@ __all__ = ["DirectAccess", "RecordFile", "open_direct"]
 
 Span = tuple[int, int]  # (offset in the file, length)
 _SINK_BUFFER = 1 << 20  # where the file system cannot splice: read through a 1 MiB buffer
-_sink_lock = threading.Lock()  # one sink per file, also when two threads fetch at once
+_sink_lock = ForkSafeLock()  # one sink per file, also when two threads fetch at once
 
 
 def _read_fully(fd: int, offset: int, length: int) -> bytes:
