@@ -131,8 +131,10 @@ class ValueLocator:
             # lmdbio's keys are consecutive integers: a leaf holding keys first..first+n-1
             # has ``key`` at node key - first. One look instead of a search; checked.
             guess = int.from_bytes(key, "big") - page.first_number
-            if 0 <= guess < high and page.key(guess) == key:
-                return self._overflow(page, guess, len(key))
+            if 0 <= guess < high:
+                span = self._overflow(page, guess, key)
+                if span is not None:
+                    return span
         low = 0
         while low < high:
             middle = (low + high) // 2
@@ -144,30 +146,35 @@ class ValueLocator:
             elif found > key:
                 high = middle
             else:
-                return self._overflow(page, middle, len(key))
+                return self._overflow(page, middle, key)
         return None
 
-    def _overflow(self, page: _Page, index: int, key_size: int) -> tuple[int, int] | None:
-        node = page.nodes[index]
-        lo, hi, flags, _ = NODE.unpack_from(page.data, node)
-        data = node + NODE.size + key_size
-        if not flags & F_BIGDATA or data + PGNO.size > len(page.data):
+    def _overflow(self, page: _Page, index: int, key: bytes) -> tuple[int, int] | None:
+        """Where the value of node ``index`` lies, if that node holds ``key`` and its value on
+        overflow pages inside the file (one unpack of the node: this runs for every record)."""
+        node, data = page.nodes[index], page.data
+        if not page.upper <= node <= len(data) - NODE.size:
             return None
-        (first,) = PGNO.unpack_from(page.data, data)
+        lo, hi, flags, key_size = NODE.unpack_from(data, node)
+        start = node + NODE.size + key_size
+        if (not flags & F_BIGDATA or start + PGNO.size > len(data)
+                or data[start - key_size:start] != key):
+            return None
+        (first,) = PGNO.unpack_from(data, start)
         length = lo | hi << 16
         pages = overflow_pages_for(length, self.page_size)
         if not 2 <= first or first + pages - 1 > self.last_page:
             return None
         return first * self.page_size + HEADER_BYTES, length
 
-    def heads(self, span: tuple[int, int], header: bytes) -> bool:
-        """Whether ``header``, the 16 bytes before ``span`` as read from the file, is the header
-        of the overflow run that holds it (as liblmdb checks before it returns a value): a leaf
-        node pointing into another record's pages is caught here, since a record's checksum
-        does not cover where it was found."""
-        if len(header) != HEADER_BYTES:
+    def heads(self, span: tuple[int, int], read: bytes) -> bool:
+        """Whether ``read``, the bytes read from the file from 16 bytes before ``span``, starts
+        with the header of the overflow run that holds it (as liblmdb checks before it returns
+        a value): a leaf node pointing into another record's pages is caught here, since a
+        record's checksum does not cover where it was found."""
+        if len(read) < HEADER_BYTES:
             return False
-        own, flags, pages = overflow_header(header)
+        own, flags, pages = overflow_header(read)
         return (own == (span[0] - HEADER_BYTES) // self.page_size and bool(flags & P_OVERFLOW)
                 and pages >= overflow_pages_for(span[1], self.page_size))
 

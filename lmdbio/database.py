@@ -101,18 +101,23 @@ class Database:
         """liblmdb's own errors on a damaged file, as lmdbio's typed one-line errors."""
         try:
             yield
-        except lmdb.ReadersFullError as exc:
-            raise FormatError(f"{self.path!r}: no free LMDB reader slot ({exc}); open it with "
-                              "lock=False (the default) or a larger max_readers") from None
-        except lmdb.MapResizedError:
+        except lmdb.Error as exc:
+            raise self._typed(exc, what, error) from None
+
+    def _typed(self, exc: lmdb.Error, what: str,
+               error: type[FormatError] = FormatError) -> FormatError:
+        """The typed one-line error for liblmdb's ``exc`` while reading ``what``."""
+        if isinstance(exc, lmdb.ReadersFullError):
+            return FormatError(f"{self.path!r}: no free LMDB reader slot ({exc}); open it with "
+                               "lock=False (the default) or a larger max_readers")
+        if isinstance(exc, lmdb.MapResizedError):
             # The file now has pages beyond the map taken at open: only a rewrite in place
             # does that (a published lmdbio file never changes), so it is the header check's
             # case, not damage. Not remapped here: that needs every read transaction of the
             # process closed (liblmdb), and the header would then differ anyway.
-            raise self._changed("it grew beyond the size mapped when it was opened") from None
-        except lmdb.Error as exc:
-            raise error(f"{self.path!r}: {what} cannot be read ({exc}); the file is damaged: "
-                        "re-convert the source or restore a copy") from None
+            return self._changed("it grew beyond the size mapped when it was opened")
+        return error(f"{self.path!r}: {what} cannot be read ({exc}); the file is damaged: "
+                     "re-convert the source or restore a copy")
 
     def _read_meta(self, key: bytes) -> bytes | None:
         env, _, meta = self._handles()
@@ -163,26 +168,28 @@ class Database:
             raise IndexError(f"sample index {index} out of range for {self.meta.num_samples} "
                              f"samples in {self.path!r}")
         env, samples, meta = self._handles()
-        with self._lmdb_errors(f"record {index}", CorruptRecordError), \
-                env.begin(db=samples, buffers=True) as txn:
-            self._check_identity(txn, meta)
-            key = encode_key(index)
-            value = self._read_direct(key, index) if not self.options.readahead else None
-            if value is None:
-                value = txn.get(key)
-            if value is None:
-                raise CorruptRecordError(f"record {index} is missing from {self.path!r}; "
-                                         "re-convert the source")
-            try:
-                label, payload = decode_record(value, index, verify=self.verify_checksums)
-            except CorruptRecordError as exc:
-                raise CorruptRecordError(f"{self.path!r}: {exc}") from None
-            if label >= len(self.meta.classes):
-                raise CorruptRecordError(
-                    f"{self.path!r}: record {index} ({self.stored_path(index)!r}) has label "
-                    f"{label}, outside the {len(self.meta.classes)} classes; the file is "
-                    "damaged or hostile: re-convert the source")
-            return label, bytes(payload)
+        try:  # (not _lmdb_errors: its context manager is a tenth of a warm read)
+            with env.begin(db=samples, buffers=True) as txn:
+                self._check_identity(txn, meta)
+                key = encode_key(index)
+                value = self._read_direct(key, index) if not self.options.readahead else None
+                if value is None:
+                    value = txn.get(key)
+                if value is None:
+                    raise CorruptRecordError(f"record {index} is missing from {self.path!r}; "
+                                             "re-convert the source")
+                try:
+                    label, payload = decode_record(value, index, verify=self.verify_checksums)
+                except CorruptRecordError as exc:
+                    raise CorruptRecordError(f"{self.path!r}: {exc}") from None
+                if label >= len(self.meta.classes):
+                    raise CorruptRecordError(
+                        f"{self.path!r}: record {index} ({self.stored_path(index)!r}) has label "
+                        f"{label}, outside the {len(self.meta.classes)} classes; the file is "
+                        "damaged or hostile: re-convert the source")
+                return label, bytes(payload)
+        except lmdb.Error as exc:
+            raise self._typed(exc, f"record {index}", CorruptRecordError) from None
 
     def _direct_access(self) -> DirectAccess | None:
         """This process's direct access to the file (``lmdbio.direct``), made on first use;

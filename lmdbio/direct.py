@@ -139,7 +139,7 @@ class DirectAccess:
         if span is None:
             return None
         data = self.file.read(_with_header(span))
-        if data is None or not self.locator.heads(span, data[:HEADER_BYTES]):
+        if data is None or not self.locator.heads(span, data):
             return None
         return memoryview(data)[HEADER_BYTES:]
 
