@@ -24,9 +24,10 @@ __all__ = ["Database"]
 
 # errors opening the file for direct reads that say nothing about the file: tried again later
 _TRANSIENT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EINTR, errno.EAGAIN})
-# fetch_records stops looking once this many records in a row were cached already: with a file
-# a fraction f cached, a run of 256 by chance has probability f**256 (0.08 at f = 0.99)
-CACHED_RUN = 256
+# fetch_records serves the first this many records a process asks of a database, a cold start's
+# first batches, and no more: later a reader faster than the prefetch's stream (raw reads, a fast
+# decode) fetching every batch competed with the stream for the network and slowed it (README)
+FETCH_FIRST = 256
 
 
 class Database:
@@ -52,7 +53,7 @@ class Database:
         # (pid, access): pread of records and read-ahead hints (lmdbio.direct); None: the map
         self._direct: tuple[int, DirectAccess | None] | None = None
         # (pid, records that fetch_records found cached in a row): it stops looking at enough
-        self._cached_run: tuple[int, int] | None = None
+        self._fetch_asked: tuple[int, int] | None = None  # (pid, records fetch_records was asked)
         self._header: bytes = b""  # the header read at open: the file's identity (see get)
         self.meta = self._read_header()
 
@@ -242,23 +243,22 @@ class Database:
         """Read records ``indices`` into the page cache now where they are not there yet, all
         at once, and return when they are (``DirectAccess.fetch``): a cold batch then waits for
         its slowest read, not for each read in turn behind whatever storage has in flight.
-        Once ``CACHED_RUN`` records in a row were there already (a prefetch has read the file),
-        later calls in this process return at once. Out-of-range indices are skipped and nothing
-        is raised: the reads that follow report problems."""
+        Only the first ``FETCH_FIRST`` records this process asks for are fetched (a cold start);
+        later calls return at once and the reads find what the prefetch streamed. Out-of-range
+        indices are skipped and nothing is raised: the reads that follow report problems."""
         pid = os.getpid()
-        run = self._cached_run[1] if self._cached_run and self._cached_run[0] == pid else 0
-        if run >= CACHED_RUN:
+        asked = self._fetch_asked[1] if self._fetch_asked and self._fetch_asked[0] == pid else 0
+        if asked >= FETCH_FIRST:
             return
         wanted = [i for i in indices if 0 <= i < self.meta.num_samples]
+        self._fetch_asked = (pid, asked + len(wanted))
         try:
             access = self._direct_access()
             base = self._map_start()
             if not wanted or access is None or base is None:
                 return
-            cached = access.fetch([encode_key(i) for i in wanted],
-                                  lambda offset, length: residency.map_resident(base + offset,
-                                                                                length))
-            self._cached_run = (pid, run + len(wanted) if cached else 0)
+            access.fetch([encode_key(i) for i in wanted],
+                         lambda offset, length: residency.map_resident(base + offset, length))
         except (lmdb.Error, OSError, LmdbioError, RuntimeError):  # RuntimeError: no thread
             return  # could be started (a process limit) or the interpreter is shutting down
 
@@ -389,7 +389,7 @@ class Database:
         if self._direct is not None and self._direct[1] is not None:
             self._direct[1].close()
         self._direct = None
-        self._cached_run = None  # pages may be evicted before it is read again
+        self._fetch_asked = None  # pages may be evicted before it is read again: a cold start
 
     def __enter__(self) -> Database:
         return self
@@ -401,7 +401,7 @@ class Database:
         state = self.__dict__.copy()
         state["_shared"] = None
         state["_dbs"] = None
-        state["_cached_run"] = None
+        state["_fetch_asked"] = None
         state["_map_base"] = None
         state["_direct"] = None
         return state
