@@ -52,8 +52,8 @@ class Database:
         self._map_base: tuple[int, int | None] | None = None  # (pid, address) of the map
         # (pid, access): pread of records and read-ahead hints (lmdbio.direct); None: the map
         self._direct: tuple[int, DirectAccess | None] | None = None
-        # (pid, records that fetch_records found cached in a row): it stops looking at enough
-        self._fetch_asked: tuple[int, int] | None = None  # (pid, records fetch_records was asked)
+        # (pid, records fetch_records was asked for): it fetches for a cold start's first ones
+        self._fetch_asked: tuple[int, int] | None = None
         self._header: bytes = b""  # the header read at open: the file's identity (see get)
         self.meta = self._read_header()
 
