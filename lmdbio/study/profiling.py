@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 __all__ = ["CATEGORIES", "Profiler", "ProcessCpu", "categorize", "cpu_snapshot", "cpu_by_group",
-           "pyspy", "read_collapsed"]
+           "machine_cpu_s", "pyspy", "read_collapsed"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
 # Processes by name: the network file system's, as the study brings it up (lmdbio.study.netfs,
@@ -106,7 +106,7 @@ def cpu_snapshot() -> dict[int, ProcessCpu]:
     return found
 
 
-def _machine_s() -> tuple[float, float]:
+def machine_cpu_s() -> tuple[float, float]:
     """(busy, idle) CPU seconds of the whole machine since boot (iowait counts as idle)."""
     with open("/proc/stat") as handle:
         fields = [int(v) for v in handle.readline().split()[1:8]]
@@ -207,7 +207,7 @@ class Profiler:
                  str(self.rate), "--format", "raw", "--nonblocking", "-o", self._out],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._before = cpu_snapshot()
-        self._machine = _machine_s()
+        self._machine = machine_cpu_s()
         self._children = _children_s()
         import time
 
@@ -219,7 +219,7 @@ class Profiler:
 
         self.wall_s = time.perf_counter() - self._started
         self.cpu["wall"] = self.wall_s  # the window the groups' seconds were counted in
-        busy, idle = _machine_s()
+        busy, idle = machine_cpu_s()
         after = cpu_snapshot()
         spy = self._spy
         self.cpu |= cpu_by_group(self._before, after, _children_s() - self._children,

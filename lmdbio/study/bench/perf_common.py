@@ -27,9 +27,12 @@ import lmdbio
 from lmdbio.folder import find_classes, make_dataset
 from lmdbio.publish import create_exclusive, discard, staged
 from lmdbio.study import netfs, pagecache
+from lmdbio.study.profiling import machine_cpu_s
 from lmdbio.study.synthetic import ensure_dataset
 
 MB = 1e6
+CEILING = "ceiling: in memory, PIL decode"              # target 3's variants (perf_loader)
+STORAGE_READ = "storage: cold sequential read of the DB"
 
 
 @dataclass(frozen=True)
@@ -116,10 +119,20 @@ def write_seed_db(split: str, dst: str) -> None:
 
 def sequential_mb_s(storage: Storage, relative: str, chunk: int = 8 << 20) -> float:
     """Cold sequential read bandwidth of one file on ``storage``: the storage limit."""
+    return sequential_read(storage, relative, chunk)[0]
+
+
+def sequential_read(storage: Storage, relative: str,
+                    chunk: int = 8 << 20) -> tuple[float, float]:
+    """One cold sequential read of a file on ``storage``: (MB/s, CPU seconds the whole machine
+    spent meanwhile: the reader's copies, the kernel's I/O and, on a network FS, its client and
+    server processes; what any reader pays to get the bytes in once)."""
     storage.evict(relative)
+    busy = machine_cpu_s()[0]
     start = time.perf_counter()
     total = pagecache.read_through(storage.path(relative), chunk)
-    return total / MB / (time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    return total / MB / elapsed, machine_cpu_s()[0] - busy
 
 
 def tree_sequential_mb_s(storage: Storage, relative: str) -> float:
@@ -133,6 +146,13 @@ def tree_sequential_mb_s(storage: Storage, relative: str) -> float:
         with open(path, "rb", buffering=0) as handle:
             total += len(handle.read())
     return total / MB / (time.perf_counter() - start)
+
+
+def storage_bound(ceiling: float, ceiling_cpu_ms: float, storage_cpu_ms: float) -> float:
+    """Images/s of the in-memory ceiling (``ceiling``, ``ceiling_cpu_ms`` machine CPU per
+    image) once each image also costs the storage's ``storage_cpu_ms`` to read it in: the same
+    busy cores share the extra CPU, so the rate falls in proportion to the CPU per image."""
+    return ceiling * ceiling_cpu_ms / (ceiling_cpu_ms + storage_cpu_ms)
 
 
 def median(rows: list[dict], key: str, **where: object) -> float:
