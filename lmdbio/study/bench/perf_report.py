@@ -57,6 +57,7 @@ def _storage_bound_note(loader: pandas.DataFrame, storage: str, lmdbio: float) -
     to read the DB once (``perf_common.storage_bound``), and lmdbio against it."""
     if "cpu_ms_per_image" not in loader or STORAGE_READ not in set(loader["variant"]):
         return ""
+
     def cpu(variant: str) -> float:
         return _median(loader, "cpu_ms_per_image", storage=storage, variant=variant)
 
