@@ -9,7 +9,7 @@ study read every kind through this interface and nothing else.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
 from .database import Database
@@ -56,6 +56,10 @@ class SampleReader(Protocol):
     def fetch_records(self, indices: Iterable[int]) -> None:
         """Read samples ``indices`` into the page cache together where they are not there yet,
         and return when they are (may do nothing; reports nothing)."""
+
+    def records_cached(self, indices: Sequence[int]) -> list[bool]:
+        """For each of samples ``indices``: whether reading it now waits for no storage
+        (True where that cannot be told)."""
 
     def close(self) -> None:
         """Release this process's LMDB environment(s); reads reopen them."""

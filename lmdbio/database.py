@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import lmdb
@@ -261,6 +261,23 @@ class Database:
                          lambda offset, length: residency.map_resident(base + offset, length))
         except (lmdb.Error, OSError, LmdbioError, RuntimeError):  # RuntimeError: no thread
             return  # could be started (a process limit) or the interpreter is shutting down
+
+    def records_cached(self, indices: Sequence[int]) -> list[bool]:
+        """For each of records ``indices``: whether reading it now waits for no storage (its
+        pages are in the page cache; ``DirectAccess.cached``). True where this cannot be told
+        (no direct access, an index out of range): the read then goes as it would anyway."""
+        try:
+            access = self._direct_access()
+            base = self._map_start()
+            if access is None or base is None:
+                return [True] * len(indices)
+            inside = [0 <= i < self.meta.num_samples for i in indices]
+            answers = iter(access.cached(
+                [encode_key(i) for i, ok in zip(indices, inside) if ok],
+                lambda offset, length: residency.map_resident(base + offset, length)))
+            return [next(answers) if ok else True for ok in inside]
+        except (lmdb.Error, OSError, LmdbioError):
+            return [True] * len(indices)  # the reads that follow say what is wrong
 
     def _read_direct(self, key: bytes, index: int) -> memoryview | None:
         """The record under ``key`` read with one ``pread`` (``lmdbio.direct``): with readahead

@@ -11,7 +11,8 @@ from PIL import Image
 from torchvision.datasets import ImageFolder, VisionDataset
 
 from .access import SampleReader, open_database
-from .decode import decode_pil
+from .arrival import in_arrival_order
+from .decode import decode_pil, pure_decoder
 from .envs import EnvOptions
 from .errors import (
     CorruptRecordError,
@@ -152,6 +153,10 @@ class ImageFolderLMDB(ImageFolder):
         #: first is used: ``batch_hints="auto"`` beside a prefetch on a network file system.
         self.batch_fetch: bool = (batch_hints == "auto" and bool(self._prefetchers)
                                   and any(on_network_fs(f) for f in self.files))
+        #: Whether a batch whose records are not all in the page cache yet decodes those that
+        #: are first, beside a prefetch, with lmdbio's own decoders (``lmdbio.arrival``).
+        self.arrival_order: bool = bool(self._prefetchers) and pure_decoder(decode)
+        self._warm_in: int | None = None  # the process that found a whole batch cached
 
     @property
     def files(self) -> list[str]:
@@ -259,6 +264,10 @@ class ImageFolderLMDB(ImageFolder):
         return len(self.database)
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
+        return self._transformed(*self._decoded(index))
+
+    def _decoded(self, index: int) -> tuple[Any, Any]:
+        """``(decoded image, target)`` of sample ``index``, before the transforms."""
         index = int(index)
         if self._assigned_samples is not None:
             # as DatasetFolder: the path and target of the list, the image stored under it
@@ -270,7 +279,9 @@ class ImageFolderLMDB(ImageFolder):
                 index += len(self)
             record = index
             target, data = self._get(index)
-        sample = self._decode(record, data)
+        return self._decode(record, data), target
+
+    def _transformed(self, sample: Any, target: Any) -> tuple[Any, Any]:
         if self.transform is not None:
             sample = self.transform(sample)
         if self.target_transform is not None:
@@ -279,13 +290,29 @@ class ImageFolderLMDB(ImageFolder):
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[Any, Any]]:
         """A batch, as a DataLoader with a ``batch_size`` asks for it: ``[self[i] for i in
-        indices]``, with the records asked of storage together first (``batch_hints``)."""
-        if self.batch_hints or self.batch_fetch:
+        indices]``, with the records asked of storage together first (``batch_hints``) and,
+        while a cold batch waits for a prefetch, decoded in the order they arrive
+        (``arrival_order``)."""
+        arrival = (self.arrival_order and self._warm_in != os.getpid()
+                   and type(self).__getitem__ is ImageFolderLMDB.__getitem__)
+        records = None
+        if self.batch_hints or self.batch_fetch or arrival:
             records = self._records_behind(indices)
-            if records and self.batch_hints:
-                self.database.will_need_records(records)
-            elif records:
-                self.database.fetch_records(records)
+        cold = bool(arrival and records and not all(self.database.records_cached(records)))
+        if arrival and records and not cold:
+            self._warm_in = os.getpid()  # a whole batch of a uniform shuffle is cached: the
+            # stream is through, and this process's later batches skip the look
+        if records and self.batch_hints:
+            self.database.will_need_records(records)
+        elif records and self.batch_fetch:
+            self.database.fetch_records(records)
+        if cold:
+            assert records is not None
+            return in_arrival_order(
+                len(indices),
+                lambda positions: self.database.records_cached([records[p] for p in positions]),
+                lambda position: self._decoded(indices[position]),
+                lambda _, item: self._transformed(*item))
         return [self[i] for i in indices]
 
     def _records_behind(self, indices: Sequence[int]) -> list[int] | None:

@@ -23,7 +23,7 @@ from .validate import JPEG_START, PNG_START
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DraftDecoder", "decode_pil", "decode_tensor"]
+__all__ = ["DraftDecoder", "decode_pil", "decode_tensor", "pure_decoder"]
 
 
 def decode_pil(data: bytes) -> Any:
@@ -116,3 +116,9 @@ def decode_tensor(data: bytes) -> torch.Tensor:
             return image
     return torch.from_numpy(np.array(decode_pil(data))).permute(2, 0, 1)
 
+
+
+def pure_decoder(decode: Any) -> bool:
+    """Whether ``decode`` is one of this module's decoders, whose result depends on the bytes
+    alone (so records may be decoded in any order: ``lmdbio.arrival``)."""
+    return decode is decode_pil or decode is decode_tensor or isinstance(decode, DraftDecoder)

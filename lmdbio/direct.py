@@ -187,6 +187,25 @@ class DirectAccess:
         self.file.fetch(cold)
         return not cold_leaves and not cold
 
+    def cached(self, keys: Sequence[bytes], resident: Callable[[int, int], bool]) -> list[bool]:
+        """For each of ``keys``: whether its leaf page and its value are in the page cache
+        (``resident(offset, length)`` says, without reading), so reading it waits for no
+        storage. Asking reads branch pages only (a leaf is placed before it is looked into);
+        True where the value is not placed, which is then read as it would be anyway."""
+        page = self.file.page_size
+        leaves: dict[int, bool] = {}
+        answers = []
+        for key in keys:
+            leaf = self.locator.leaf(key)
+            if leaf is not None and leaf not in leaves:
+                leaves[leaf] = resident(leaf * page, page)
+            if leaf is not None and not leaves[leaf]:
+                answers.append(False)
+                continue
+            span = self.locator.span(key)
+            answers.append(span is None or resident(*_with_header(span)))
+        return answers
+
     def close(self) -> None:
         self.file.close()
 

@@ -15,7 +15,7 @@ import io
 import operator
 import os
 import pickle
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import lmdb
@@ -165,6 +165,10 @@ class LegacyDatabase:
 
     def fetch_records(self, indices: Iterable[int]) -> None:
         """Nothing: seed files are read as they always were (their records are pickles)."""
+
+    def records_cached(self, indices: Sequence[int]) -> list[bool]:
+        """All True: seed files are read in the order asked, as they always were."""
+        return [True] * len(indices)
 
     @functools.cached_property
     def meta(self) -> Metadata:

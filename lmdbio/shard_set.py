@@ -128,6 +128,20 @@ class ShardedDatabase:
         for shard, local in self._by_shard(indices).items():
             self.shards[shard].fetch_records(local)
 
+    def records_cached(self, indices: Sequence[int]) -> list[bool]:
+        """``Database.records_cached`` over global indices, each asked of its shard."""
+        answers = [True] * len(indices)
+        by_shard: dict[int, list[int]] = {}
+        for position, index in enumerate(indices):
+            if 0 <= index < self.offsets[-1]:
+                by_shard.setdefault(bisect.bisect_right(self.offsets, index) - 1,
+                                    []).append(position)
+        for shard, positions in by_shard.items():
+            local = [indices[p] - self.offsets[shard] for p in positions]
+            for position, cached in zip(positions, self.shards[shard].records_cached(local)):
+                answers[position] = cached
+        return answers
+
     def targets(self) -> list[int]:
         return [t for db in self.shards for t in db.targets()]
 
