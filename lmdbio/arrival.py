@@ -3,8 +3,9 @@
 Why: while a prefetch streams a database file, the records of a batch in uniform random order
 reach the page cache over the whole stream (a 66 MB file takes 0.44 s at 150 MB/s), so the
 first batches of a cold epoch wait in batch order for their last record while the worker's
-core idles on records already read. Decoding those first keeps the core busy while the stream
-reads on. Only the decode (a pure function of the bytes) runs out of order: the transform of
+core idles on records already read. Decoding those while the next record in batch order is
+missing keeps the core busy while the stream reads on; as soon as that record is there, the
+batch goes on in order again, so on fast storage little is held ahead. Only the decode (a pure function of the bytes) runs out of order: the transform of
 each sample, which may draw random numbers, runs in batch order, so a seeded augmentation
 draws what it draws in batch order and the batch is the one ``[ds[i] for i in indices]``
 returns. The first error in batch order is raised after the samples before it are finished,
@@ -36,36 +37,43 @@ def decoded_bytes(sample: Any) -> int:
         return 0
 
 
-def in_arrival_order(count: int, ready: Callable[[Sequence[int]], Sequence[bool]],
+def in_arrival_order(count: int, cached: Callable[[Sequence[int]], Sequence[bool]],
                      load: Callable[[int], Loaded], finish: Callable[[int, Loaded], Finished],
-                     held_limit: int = HELD_LIMIT) -> list[Finished]:
-    """``[finish(p, load(p)) for p in range(count)]``, the loads done in the order storage
-    delivers their data: each round loads every pending position ``ready`` says is at hand
-    (one call for all of them), or the first pending one when none is, and finishes each
-    position as soon as it and every one before it are loaded."""
+                     held_limit: int = HELD_LIMIT,
+                     looked: Sequence[bool] | None = None) -> list[Finished]:
+    """``[finish(p, load(p)) for p in range(count)]``, loading ahead of batch order only while
+    the next position in order is not at hand: ``cached(positions)`` says which are (asked of
+    the next position before each load, of all those not loaded when the ones found at hand
+    last time are used up; ``looked``: such an answer for every position, already had). Each
+    position is finished as soon as it and every one before it are loaded. On fast storage the
+    next position is soon at hand again and little is held; on slow storage the core decodes
+    what has arrived instead of waiting."""
     finished: list[Finished] = []
     loaded: dict[int, tuple[Loaded | None, Exception | None, int]] = {}
-    pending = list(range(count))
+    at_hand = [p for p, now in enumerate(looked or ()) if now]  # found cached, not loaded yet
     held = 0
-    while pending:
-        at_hand = [p for p, now in zip(pending, ready(pending)) if now] \
-            if held < held_limit else []
-        for position in at_hand or pending[:1]:
-            if held >= held_limit and position != len(finished):
-                break  # enough ahead of batch order: the next in order, whatever it waits for
-            try:
-                sample = load(position)
-            except Exception as exc:  # raised in batch order, once those before it are done
-                loaded[position] = (None, exc, 0)
-            else:
-                size = decoded_bytes(sample)
-                loaded[position] = (sample, None, size)
-                held += size
-            while len(finished) in loaded:
-                sample, error, size = loaded.pop(len(finished))
-                if error is not None:
-                    raise error
-                held -= size
-                finished.append(finish(len(finished), sample))  # type: ignore[arg-type]
-        pending = [p for p in pending if p >= len(finished) and p not in loaded]
+    while len(finished) < count:
+        following = len(finished)  # never loaded yet: it would have been finished
+        if held >= held_limit or cached([following])[0]:
+            position = following  # in order: at hand, or enough held ahead of it
+        else:
+            at_hand = [p for p in at_hand if p > following and p not in loaded]
+            if not at_hand:
+                rest = [p for p in range(following + 1, count) if p not in loaded]
+                at_hand = [p for p, now in zip(rest, cached(rest)) if now]
+            position = at_hand.pop(0) if at_hand else following  # none: wait in order
+        try:
+            sample = load(position)
+        except Exception as exc:  # raised in batch order, once those before it are done
+            loaded[position] = (None, exc, 0)
+        else:
+            size = decoded_bytes(sample)
+            loaded[position] = (sample, None, size)
+            held += size
+        while len(finished) in loaded:
+            sample, error, size = loaded.pop(len(finished))
+            if error is not None:
+                raise error
+            held -= size
+            finished.append(finish(len(finished), sample))  # type: ignore[arg-type]
     return finished

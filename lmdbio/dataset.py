@@ -73,7 +73,9 @@ class ImageFolderLMDB(ImageFolder):
             sequential bandwidth (see ``lmdbio.prefetch``). ``"auto"`` (default): only when the files take at most half
             of the memory this process can use (RAM, or its cgroup's limit); ``True`` always;
             ``False`` never. Started here, in the process that builds the dataset, so
-            DataLoader workers share the one read; stopped by ``close()``.
+            DataLoader workers share the one read; stopped by ``close()``. While it reads, a
+            batch whose records are not all in the page cache decodes those that are first
+            and transforms in batch order (``arrival_order``; the same batch).
         batch_hints: when a DataLoader asks for a batch (``__getitems__``), ask storage for
             all of its records at once, in the background, before reading the first: a cold
             batch then waits for the slowest read instead of the sum of them all (records in
@@ -298,7 +300,8 @@ class ImageFolderLMDB(ImageFolder):
         records = None
         if self.batch_hints or self.batch_fetch or arrival:
             records = self._records_behind(indices)
-        cold = bool(arrival and records and not all(self.database.records_cached(records)))
+        looked = self.database.records_cached(records) if arrival and records else None
+        cold = looked is not None and not all(looked)
         if arrival and records and not cold:
             self._warm_in = os.getpid()  # a whole batch of a uniform shuffle is cached: the
             # stream is through, and this process's later batches skip the look
@@ -312,7 +315,7 @@ class ImageFolderLMDB(ImageFolder):
                 len(indices),
                 lambda positions: self.database.records_cached([records[p] for p in positions]),
                 lambda position: self._decoded(indices[position]),
-                lambda _, item: self._transformed(*item))
+                lambda _, item: self._transformed(*item), looked=looked)
         return [self[i] for i in indices]
 
     def _records_behind(self, indices: Sequence[int]) -> list[int] | None:

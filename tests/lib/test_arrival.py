@@ -35,18 +35,22 @@ def _evict(*paths: Path) -> None:
 
 
 class Scripted:
-    """Storage as a script: which positions are at hand on each look, and what was done."""
+    """Storage as a script: position -> how many loads must be done before it is cached; and
+    what was asked and done, in order."""
 
-    def __init__(self, rounds: list[set[int]]) -> None:
-        self.rounds = rounds
+    def __init__(self, arrives_after: dict[int, int]) -> None:
+        self.arrives_after = arrives_after
+        self.loads = 0
+        self.looks: list[list[int]] = []
         self.events: list[tuple[str, int]] = []
 
-    def ready(self, pending: list[int]) -> list[bool]:
-        at_hand = self.rounds.pop(0) if self.rounds else set()
-        return [p in at_hand for p in pending]
+    def cached(self, positions: list[int]) -> list[bool]:
+        self.looks.append(list(positions))
+        return [self.loads >= self.arrives_after[p] for p in positions]
 
     def load(self, position: int) -> str:
         self.events.append(("load", position))
+        self.loads += 1
         return f"image{position}"
 
     def finish(self, position: int, image: str) -> tuple[str, int]:
@@ -54,53 +58,64 @@ class Scripted:
         return image, position
 
 
-def test_loads_follow_arrival_and_finishes_follow_the_batch() -> None:
-    storage = Scripted([{3, 1}, set(), {4, 2}])
-    out = in_arrival_order(5, storage.ready, storage.load, storage.finish)
+def test_loads_go_ahead_only_while_the_next_in_order_is_missing() -> None:
+    storage = Scripted({0: 2, 1: 0, 2: 3, 3: 0, 4: 4})
+    out = in_arrival_order(5, storage.cached, storage.load, storage.finish)
     assert out == [(f"image{p}", p) for p in range(5)]
     assert storage.events == [
-        ("load", 1), ("load", 3),           # at hand on the first look, in batch order
-        ("load", 0),                        # nothing at hand: the first pending, waited for
+        ("load", 1), ("load", 3),           # 0 is missing: what is at hand, in batch order
+        ("load", 0),                        # there now
         ("finish", 0), ("finish", 1),       # finished as soon as everything before is loaded
         ("load", 2), ("finish", 2), ("finish", 3),
         ("load", 4), ("finish", 4)]
+    # the next position before each load; the rest only when nothing found earlier is left
+    assert storage.looks == [[0], [1, 2, 3, 4], [0], [0], [2], [4]]
+
+
+def test_with_nothing_at_hand_the_next_in_order_is_waited_for() -> None:
+    storage = Scripted({0: 9, 1: 9, 2: 9})
+    in_arrival_order(3, storage.cached, storage.load, storage.finish)
+    assert [p for what, p in storage.events if what == "load"] == [0, 1, 2]
+
+
+def test_an_earlier_look_is_used_first() -> None:
+    storage = Scripted({0: 1, 1: 0, 2: 0})
+    in_arrival_order(3, storage.cached, storage.load, storage.finish,
+                     looked=[False, True, False])  # 2 arrived since: not known yet
+    assert [p for what, p in storage.events if what == "load"] == [1, 0, 2]
+    assert storage.looks == [[0], [0], [2]]  # no look at the rest: 1 was known at hand
 
 
 def test_the_first_error_in_batch_order_is_raised_after_those_before_it() -> None:
-    storage = Scripted([{4}, set(), set(), set()])
+    storage = Scripted({0: 1, 1: 2, 2: 3, 3: 9, 4: 0})
 
     def load(position: int) -> str:
-        storage.load(position)
+        image = storage.load(position)
         if position in (2, 4):
             raise ValueError(f"record {position} is damaged")
-        return f"image{position}"
+        return image
 
     with pytest.raises(ValueError, match="record 2 is damaged"):  # 4 failed first, 2 comes first
-        in_arrival_order(5, storage.ready, load, storage.finish)
+        in_arrival_order(5, storage.cached, load, storage.finish)
     assert storage.events == [("load", 4), ("load", 0), ("finish", 0), ("load", 1),
                               ("finish", 1), ("load", 2)]
 
 
 def test_past_the_limit_samples_are_loaded_in_batch_order() -> None:
     big = np.zeros((100, 100, 3), np.uint8)  # 30 000 bytes held each
-    order: list[int] = []
+    storage = Scripted({0: 10**6, 1: 0, 2: 0, 3: 0})  # everything but the first is at hand
 
     def load(position: int) -> np.ndarray:
-        order.append(position)
+        storage.load(position)
         return big
 
-    looks: list[list[int]] = []
-
-    def ready(pending: list[int]) -> list[bool]:
-        looks.append(list(pending))
-        return [p != 0 for p in pending]  # everything but the first is at hand
-
-    in_arrival_order(4, ready, load, lambda p, image: p, held_limit=50_000)
-    assert order == [1, 2, 0, 3]  # 2 loaded ahead (60 000 held), then batch order resumes
-    assert looks == [[0, 1, 2, 3], [3]]  # past the limit none; below it again, one
-    order.clear()
-    in_arrival_order(4, ready, load, lambda p, image: p, held_limit=0)
-    assert order == [0, 1, 2, 3]
+    in_arrival_order(4, storage.cached, load, lambda p, image: p, held_limit=50_000)
+    assert [p for _, p in storage.events] == [1, 2, 0, 3]  # 2 ahead (60 000), then in order
+    assert storage.looks == [[0], [1, 2, 3], [0], [3]]  # past the limit: no look
+    storage.events.clear()
+    storage.looks.clear()
+    in_arrival_order(4, storage.cached, load, lambda p, image: p, held_limit=0)
+    assert [p for _, p in storage.events] == [0, 1, 2, 3] and storage.looks == []
 
 
 def test_decoded_bytes_counts_pixels() -> None:
