@@ -74,8 +74,8 @@ class ImageFolderLMDB(ImageFolder):
             of the memory this process can use (RAM, or its cgroup's limit); ``True`` always;
             ``False`` never. Started here, in the process that builds the dataset, so
             DataLoader workers share the one read; stopped by ``close()``. While it reads, a
-            batch whose records are not all in the page cache decodes those that are first
-            and transforms in batch order (``arrival_order``; the same batch).
+            batch whose next record is not in the page cache yet decodes others of the batch
+            that are, and transforms in batch order (``arrival_order``; the same batch).
         batch_hints: when a DataLoader asks for a batch (``__getitems__``), ask storage for
             all of its records at once, in the background, before reading the first: a cold
             batch then waits for the slowest read instead of the sum of them all (records in
@@ -155,8 +155,8 @@ class ImageFolderLMDB(ImageFolder):
         #: first is used: ``batch_hints="auto"`` beside a prefetch on a network file system.
         self.batch_fetch: bool = (batch_hints == "auto" and bool(self._prefetchers)
                                   and any(on_network_fs(f) for f in self.files))
-        #: Whether a batch whose records are not all in the page cache yet decodes those that
-        #: are first, beside a prefetch, with lmdbio's own decoders (``lmdbio.arrival``).
+        #: Whether a batch whose next record is not in the page cache yet decodes others of it
+        #: that are meanwhile: beside a prefetch, with lmdbio's own decoders (``lmdbio.arrival``).
         self.arrival_order: bool = bool(self._prefetchers) and pure_decoder(decode)
         self._warm_in: int | None = None  # the process that found a whole batch cached
 
