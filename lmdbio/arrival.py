@@ -5,12 +5,16 @@ reach the page cache over the whole stream (a 66 MB file takes 0.44 s at 150 MB/
 first batches of a cold epoch wait in batch order for their last record while the worker's
 core idles on records already read. Decoding those while the next record in batch order is
 missing keeps the core busy while the stream reads on; as soon as that record is there, the
-batch goes on in order again, so on fast storage little is held ahead. Only the decode (a pure function of the bytes) runs out of order: the transform of
-each sample, which may draw random numbers, runs in batch order, so a seeded augmentation
-draws what it draws in batch order and the batch is the one ``[ds[i] for i in indices]``
-returns. The first error in batch order is raised after the samples before it are finished,
-as there. Decoded images held ahead of batch order are bounded (``held_limit`` bytes): past
-it the next sample in batch order is read, waiting for storage as the plain loop would.
+batch goes on in order again, so on fast storage little is held ahead. Only the decode (a
+pure function of the bytes) runs out of order: the transform of each sample, which may draw
+random numbers, runs in batch order, so a seeded augmentation draws what it draws in batch
+order and the batch is the one ``[ds[i] for i in indices]`` returns. The first error in batch
+order is raised after the samples before it are finished, as there: a load ahead that fails
+is dropped, loaded again in its turn, and nothing more is loaded ahead. Decoded images held
+ahead of batch order are bounded (about ``HELD_LIMIT`` bytes: the next in order is loaded
+once they reach it). Looking costs a few microseconds per record; when storage delivers
+nothing, the looks at the rest of the batch back off (after 1, 2, 4... loads), so a batch that
+stays cold pays O(B log B) of them, not B².
 """
 
 from __future__ import annotations
@@ -27,7 +31,10 @@ HELD_LIMIT = 256 << 20  # decoded images held ahead of batch order, per worker
 
 
 def decoded_bytes(sample: Any) -> int:
-    """Memory a decoded sample holds: a tensor or array's ``nbytes``, a PIL image's pixels."""
+    """Memory a decoded sample holds: a tensor or array's ``nbytes``, a PIL image's pixels
+    (of the first item of a tuple, such as ``(image, target)``); 0 when it cannot be told."""
+    if isinstance(sample, tuple) and sample:
+        sample = sample[0]
     size = getattr(sample, "nbytes", None)
     if isinstance(size, int):
         return size
@@ -39,41 +46,48 @@ def decoded_bytes(sample: Any) -> int:
 
 def in_arrival_order(count: int, cached: Callable[[Sequence[int]], Sequence[bool]],
                      load: Callable[[int], Loaded], finish: Callable[[int, Loaded], Finished],
-                     held_limit: int = HELD_LIMIT,
+                     held_limit: int | None = None,
                      looked: Sequence[bool] | None = None) -> list[Finished]:
     """``[finish(p, load(p)) for p in range(count)]``, loading ahead of batch order only while
     the next position in order is not at hand: ``cached(positions)`` says which are (asked of
-    the next position before each load, of all those not loaded when the ones found at hand
-    last time are used up; ``looked``: such an answer for every position, already had). Each
-    position is finished as soon as it and every one before it are loaded. On fast storage the
-    next position is soon at hand again and little is held; on slow storage the core decodes
-    what has arrived instead of waiting."""
+    the next position before each load; of all those not loaded when the ones found at hand
+    last time are used up, backing off while that finds none; ``looked``: such an answer for
+    every position, already had). Each position is finished as soon as it and every one
+    before it are loaded. ``held_limit``: bytes of loaded samples held ahead (default
+    ``HELD_LIMIT``; ``decoded_bytes`` counts them)."""
+    limit = HELD_LIMIT if held_limit is None else held_limit
     finished: list[Finished] = []
-    loaded: dict[int, tuple[Loaded | None, Exception | None, int]] = {}
+    loaded: dict[int, tuple[Loaded | None, int]] = {}
     at_hand = [p for p, now in enumerate(looked or ()) if now]  # found cached, not loaded yet
     held = 0
+    look_in, backoff = 0, 1  # loads until the rest of the batch is looked at again
     while len(finished) < count:
         following = len(finished)  # never loaded yet: it would have been finished
-        if held >= held_limit or cached([following])[0]:
-            position = following  # in order: at hand, or enough held ahead of it
-        else:
+        position = following  # in order: at hand, too much held ahead, or nothing else is
+        if held < limit and not cached([following])[0]:
             at_hand = [p for p in at_hand if p > following and p not in loaded]
-            if not at_hand:
+            if not at_hand and look_in <= 0:
                 rest = [p for p in range(following + 1, count) if p not in loaded]
-                at_hand = [p for p, now in zip(rest, cached(rest)) if now]
-            position = at_hand.pop(0) if at_hand else following  # none: wait in order
+                at_hand = [p for p, now in zip(rest, cached(rest)) if now] if rest else []
+                look_in, backoff = (0, 1) if at_hand else (backoff, backoff * 2)
+            if at_hand:
+                position = at_hand.pop(0)
+        look_in -= 1
         try:
             sample = load(position)
-        except Exception as exc:  # raised in batch order, once those before it are done
-            loaded[position] = (None, exc, 0)
-        else:
-            size = decoded_bytes(sample)
-            loaded[position] = (sample, None, size)
-            held += size
+        except Exception:
+            if position != following:  # the plain loop reads it in its turn: so will this, and
+                limit, at_hand = -1, []  # load nothing more ahead meanwhile
+                continue
+            loaded.clear()
+            finished.clear()  # the traceback keeps this frame: let it hold no batch
+            sample = None
+            raise
+        size = decoded_bytes(sample)
+        loaded[position] = (sample, size)
+        held += size
         while len(finished) in loaded:
-            sample, error, size = loaded.pop(len(finished))
-            if error is not None:
-                raise error
+            sample, size = loaded.pop(len(finished))
             held -= size
             finished.append(finish(len(finished), sample))  # type: ignore[arg-type]
     return finished

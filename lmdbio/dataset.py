@@ -73,9 +73,9 @@ class ImageFolderLMDB(ImageFolder):
             sequential bandwidth (see ``lmdbio.prefetch``). ``"auto"`` (default): only when the files take at most half
             of the memory this process can use (RAM, or its cgroup's limit); ``True`` always;
             ``False`` never. Started here, in the process that builds the dataset, so
-            DataLoader workers share the one read; stopped by ``close()``. While it reads, a
-            batch whose next record is not in the page cache yet decodes others of the batch
-            that are, and transforms in batch order (``arrival_order``; the same batch).
+            DataLoader workers share the one read; stopped by ``close()``. Beside it, a batch
+            whose next record is not in the page cache yet decodes others of the batch that
+            are, and transforms in batch order (``arrival_order``; the same batch).
         batch_hints: when a DataLoader asks for a batch (``__getitems__``), ask storage for
             all of its records at once, in the background, before reading the first: a cold
             batch then waits for the slowest read instead of the sum of them all (records in
@@ -156,8 +156,9 @@ class ImageFolderLMDB(ImageFolder):
         self.batch_fetch: bool = (batch_hints == "auto" and bool(self._prefetchers)
                                   and any(on_network_fs(f) for f in self.files))
         #: Whether a batch whose next record is not in the page cache yet decodes others of it
-        #: that are meanwhile: beside a prefetch, with lmdbio's own decoders (``lmdbio.arrival``).
-        self.arrival_order: bool = bool(self._prefetchers) and pure_decoder(decode)
+        #: that are meanwhile: beside a prefetch of files that fit, with lmdbio's own decoders
+        #: (``lmdbio.arrival``); a process stops looking once it finds a whole batch cached.
+        self.arrival_order: bool = bool(self._prefetchers) and fits and pure_decoder(decode)
         self._warm_in: int | None = None  # the process that found a whole batch cached
 
     @property
@@ -295,20 +296,24 @@ class ImageFolderLMDB(ImageFolder):
         indices]``, with the records asked of storage together first (``batch_hints``) and,
         while a cold batch waits for a prefetch, decoded in the order they arrive
         (``arrival_order``)."""
+        indices = list(indices)  # read twice below: an iterator would be spent by the first
         arrival = (self.arrival_order and self._warm_in != os.getpid()
-                   and type(self).__getitem__ is ImageFolderLMDB.__getitem__)
+                   and type(self).__getitem__ is ImageFolderLMDB.__getitem__
+                   and pure_decoder(self.decode))  # ``decode`` may be reassigned
         records = None
         if self.batch_hints or self.batch_fetch or arrival:
             records = self._records_behind(indices)
         looked = self.database.records_cached(records) if arrival and records else None
         cold = looked is not None and not all(looked)
         if arrival and records and not cold:
-            self._warm_in = os.getpid()  # a whole batch of a uniform shuffle is cached: the
-            # stream is through, and this process's later batches skip the look
+            self._warm_in = os.getpid()  # a whole batch is cached: in a uniform shuffle the
+            # stream is through, and this process's later batches skip the look (in an order
+            # that keeps neighbours together it may come early: then they read in order)
         if records and self.batch_hints:
             self.database.will_need_records(records)
         elif records and self.batch_fetch:
             self.database.fetch_records(records)
+            looked = None  # what was fetched is cached now
         if cold:
             assert records is not None
             return in_arrival_order(
@@ -402,6 +407,7 @@ class ImageFolderLMDB(ImageFolder):
         from the cache)."""
         stop_all(self._prefetchers)
         self._prefetchers = []
+        self.arrival_order = False  # no stream to wait for any more
         self.database.close()
 
     def __getstate__(self) -> dict[str, Any]:

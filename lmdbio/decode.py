@@ -117,8 +117,7 @@ def decode_tensor(data: bytes) -> torch.Tensor:
     return torch.from_numpy(np.array(decode_pil(data))).permute(2, 0, 1)
 
 
-
 def pure_decoder(decode: Any) -> bool:
     """Whether ``decode`` is one of this module's decoders, whose result depends on the bytes
     alone (so records may be decoded in any order: ``lmdbio.arrival``)."""
-    return decode is decode_pil or decode is decode_tensor or isinstance(decode, DraftDecoder)
+    return decode is decode_pil or decode is decode_tensor or type(decode) is DraftDecoder
