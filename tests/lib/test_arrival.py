@@ -211,7 +211,7 @@ def _random_target(target: int) -> int:
 def _cold_pair(big_db: Path) -> tuple[ImageFolderLMDB, ImageFolderLMDB]:
     """A dataset forced to arrival order (as beside a prefetch, with no hints either, but
     without its race) and a plain one, both with seeded random transforms, over big_db cold
-    but for records 10 and 20 (read with pread: their neighbours stay cold)."""
+    but for records 10, 20 and 59 (read with pread: their neighbours stay cold)."""
     arriving = ImageFolderLMDB(big_db, transform=_seeded_transform(),
                                target_transform=_random_target, prefetch=False,
                                readahead=False, batch_hints=False)
@@ -221,7 +221,7 @@ def _cold_pair(big_db: Path) -> tuple[ImageFolderLMDB, ImageFolderLMDB]:
                             readahead=False)  # one process opens a file with one set of options
     arriving.database.get(0)
     _evict(big_db)
-    arriving.database.get(10), arriving.database.get(20)
+    arriving.database.get(10), arriving.database.get(20), arriving.database.get(59)
     return arriving, plain
 
 
@@ -252,7 +252,7 @@ def test_a_cold_batch_decodes_what_is_cached_first_and_gives_the_plain_batch(
     assert not plain.arrival_order  # no prefetch: records are read in batch order
     arriving.database.get(0)
     _evict(big_db)
-    arriving.database.get(10), arriving.database.get(20)
+    arriving.database.get(10), arriving.database.get(20), arriving.database.get(59)
     loaded = _logging_loads(arriving)
     looks = _counting_looks(arriving)
     indices = [40, 10, 50, 20, 30, -1]
@@ -282,7 +282,7 @@ def test_the_held_limit_counts_decoded_images(big_db: Path,
     arriving, plain = _cold_pair(big_db)
     monkeypatch.setattr(lmdbio.arrival, "HELD_LIMIT", 1)  # one image is over it
     loaded = _logging_loads(arriving)
-    indices = [40, 10, 50, 20, 30, -1]  # 10, 20 and (the last page's) -1 are cached
+    indices = [40, 10, 50, 20, 30, -1]  # 10, 20 and -1 (59) are cached
     torch.manual_seed(0)
     batch = arriving.__getitems__(indices)
     assert loaded == [10, 40, 20, 50, -1, 30]  # never more than one image ahead
