@@ -19,6 +19,7 @@ stays cold pays O(B log B) of them, not B².
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -58,26 +59,29 @@ def in_arrival_order(count: int, cached: Callable[[Sequence[int]], Sequence[bool
     limit = HELD_LIMIT if held_limit is None else held_limit
     finished: list[Finished] = []
     loaded: dict[int, tuple[Loaded | None, int]] = {}
-    at_hand = [p for p, now in enumerate(looked or ()) if now]  # found cached, not loaded yet
+    # found cached, in batch order; those since loaded in their turn are skipped at the head
+    at_hand = collections.deque(p for p, now in enumerate(looked or ()) if now)
     held = 0
     look_in, backoff = 0, 1  # loads until the rest of the batch is looked at again
     while len(finished) < count:
         following = len(finished)  # never loaded yet: it would have been finished
         position = following  # in order: at hand, too much held ahead, or nothing else is
         if held < limit and not cached([following])[0]:
-            at_hand = [p for p in at_hand if p > following and p not in loaded]
+            while at_hand and (at_hand[0] <= following or at_hand[0] in loaded):
+                at_hand.popleft()
             if not at_hand and look_in <= 0:
                 rest = [p for p in range(following + 1, count) if p not in loaded]
-                at_hand = [p for p, now in zip(rest, cached(rest)) if now] if rest else []
+                at_hand = collections.deque(
+                    p for p, now in zip(rest, cached(rest) if rest else ()) if now)
                 look_in, backoff = (0, 1) if at_hand else (backoff, backoff * 2)
             if at_hand:
-                position = at_hand.pop(0)
+                position = at_hand.popleft()
         look_in -= 1
         try:
             sample = load(position)
         except Exception:
             if position != following:  # the plain loop reads it in its turn: so will this, and
-                limit, at_hand = -1, []  # load nothing more ahead meanwhile
+                limit = -1  # and load nothing more ahead meanwhile
                 continue
             loaded.clear()
             finished.clear()  # the traceback keeps this frame: let it hold no batch

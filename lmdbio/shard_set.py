@@ -108,36 +108,33 @@ class ShardedDatabase:
             if low < high:
                 db.will_need(low - self.offsets[shard], high - self.offsets[shard])
 
-    def _by_shard(self, indices: Iterable[int]) -> dict[int, list[int]]:
-        """Global indices in range, as each shard's own indices."""
-        by_shard: dict[int, list[int]] = {}
-        for index in indices:
+    def _by_shard(self, indices: Iterable[int]) -> dict[int, tuple[list[int], list[int]]]:
+        """Global indices in range, per shard: (their positions in ``indices``, the shard's own
+        indices)."""
+        by_shard: dict[int, tuple[list[int], list[int]]] = {}
+        for position, index in enumerate(indices):
             if 0 <= index < self.offsets[-1]:
                 shard = bisect.bisect_right(self.offsets, index) - 1
-                by_shard.setdefault(shard, []).append(index - self.offsets[shard])
+                positions, local = by_shard.setdefault(shard, ([], []))
+                positions.append(position)
+                local.append(index - self.offsets[shard])
         return by_shard
 
     def will_need_records(self, indices: Iterable[int]) -> None:
         """``Database.will_need_records`` over global indices, each asked of its shard."""
-        for shard, local in self._by_shard(indices).items():
+        for shard, (_, local) in self._by_shard(indices).items():
             self.shards[shard].will_need_records(local)
 
     def fetch_records(self, indices: Iterable[int]) -> None:
         """``Database.fetch_records`` over global indices, shard by shard (a batch spread over
         k shards waits for k rounds of reads, still not one per record)."""
-        for shard, local in self._by_shard(indices).items():
+        for shard, (_, local) in self._by_shard(indices).items():
             self.shards[shard].fetch_records(local)
 
     def records_cached(self, indices: Sequence[int]) -> list[bool]:
         """``Database.records_cached`` over global indices, each asked of its shard."""
         answers = [True] * len(indices)
-        by_shard: dict[int, list[int]] = {}
-        for position, index in enumerate(indices):
-            if 0 <= index < self.offsets[-1]:
-                by_shard.setdefault(bisect.bisect_right(self.offsets, index) - 1,
-                                    []).append(position)
-        for shard, positions in by_shard.items():
-            local = [indices[p] - self.offsets[shard] for p in positions]
+        for shard, (positions, local) in self._by_shard(indices).items():
             for position, cached in zip(positions, self.shards[shard].records_cached(local)):
                 answers[position] = cached
         return answers
