@@ -30,6 +30,7 @@ from .advise_reads import (Eviction, Timed, evict_one, random_reads, read_stream
 from .decode import DraftDecoder, decode_pil
 from .errors import SourceError
 from .folder import find_classes, make_dataset
+from .paths import absolute_path
 from .prefetch import memory_budget
 from .sources import default_read_workers
 from .system import cores_available, fs_info, is_network_fs
@@ -324,7 +325,7 @@ def measure(root: str | os.PathLike[str], *, sample: int = 300, budget_s: float 
         random_read_bytes=random_bytes, mean_record_bytes=mean_record,
         stat_ms=statistics.median(stat_times) * 1e3 if stat_times else 0.0,
         listing_s=listing_s, read_workers=read_workers, evicted=evicted,
-        root=os.path.abspath(given), classes=len(classes), fstype=fstype,
+        root=absolute_path(given), classes=len(classes), fstype=fstype,
         network_fs=network, transform=transform, draft_min_size=DRAFT_MIN_SIZE,
         sample_files=sample, measured_files=len(timed), bandwidth_files=len(streamed),
         decoded_files=len(images), dataset_bytes_source=size_source,

@@ -31,6 +31,7 @@ from .errors import (
 from .folder import DEFAULT, selection
 from .format import Metadata
 from .partial_lock import lock_partial
+from .paths import absolute_path
 from .progress import Progress
 from .publish import discard, publish, same_file
 from .resize import Resizer, check_resume_setting, make_resizer
@@ -102,7 +103,7 @@ class ConvertReport:
 def default_destination(source: str | os.PathLike[str], suffix: str = ".lmdb") -> str:
     """``data/train`` -> ``data/train.lmdb``, next to the source as in pytorch-lmdb (another
     ``suffix`` for other formats of the same source)."""
-    return os.path.normpath(os.path.abspath(os.path.expanduser(os.fspath(source)))) + suffix
+    return absolute_path(source) + suffix
 
 
 def convert(
@@ -160,7 +161,7 @@ def convert(
     resizer = make_resizer(max_size, quality)
     setting = resizer.setting if resizer else [None, None]
     started = time.perf_counter()
-    dst = (os.path.abspath(os.path.expanduser(os.fspath(destination))) if destination
+    dst = (absolute_path(destination) if destination
            else default_destination(source))  # "~" expanded as for the source
     dst = shard_path(dst, *shard) if shard else dst
     _check_destination(dst, overwrite)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -271,14 +272,14 @@ class ImageFolderLMDB(ImageFolder):
 
     def _decoded(self, index: int) -> tuple[Any, Any]:
         """``(decoded image, target)`` of sample ``index``, before the transforms."""
-        index = int(index)
+        index = operator.index(index)  # as a list index: "1" and 1.9 are a TypeError
         if self._assigned_samples is not None:
             # as DatasetFolder: the path and target of the list, the image stored under it
             path, target = self._assigned_samples[index]
             record = self._record_of(path, f"samples[{index}] path")
             data = self._get(record)[1]
         else:
-            if index < 0:
+            if -len(self) <= index < 0:  # further down the read's IndexError names it as given
                 index += len(self)
             record = index
             target, data = self._get(index)
@@ -330,8 +331,10 @@ class ImageFolderLMDB(ImageFolder):
         try:
             if assigned is None:
                 count = len(self.database)
-                return [int(i) + count if int(i) < 0 else int(i) for i in indices]
-            return [self._record_of(assigned[int(i)][0], "samples path") for i in indices]
+                return [operator.index(i) + count if operator.index(i) < 0
+                        else operator.index(i) for i in indices]
+            return [self._record_of(assigned[operator.index(i)][0], "samples path")
+                    for i in indices]
         except (IndexError, TypeError, ValueError, SampleNotFoundError):
             return None
 

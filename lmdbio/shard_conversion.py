@@ -21,6 +21,7 @@ from .converter import (ConvertReport, check_what_is_left, convert, default_dest
                         judged_by_set)
 from .database import Database
 from .errors import ShardSpecError
+from .paths import absolute_path
 from .publish import discard
 from .shard_plan import shard_path
 from .shard_set import ShardedDatabase
@@ -49,7 +50,7 @@ def convert_shards(source: str | os.PathLike[str], destination: str | os.PathLik
     ``allow_empty``), is a ``SourceError``, and the shards this call wrote are removed."""
     if num_shards < 1 or jobs < 1:
         raise ShardSpecError(f"num_shards and jobs must be >= 1, not {num_shards}, {jobs}")
-    dst = (os.path.abspath(os.path.expanduser(os.fspath(destination))) if destination
+    dst = (absolute_path(destination) if destination
            else default_destination(source))
     todo = [i for i in range(num_shards)
             if not (options.get("resume") and _complete(shard_path(dst, i, num_shards), i,

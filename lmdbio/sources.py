@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from .errors import SourceFileError
 from .folder import IMG_EXTENSIONS, find_classes, make_dataset
 from .format import encode_record
+from .paths import absolute_path
 from .system import fs_info, is_network_fs
 from .validate import Check, check_image, check_payload, collecting_warnings  # noqa: F401
 
@@ -74,7 +75,7 @@ def list_source(root: str | os.PathLike[str],
     allow_empty=...)`` would (``is_valid_file`` sees the paths it would see), and stat each
     file."""
     given = os.path.expanduser(os.fspath(root))
-    root = os.path.abspath(given)
+    root = absolute_path(given)
     classes, class_to_idx = find_classes(root)
     samples = make_dataset(given, class_to_idx, extensions, is_valid_file=is_valid_file,
                            allow_empty=allow_empty)

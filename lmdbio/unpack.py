@@ -19,6 +19,7 @@ from .database import Database
 from .envs import EnvOptions, options_for
 from .errors import DestinationError, FormatError
 from .format import stored_path_problems
+from .paths import absolute_path
 from .progress import Progress
 
 __all__ = ["extract"]
@@ -36,7 +37,7 @@ def extract(path: str | os.PathLike[str], outdir: str | os.PathLike[str], *,
     left under its final name. ``outdir`` itself may be a symlink (the caller chose it);
     nothing below it is followed.
     """
-    outdir = os.path.abspath(os.path.expanduser(os.fspath(outdir)))
+    outdir = absolute_path(outdir)
     with Database(path, options_for(os.fspath(path), EnvOptions(readahead=True))) as db:
         relative = db.relative_paths()
         problems = stored_path_problems(relative, limit=1)  # all checked before any I/O

@@ -176,6 +176,40 @@ def test_out_of_range_index_is_an_index_error(kind, tree, out) -> None:
     with pytest.raises(IndexError):
         dataset[len(dataset)]
     assert dataset[-1][1] == dataset[len(dataset) - 1][1]
+    too_low = -len(dataset) - 5
+    with pytest.raises(IndexError) as raised:
+        dataset[too_low]
+    if kind == "ImageFolderLMDB":  # the message names the index given, not one shifted by len
+        assert f"index {too_low} out of range" in str(raised.value)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_indices_are_what_a_list_takes(kind, tree, out) -> None:
+    dataset = make(kind, tree, out)
+    for bad in ("1", 1.9, 1.0):
+        with pytest.raises(TypeError):
+            dataset[bad]
+    for good in (np.int64(1), torch.tensor(1), True):
+        assert dataset[good][1] == dataset[1][1]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_source_through_a_link_and_up_is_the_folder_the_os_finds(kind, tmp_path,
+                                                                    monkeypatch) -> None:
+    """``link/../train`` is the *link target's* sibling ``train`` (the OS walks the link
+    first), not ``./train`` as a textual normalization makes it."""
+    (tmp_path / "real" / "deep").mkdir(parents=True)
+    (tmp_path / "link").symlink_to("real/deep")
+    for folder, colour in (("train", (255, 0, 0)), ("real/train", (0, 0, 255))):
+        (tmp_path / folder / "a").mkdir(parents=True)
+        Image.new("RGB", (4, 4), colour).save(tmp_path / folder / "a" / "0.png")
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path)
+    dataset = make(kind, "link/../train", tmp_path / "out")
+    assert dataset.samples == [(os.path.join("link/../train", "a", "0.png"), 0)]
+    assert np.asarray(dataset[0][0])[0, 0].tolist() == [0, 0, 255]
+    default = lmdbio.convert("link/../train", progress=False).destination
+    assert os.path.samefile(default, tmp_path / "real" / "train.lmdb")
 
 
 def to_array(image: Image.Image) -> torch.Tensor:  # module level: picklable under spawn
