@@ -16,9 +16,9 @@ from .direct import DirectAccess, open_direct
 from .errors import (CorruptRecordError, DatabaseChangedError, FormatError,
                      LegacyFormatError, LmdbioError)
 from .legacy import is_legacy
-from .format import (KEY_COMPLETE, KEY_HEADER, KEY_PATHS, KEY_PROGRESS, KEY_TARGETS, META_DB,
-                     SAMPLES_DB, Metadata, data_file, decode_paths, decode_record,
-                     decode_targets, encode_key)
+from .format import (KEY_COMPLETE, KEY_HEADER, KEY_HEADER_CRC, KEY_PATHS, KEY_PROGRESS,
+                     KEY_TARGETS, META_DB, SAMPLES_DB, Metadata, data_file, decode_paths,
+                     decode_record, decode_targets, encode_key, header_checksum)
 
 __all__ = ["Database"]
 
@@ -149,6 +149,10 @@ class Database:
                     if self._read_meta(KEY_PROGRESS) is not None else "re-convert the source")
             raise FormatError(f"{self.path!r} holds an unfinished conversion; {hint}")
         blob = self._read_meta(KEY_HEADER)
+        crc = self._read_meta(KEY_HEADER_CRC)
+        if blob is not None and crc is not None and bytes(crc) != header_checksum(bytes(blob)):
+            raise FormatError(f"{self.path!r}: its header fails its checksum; the file is "
+                              "damaged: re-convert the source or restore the file from a copy")
         meta = Metadata.from_json(blob or b"", self.path)
         self._header = bytes(blob or b"")
         with self._lmdb_errors("the record count"), \

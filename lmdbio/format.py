@@ -35,6 +35,7 @@ __all__ = [
     "decode_record",
     "decode_targets",
     "encode_key",
+    "header_checksum",
     "encode_paths",
     "encode_record",
     "encode_targets",
@@ -52,6 +53,9 @@ KEY_PATHS = b"paths"        # zlib(NUL-joined relative paths, os.fsencode'd)
 KEY_TARGETS = b"targets"    # little-endian uint32 per sample
 KEY_COMPLETE = b"complete"  # b"1" once the conversion finished
 KEY_PROGRESS = b"progress"  # JSON checkpoint of an unfinished conversion, for --resume
+# little-endian uint32 CRC-32 of KEY_HEADER's bytes (files written before it have none): a
+# flipped bit in the JSON would otherwise change a path or a shard position and still parse
+KEY_HEADER_CRC = b"header-crc32"
 
 _KEY = struct.Struct(">Q")
 # magic, record version, flags (reserved, 0), label, payload length, crc32(header[:12] + payload)
@@ -65,6 +69,11 @@ def data_file(path: str | os.PathLike[str]) -> str:
     """The file holding the pages: ``path`` itself, or ``path/data.mdb`` for an LMDB folder."""
     path = os.fspath(path)
     return os.path.join(path, "data.mdb") if os.path.isdir(path) else path
+
+
+def header_checksum(header: bytes) -> bytes:
+    """What ``KEY_HEADER_CRC`` holds for ``header``."""
+    return struct.pack("<I", crc32(header))
 
 
 def encode_key(index: int) -> bytes:

@@ -158,8 +158,9 @@ def verify(path: str | os.PathLike[str], *, decode: bool = False,
                         check_payload(bytes(payload), "full" if decode else "structure")
                 except (CorruptRecordError, ValueError) as exc:
                     text = str(exc)  # "record i: 'cls/x.jpg': reason": the stored path too
-                    path = relative[expected] if expected < len(relative) else None
-                    where = f"{path!r}: " if path is not None and repr(path) not in text else ""
+                    stored = relative[expected] if expected < len(relative) else None
+                    where = (f"{stored!r}: " if stored is not None and repr(stored) not in text
+                             else "")
                     problems.append(f"record {expected}: {where}{text}")
                 bar.update(len(value))
                 stored_payload += len(value) - RECORD_HEADER_SIZE

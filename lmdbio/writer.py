@@ -17,9 +17,9 @@ from typing import Any
 import lmdb
 
 from .errors import DestinationError, DiskFullError
-from .format import (KEY_COMPLETE, KEY_HEADER, KEY_PATHS, KEY_PROGRESS, KEY_TARGETS, META_DB,
-                     SAMPLES_DB, Metadata, encode_key, encode_paths,
-                     encode_record, encode_targets)
+from .format import (KEY_COMPLETE, KEY_HEADER, KEY_HEADER_CRC, KEY_PATHS, KEY_PROGRESS,
+                     KEY_TARGETS, META_DB, SAMPLES_DB, Metadata, encode_key, encode_paths,
+                     encode_record, encode_targets, header_checksum)
 from .publish import same_file
 
 __all__ = ["Checkpoint", "LmdbWriter"]
@@ -122,12 +122,14 @@ class LmdbWriter:
 
         def write(txn: lmdb.Transaction) -> None:
             txn.put(KEY_HEADER, header, db=self.meta)
+            txn.put(KEY_HEADER_CRC, header_checksum(header), db=self.meta)
             txn.put(KEY_PATHS, paths_blob, db=self.meta)
             txn.put(KEY_TARGETS, targets_blob, db=self.meta)
             txn.put(KEY_COMPLETE, b"1", db=self.meta)
             txn.delete(KEY_PROGRESS, db=self.meta)
 
-        blobs = [(KEY_HEADER, header), (KEY_PATHS, paths_blob), (KEY_TARGETS, targets_blob)]
+        blobs = [(KEY_HEADER, header), (KEY_HEADER_CRC, b"0000"), (KEY_PATHS, paths_blob),
+                 (KEY_TARGETS, targets_blob)]
         self._commit_with_growth(write, _bytes_needed(blobs))
         try:
             self.env.sync(True)

@@ -237,7 +237,7 @@ def test_old_files_show_their_absolute_source_root(tree, out) -> None:
     import json
 
     import lmdb
-    from lmdbio.format import KEY_HEADER, META_DB
+    from lmdbio.format import KEY_HEADER, KEY_HEADER_CRC, META_DB
 
     dst = out / "old.lmdb"
     lmdbio.convert(tree, dst, progress=False)
@@ -250,6 +250,7 @@ def test_old_files_show_their_absolute_source_root(tree, out) -> None:
             body = json.loads(txn.get(KEY_HEADER))
             assert body.pop("source_as_given") == tree
             txn.put(KEY_HEADER, json.dumps(body).encode())
+            assert txn.delete(KEY_HEADER_CRC)  # nor its checksum, which came later still
     finally:
         env.close()
     old = lmdbio.ImageFolderLMDB(dst, prefetch=False)

@@ -303,3 +303,26 @@ def test_where_zlib_ng_is_installed_it_computes_the_checksums() -> None:
     if importlib.util.find_spec("zlib_ng") is None:
         pytest.skip("zlib-ng has no wheel for this machine; the standard library checks")
     assert checksum.implementation() == "zlib_ng"
+
+
+def test_a_flipped_bit_in_the_header_fails_its_checksum(tmp_path: Path) -> None:
+    """The header's JSON still parses after most flips (a letter of a path, a digit of a shard
+    position): only its checksum tells. A file without one (written before it) still opens."""
+    path = tmp_path / "db.lmdb"
+    writer = LmdbWriter(str(path), 1 << 20)
+    writer.commit(0, [(0, b"a")], {"written": 1})
+    writer.finish(sample_meta(num_samples=1, skipped=[]), ["a/1"], [0])
+    assert lmdbio.open_database(path).meta.source_root == "/data/train"
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b'"source_root": "') + len(b'"source_root": "')
+    raw[at] ^= 1  # "/data/train" -> ".data/train": still valid JSON, another path
+    damaged = tmp_path / "damaged.lmdb"
+    damaged.write_bytes(raw)
+    with pytest.raises(lmdbio.FormatError, match="header fails its checksum"):
+        lmdbio.open_database(damaged)
+    assert_one_line_error(run_cli("verify", damaged), str(damaged), "checksum", "re-convert")
+    env = lmdb.open(str(damaged), subdir=False, max_dbs=2, lock=False)
+    with env.begin(write=True, db=env.open_db(fmt.META_DB)) as txn:
+        assert txn.delete(fmt.KEY_HEADER_CRC)  # as a file written before the checksum
+    env.close()
+    assert lmdbio.open_database(damaged).meta.source_root[0] == "."

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import lmdb
 
-from lmdbio.format import KEY_HEADER, META_DB, SAMPLES_DB
+from lmdbio.format import KEY_HEADER, KEY_HEADER_CRC, META_DB, SAMPLES_DB, header_checksum
 from lmdbio.system import mounts
 
 from tests.helpers import REPO
@@ -76,6 +76,8 @@ def snapshot(path: str | os.PathLike[str]) -> Snapshot:
     finally:
         env.close()
     if KEY_HEADER in metadata:
+        if KEY_HEADER_CRC in metadata:  # it covers created_utc: checked here, then set aside
+            assert metadata.pop(KEY_HEADER_CRC) == header_checksum(metadata[KEY_HEADER])
         metadata[KEY_HEADER] = _CREATED.sub(b'"created_utc": ""', metadata[KEY_HEADER])
     return Snapshot(records, metadata)
 

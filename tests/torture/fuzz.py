@@ -34,15 +34,16 @@ import lmdb
 import numpy as np
 
 import lmdbio
-from lmdbio.format import (KEY_COMPLETE, KEY_HEADER, KEY_PATHS, KEY_PROGRESS, KEY_TARGETS,
-                           META_DB, RECORD_HEADER_SIZE, SAMPLES_DB, encode_key)
+from lmdbio.format import (KEY_COMPLETE, KEY_HEADER, KEY_HEADER_CRC, KEY_PATHS, KEY_PROGRESS,
+                           KEY_TARGETS, META_DB, RECORD_HEADER_SIZE, SAMPLES_DB, encode_key,
+                           header_checksum)
 
 from tests.helpers import pixels_jpeg
 
 from .probe import Sandbox, expected_of, violations
 
 FAMILIES = ("record", "meta", "file", "truncate", "records")
-META_KEYS = (KEY_HEADER, KEY_PATHS, KEY_TARGETS, KEY_COMPLETE, KEY_PROGRESS)
+META_KEYS = (KEY_HEADER, KEY_HEADER_CRC, KEY_PATHS, KEY_TARGETS, KEY_COMPLETE, KEY_PROGRESS)
 
 
 def build_base(workdir: Path, seed: int = 0) -> Path:
@@ -154,6 +155,8 @@ def damage(base: Path, target: Path, family: str, rng: random.Random) -> str:
                     return f"meta {key.decode()} deleted"
                 new = _mutate_header(old, rng) if key == KEY_HEADER else _mutate_bytes(old, rng)
                 txn.put(key, new, db=meta)
+                if key == KEY_HEADER and rng.random() < 0.5:  # past the checksum: the
+                    txn.put(KEY_HEADER_CRC, header_checksum(new), db=meta)  # fields' checks
                 return f"meta {key.decode()} mutated"
         finally:
             env.close()
