@@ -24,7 +24,8 @@
 # after one discarded warm-up. With the defaults: a tiny synthetic set, seconds on CPU.
 #
 # `papermill notebooks/bench.ipynb out.ipynb -p data_dir DIR` generates a synthetic set in an
-# empty `DIR`, uses `DIR/train` as it is otherwise, and converts `DIR/train.lmdb` if missing.
+# empty `DIR`, uses `DIR/train` as it is otherwise, and converts `DIR/train.lmdb` if missing
+# (README, "The study": what is refused, and why).
 
 # %% tags=["parameters"]
 data_dir: str = ""                 # holds <split>/; empty: a synthetic set in a temp folder

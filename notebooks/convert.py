@@ -41,21 +41,19 @@ writers_csv: str = ""     # where the writers table goes; empty: not saved
 import pandas
 
 import lmdbio
-from lmdbio.study.parity import compare_with_imagefolder
+from lmdbio.study.parity import check_conversion
 from lmdbio.study.peers.timing import measure_writers
 from lmdbio.study.workspace import prepare
 
-workspace = prepare(data_dir, split=split, lmdb_path=lmdb_path, n_images=n_images, seed=seed)
-if overwrite and not workspace.converted:
-    print(lmdbio.convert(workspace.split_dir, workspace.lmdb_path, overwrite=True, progress=False))
+workspace = prepare(data_dir, split=split, lmdb_path=lmdb_path, n_images=n_images, seed=seed,
+                    overwrite=overwrite)
 
 # %%
 info = lmdbio.info(workspace.lmdb_path)
 print(f"{info.num_samples} samples; classes: {info.class_counts}; skipped: {info.skipped}")
 
 # %%
-print("checksums OK:", lmdbio.verify(workspace.lmdb_path).ok)
-print(compare_with_imagefolder(workspace.split_dir, workspace.lmdb_path, limit=parity_limit))
+parity = check_conversion(workspace.split_dir, workspace.lmdb_path, limit=parity_limit)
 
 # %%
 rows = measure_writers(workspace.split_dir, writers.split(","), lmdb_path=workspace.lmdb_path,

@@ -5,7 +5,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-__all__ = ["ParityReport", "compare_with_imagefolder"]
+__all__ = ["ParityError", "ParityReport", "check_conversion", "compare_with_imagefolder"]
+
+
+class ParityError(RuntimeError):
+    """A database that fails its checksums or does not read back as ImageFolder reads its
+    source: a notebook must stop there, not go on to measure it."""
 
 
 @dataclass(frozen=True)
@@ -51,3 +56,21 @@ def compare_with_imagefolder(split_dir: str | os.PathLike[str], lmdb_path: str |
                             reference.targets == candidate.targets, tuple(mismatches[:20]))
     finally:
         candidate.close()
+
+
+def check_conversion(split_dir: str | os.PathLike[str], lmdb_path: str | os.PathLike[str],
+                     limit: int = 0) -> ParityReport:
+    """``lmdbio.verify`` and ``compare_with_imagefolder``, each result printed; a
+    ``ParityError`` (naming the database and the first difference) when either fails."""
+    from lmdbio.tools import verify
+
+    verified = verify(lmdb_path)
+    print("checksums OK:", verified.ok)
+    parity = compare_with_imagefolder(split_dir, lmdb_path, limit=limit)
+    print(parity)
+    if not verified.ok or not parity.ok:
+        first = verified.problems[0] if not verified.ok else str(parity)
+        raise ParityError(f"{os.fspath(lmdb_path)!r} does not read back as "
+                          f"ImageFolder({os.fspath(split_dir)!r}) does ({first}); convert it "
+                          "again (overwrite=True)")
+    return parity

@@ -235,17 +235,25 @@ def _available(point: Point) -> tuple[bool, str]:
     return os.path.isdir(point.target), f"{point.target} is not a folder"
 
 
+def _workspaces(cfg: SweepConfig, formats: list[str]) -> tuple[Workspace, Workspace]:
+    """The synthetic sets the sweep reads (the larger one for the larger-than-cache point;
+    else the same), in folders of their own under ``work_dir``."""
+    def synthetic(images: int) -> Workspace:
+        folder = os.path.join(cfg.work_dir, f"data-{images}")
+        os.makedirs(folder, exist_ok=True)  # prepare() takes a given folder only if it exists
+        return prepare(folder, n_images=images, seed=cfg.seed, formats=formats)
+
+    ws = synthetic(cfg.images)
+    return ws, (synthetic(cfg.big_images) if cfg.larger_than_cache else ws)
+
+
 def run_sweep(cfg: SweepConfig) -> str:
     """Run the sweep; returns the output folder."""
     pandas = _pandas()
     formats = list(cfg.formats)
     points = plan(cfg)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    ws = prepare(os.path.join(cfg.work_dir, f"data-{cfg.images}"), n_images=cfg.images,
-                 seed=cfg.seed, formats=formats)
-    big = (prepare(os.path.join(cfg.work_dir, f"data-{cfg.big_images}"),
-                   n_images=cfg.big_images, seed=cfg.seed, formats=formats)
-           if cfg.larger_than_cache else ws)
+    ws, big = _workspaces(cfg, formats)
     print(f"sweep: {len(points)} storage points x {len(cfg.modes)} modes x {len(formats)} "
           f"strategies x {cfg.repeats} repeats -> {cfg.out_dir}", flush=True)
     skipped: list[str] = []
@@ -299,11 +307,7 @@ def advise_sweep(cfg: SweepConfig) -> str:
     pandas = _pandas()
     frame = pandas.read_csv(os.path.join(cfg.out_dir, "runs.csv"))
     formats = list(cfg.formats)
-    ws = prepare(os.path.join(cfg.work_dir, f"data-{cfg.images}"), n_images=cfg.images,
-                 seed=cfg.seed, formats=formats)
-    big = (prepare(os.path.join(cfg.work_dir, f"data-{cfg.big_images}"),
-                   n_images=cfg.big_images, seed=cfg.seed, formats=formats)
-           if cfg.larger_than_cache else ws)
+    ws, big = _workspaces(cfg, formats)
     advice = []
     for point in plan(cfg):
         if not _available(point)[0] or point.label not in set(frame["condition"]):

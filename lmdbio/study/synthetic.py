@@ -19,6 +19,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -217,6 +218,29 @@ def _class_folders(split_dir: Path) -> list[str]:
     return [entry.name for entry in os.scandir(split_dir) if entry.is_dir()] if split_dir.is_dir() else []
 
 
+def _refuse_a_foreign_folder(data_dir: Path, split: str) -> None:
+    """Generate only into a folder that is new, empty (but for an empty ``split`` folder and
+    the debris of a killed generation) or this module's own: a user's ImageFolder root passed
+    as ``data_dir`` has no ``split`` folder, and must not get a synthetic class beside its own."""
+    if data_dir.exists() and not data_dir.is_dir():
+        raise NotADirectoryError(f"data_dir {str(data_dir)!r} is a file; pass the folder that "
+                                 f"holds {split}/ (an empty folder: a synthetic set)")
+    if not data_dir.is_dir() or (data_dir / MARKER_NAME).is_file():
+        return
+    debris = re.compile(rf"^\.{re.escape(split)}\.partial-\d+$")
+    foreign = [entry.name for entry in os.scandir(data_dir)
+               if entry.name != split and not debris.match(entry.name)]
+    if not foreign:
+        return
+    classes = sorted(_class_folders(data_dir))
+    hint = (f"if it is the ImageFolder itself (folders {', '.join(map(repr, classes[:3]))}"
+            f"{'...' if len(classes) > 3 else ''}), pass data_dir={str(data_dir.parent)!r} and "
+            f"split={data_dir.name!r}" if classes else "pass the folder that holds it")
+    raise ValueError(f"{str(data_dir)!r} holds no {split!r} folder and is not empty ({len(foreign)} "
+                     f"entries), so no synthetic set is generated there; {hint}, or an empty "
+                     "folder for a synthetic set")
+
+
 def _marker(data_dir: Path) -> dict[str, Any]:
     """The marker's content, or an empty one if this module never generated into data_dir."""
     path = data_dir / MARKER_NAME
@@ -287,6 +311,7 @@ def ensure_dataset(data_dir: str | os.PathLike[str], n_images: int = 25_000, *, 
     data_dir = Path(data_dir)
     split_dir = data_dir / split
     if not (split_dir.is_dir() and any(split_dir.iterdir())):
+        _refuse_a_foreign_folder(data_dir, split)
         return generate_cats_dogs(data_dir, n_images, seed=seed, split=split, workers=workers,
                                   progress=progress)
     if not _class_folders(split_dir):

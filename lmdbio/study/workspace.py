@@ -4,6 +4,9 @@
 synthetic cats-vs-dogs set is generated) and for an existing ImageFolder (``DIR/train/<class>``,
 used as is); the LMDB file is converted next to the split folder when missing, and so are the
 peer formats named in ``formats`` (``train.wds``, ``train.litdata``; the ``peers`` extra).
+What is there already is used only if it was written from the split as it is now (the same
+classes and files, in the same order): a benchmark must not compare
+ImageFolder over today's files with a database of last week's.
 """
 
 from __future__ import annotations
@@ -14,11 +17,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from lmdbio.converter import convert, default_destination
+from lmdbio.database import Database
+from lmdbio.folder import find_classes, make_dataset
 from lmdbio.study import peers
 from lmdbio.study.conditions import PEER_FORMATS
 from lmdbio.study.synthetic import ensure_dataset
 
-__all__ = ["Workspace", "default_data_dir", "prepare"]
+__all__ = ["StaleDataError", "Workspace", "default_data_dir", "prepare"]
+
+
+class StaleDataError(ValueError):
+    """A database or peer dataset next to the split was written from another state of it."""
 
 
 @dataclass(frozen=True)
@@ -37,20 +46,63 @@ def default_data_dir(n_images: int, seed: int) -> str:
 
 def prepare(data_dir: str = "", *, split: str = "train", lmdb_path: str = "",
             n_images: int = 64, seed: int = 0, progress: bool = False,
-            formats: Sequence[str] = ()) -> Workspace:
+            formats: Sequence[str] = (), overwrite: bool = False) -> Workspace:
     """Make sure ``data_dir/split`` is an ImageFolder, ``lmdb_path`` its database and each
-    peer format in ``formats`` written next to it (others in ``formats`` need nothing)."""
+    peer format in ``formats`` written next to it (others in ``formats`` need nothing).
+
+    ``data_dir`` empty: a synthetic set in a scratch folder; given, it must exist (a new,
+    empty folder gets the synthetic set: a mistyped path must not). An existing database or
+    peer dataset written from another state of the split is a ``StaleDataError``;
+    ``overwrite=True`` converts the database again whatever it holds."""
+    if data_dir and not os.path.isdir(os.path.expanduser(data_dir)):
+        raise FileNotFoundError(f"data_dir {data_dir!r} is not a folder; pass the folder that "
+                                f"holds {split}/ (an empty folder you made: a synthetic set)")
     data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir(n_images, seed)))
+    os.makedirs(data_dir, exist_ok=True)  # the scratch default
     split_dir = os.fspath(ensure_dataset(data_dir, n_images, seed=seed, split=split,
                                          progress=progress))
     lmdb_path = os.path.abspath(lmdb_path) if lmdb_path else default_destination(split_dir)
-    converted = False
-    if not os.path.exists(lmdb_path):
-        convert(split_dir, lmdb_path, progress=progress)
-        converted = True
+    converted = overwrite or not os.path.exists(lmdb_path)
+    if converted:
+        convert(split_dir, lmdb_path, overwrite=overwrite, progress=progress)
+    else:
+        _check_database(lmdb_path, split_dir)
     peer_paths = {}
     for fmt in (f for f in formats if f in PEER_FORMATS):
         peer_paths[fmt] = peers.default_destination(split_dir, fmt)
         if not os.path.exists(peer_paths[fmt]):
             peers.write(fmt, split_dir, peer_paths[fmt])
+        else:
+            _check_peer(peer_paths[fmt], split_dir)
     return Workspace(data_dir, split_dir, lmdb_path, converted, peer_paths)
+
+
+def _stale(path: str, split_dir: str, remedy: str) -> StaleDataError:
+    return StaleDataError(f"{path!r} was written from another state of {split_dir!r} (classes "
+                          f"or files added, removed or renamed since); {remedy}")
+
+
+def _check_database(lmdb_path: str, split_dir: str) -> None:
+    """The database holds the split's classes and paths, in ImageFolder's order (listed with
+    the extensions it was converted with; one converted with an ``is_valid_file`` records
+    none, and that listing cannot be redone: not checked)."""
+    with Database(lmdb_path) as db:
+        meta, stored = db.meta, db.relative_paths()
+    if not meta.extensions:
+        return
+    now, class_to_idx = find_classes(split_dir)
+    listed = [os.path.relpath(path, split_dir) for path, _ in
+              make_dataset(split_dir, class_to_idx, tuple(meta.extensions), allow_empty=True)]
+    skipped = {path for path, _ in meta.skipped}  # listed, refused at conversion
+    kept = [path for path in listed if path not in skipped]
+    if now != meta.classes or kept != stored or len(kept) + len(skipped) != len(listed):
+        raise _stale(lmdb_path, split_dir, "convert it again (the convert notebook with "
+                     f"overwrite=True, or 'lmdbio convert {split_dir} {lmdb_path} --overwrite') "
+                     "or delete it")
+
+
+def _check_peer(path: str, split_dir: str) -> None:
+    recorded = peers.read_manifest(path).get("listing_digest")
+    if recorded is not None and recorded != peers.listing_digest(split_dir):  # None: a
+        # manifest written before the digest was recorded, which cannot tell
+        raise _stale(path, split_dir, "delete it, and it is written again")

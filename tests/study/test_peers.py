@@ -160,6 +160,7 @@ def test_run_bench_measures_the_peers_cold_and_warm(tmp_path):
     from lmdbio.study.workspace import prepare
 
     assert set(peers.PEER_FORMATS) <= set(FORMATS)
+    (tmp_path / "data").mkdir()
     work = prepare(os.fspath(tmp_path / "data"), n_images=20, seed=2,
                    formats=["lmdb", *peers.PEER_FORMATS])
     assert set(work.peer_paths) == set(peers.PEER_FORMATS)
@@ -194,3 +195,18 @@ def test_conversion_table_measures_every_writer(tmp_path):
     assert not any(name.endswith((".measure", ".partial")) for name in os.listdir(tmp_path))
     assert csv_path.read_text().splitlines()[0].startswith("storage,format,images")
     assert json.loads((tmp_path / "train.litdata" / peers.MANIFEST).read_text())["num_samples"] == 6
+
+
+@pytest.mark.peers
+def test_prepare_refuses_a_peer_dataset_of_another_state_of_the_split(tmp_path):
+    pytest.importorskip("webdataset")
+    from lmdbio.study.workspace import StaleDataError, prepare
+
+    (tmp_path / "data").mkdir()
+    work = prepare(os.fspath(tmp_path / "data"), n_images=8, seed=1, formats=["webdataset"])
+    dogs = os.path.join(work.split_dir, "dog")
+    first = sorted(os.listdir(dogs))[0]
+    os.rename(os.path.join(dogs, first), os.path.join(dogs, "z" + first))
+    os.remove(work.lmdb_path)  # converted again: only the peer is left stale
+    with pytest.raises(StaleDataError, match=f"{work.peer_paths['webdataset']}.*another state"):
+        prepare(work.data_dir, n_images=8, seed=1, formats=["webdataset"])

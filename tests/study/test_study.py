@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
+import lmdbio
 from lmdbio.study import netfs, peers
 from lmdbio.study.protocol import run_bench, schedule
 from lmdbio.study.workspace import prepare
@@ -40,6 +42,51 @@ def test_prepare_generates_and_converts_once(tiny):
     assert os.path.exists(tiny.lmdb_path) and tiny.converted
     again = prepare(tiny.data_dir, n_images=24, seed=3)
     assert not again.converted and again.lmdb_path == tiny.lmdb_path
+
+
+def test_prepare_refuses_a_missing_data_dir_and_an_imagefolder_root(tmp_path):
+    """A mistyped data_dir, or the ImageFolder itself given as data_dir (its split folder
+    missing), must not get a synthetic set: nothing is written."""
+    from PIL import Image
+
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        prepare(os.fspath(tmp_path / "no" / "such"), n_images=4)
+    assert not (tmp_path / "no").exists()
+    mine = tmp_path / "mine"
+    for name in ("apple", "pear"):
+        (mine / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(mine / name / "0.png")
+    before = sorted(mine.rglob("*"))
+    with pytest.raises(ValueError, match=f"data_dir='{tmp_path}' and split='mine'"):
+        prepare(os.fspath(mine), n_images=4)
+    assert sorted(mine.rglob("*")) == before
+
+
+def test_prepare_refuses_a_database_of_another_state_of_the_split(tmp_path):
+    from lmdbio.study.workspace import StaleDataError
+
+    (tmp_path / "data").mkdir()
+    first = prepare(os.fspath(tmp_path / "data"), n_images=12, seed=1)
+    cats = sorted(os.listdir(os.path.join(first.split_dir, "cat")))
+    os.remove(os.path.join(first.split_dir, "cat", cats[0]))
+    with pytest.raises(StaleDataError, match="another state of"):
+        prepare(first.data_dir, n_images=12, seed=1)
+    again = prepare(first.data_dir, n_images=12, seed=1, overwrite=True)
+    assert again.converted and lmdbio.info(again.lmdb_path).num_samples == 11
+    assert not prepare(first.data_dir, n_images=12, seed=1).converted  # current now
+
+
+def test_check_conversion_stops_at_a_database_of_other_images(tiny, tmp_path, capsys):
+    from lmdbio.study.parity import ParityError, check_conversion
+
+    assert check_conversion(tiny.split_dir, tiny.lmdb_path).ok
+    other = tmp_path / "other"
+    shutil.copytree(tiny.split_dir, other)
+    victim = sorted((other / "dog").iterdir())[0]
+    victim.write_bytes(sorted((other / "cat").iterdir())[0].read_bytes())
+    with pytest.raises(ParityError, match="does not read back as ImageFolder"):
+        check_conversion(other, tiny.lmdb_path)
+    assert "checksums OK: True" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ reader needs no ImageFolder walk.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -24,8 +25,8 @@ from lmdbio.study.conditions import PEER_FORMATS, PEER_MODULES, installed_format
 from lmdbio.study.extras import require as require_extra
 
 __all__ = ["MANIFEST", "SHARD_SAMPLES", "SHUFFLE_BUFFER", "SUFFIXES",
-           "available", "default_destination", "read_manifest", "require", "sizes", "write",
-           "write_litdata", "write_webdataset"]
+           "available", "default_destination", "listing_digest", "read_manifest", "require",
+           "sizes", "write", "write_litdata", "write_webdataset"]
 
 SUFFIXES = {"webdataset": ".wds", "litdata": ".litdata"}
 MANIFEST = "lmdbio-peer.json"
@@ -55,6 +56,20 @@ def default_destination(source: str | os.PathLike[str], fmt: str) -> str:
 def _listing(source: str) -> tuple[list[str], list[tuple[str, int]]]:
     classes, class_to_idx = find_classes(source)
     return classes, make_dataset(source, class_to_idx, IMG_EXTENSIONS)
+
+
+def listing_digest(source: str | os.PathLike[str]) -> str:
+    """SHA-256 of the split's class list and its samples' paths relative to it, in
+    ImageFolder's order: what a manifest records, so a reader can tell a dataset written from
+    another state of the split (sizes and modification times are left out: over SFTP times
+    have whole seconds, and a copy made without -p changes them)."""
+    classes, samples = _listing(os.fspath(source))
+    return _digest(classes, [os.path.relpath(path, source) for path, _ in samples])
+
+
+def _digest(classes: Sequence[str], relative: Sequence[str]) -> str:
+    text = "\0".join(classes) + "\1" + "\0".join(relative)
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _check_free(destination: str, overwrite: bool) -> None:
@@ -88,6 +103,7 @@ def write_webdataset(source: str | os.PathLike[str], destination: str | None = N
     source = os.fspath(source)
     destination = destination or default_destination(source, "webdataset")
     classes, samples = _listing(source)
+    digest = _digest(classes, [os.path.relpath(path, source) for path, _ in samples])
     _check_free(destination, overwrite)
     with staged(destination) as partial:  # the old output (overwrite) goes only when done
         os.makedirs(partial)
@@ -103,7 +119,8 @@ def write_webdataset(source: str | os.PathLike[str], destination: str | None = N
                   for i in range(len(shards))]
         _write_manifest(partial, {"format": "webdataset", "classes": classes,
                                   "num_samples": len(samples), "shards": shards,
-                                  "shard_samples": counts, "source": os.path.abspath(source)})
+                                  "shard_samples": counts, "source": os.path.abspath(source),
+                                  "listing_digest": digest})
     return destination
 
 
@@ -126,6 +143,7 @@ def write_litdata(source: str | os.PathLike[str], destination: str | None = None
     source = os.fspath(source)
     destination = destination or default_destination(source, "litdata")
     classes, samples = _listing(source)
+    digest = _digest(classes, [os.path.relpath(path, source) for path, _ in samples])
     _check_free(destination, overwrite)
     inputs = [(index, path, label) for index, (path, label) in enumerate(samples)]
     with staged(destination) as partial:
@@ -135,7 +153,8 @@ def write_litdata(source: str | os.PathLike[str], destination: str | None = None
                          reorder_files=False, verbose=False, start_method="fork")
         _write_manifest(partial, {"format": "litdata", "classes": classes,
                                   "num_samples": len(samples), "chunk_samples": chunk_samples,
-                                  "source": os.path.abspath(source)})
+                                  "source": os.path.abspath(source),
+                                  "listing_digest": digest})
     return destination
 
 
