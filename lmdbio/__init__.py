@@ -21,9 +21,10 @@ from .decode import DraftDecoder, decode_pil, decode_tensor
 from .envs import EnvOptions
 from .errors import (ConcurrentWriteError, CorruptRecordError, DatabaseChangedError,
                      DatabaseNotFoundError, DestinationError, DiskFullError, FormatError,
-                     ImageDecodeError, LegacyFormatError, LmdbioError, OutputExistsError,
-                     ResizeOptionError, ResumeError, SampleNotFoundError, ShardSetError,
-                     ShardSpecError, SourceError, SourceFileError)
+                     ImageDecodeError, LegacyFormatError, LmdbioError, MissingDependencyError,
+                     OpenOptionsError, OutputExistsError, ResizeOptionError, ResumeError, SampleNotFoundError,
+                     ShardSetError, ShardSpecError, SourceError, SourceFileError,
+                     SourceNotAFolderError)
 from .folder import IMG_EXTENSIONS, find_classes, make_dataset
 from .samplers import BlockShuffleSampler
 from .shard_conversion import convert_shards
@@ -52,6 +53,8 @@ __all__ = [
     "ImageFolderLMDB",
     "LegacyFormatError",
     "LmdbioError",
+    "MissingDependencyError",
+    "OpenOptionsError",
     "OutputExistsError",
     "ResizeOptionError",
     "ResumeError",
@@ -62,6 +65,7 @@ __all__ = [
     "ShardedDatabase",
     "SourceError",
     "SourceFileError",
+    "SourceNotAFolderError",
     "VerifyReport",
     "__version__",
     "convert",

@@ -15,6 +15,7 @@ Stdlib + Pillow (+ numpy through Pillow); torch and torchvision only for ``trans
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 import os
 import random
@@ -28,7 +29,7 @@ from .advise_model import Measured, record_bytes
 from .advise_reads import (Eviction, Timed, evict_one, random_reads, read_stream, stat_rest,
                            threaded_reads, timed_read)
 from .decode import DraftDecoder, decode_pil
-from .errors import SourceError
+from .errors import MissingDependencyError, SourceError
 from .folder import find_classes, make_dataset
 from .paths import absolute_path
 from .prefetch import memory_budget
@@ -147,6 +148,13 @@ def measure(root: str | os.PathLike[str], *, sample: int = 300, budget_s: float 
                          f"{transform!r}")
     if sample < 1 or not budget_s > 0:
         raise ValueError(f"sample must be >= 1 and budget_s > 0, not {sample}, {budget_s}")
+    missing = [name for name in ("torch", "torchvision")
+               if transform == "seed" and importlib.util.find_spec(name) is None]
+    if missing:  # before a minute of measuring, not after it
+        raise MissingDependencyError(
+            f"transform 'seed' needs {' and '.join(missing)}, not installed here; install them "
+            "(pip install torch torchvision) or measure the decode alone: --transform none "
+            "(transform='none')")
     say = progress or _quiet
     clock = _Clock(budget_s)
     try:

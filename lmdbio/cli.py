@@ -5,10 +5,12 @@ second."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -65,18 +67,37 @@ def _info(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from .tools import verify
 
-    report = verify(args.db, decode=args.decode, progress=not args.quiet)
+    with _saying_when_interrupted("verify interrupted; nothing was changed"):
+        report = verify(args.db, decode=args.decode, progress=not args.quiet)
     print(report)
     return 0 if report.ok else 1
 
 
 def _extract(args: argparse.Namespace) -> int:
     from .errors import printable
+    from .paths import absolute_path
     from .tools import extract
+    from .unpack import staged
 
-    count = extract(args.db, args.outdir, overwrite=args.overwrite, progress=not args.quiet)
-    print(f"extracted {count} files to {printable(args.outdir)}")
+    outdir = printable(args.outdir)
+    whole = staged(absolute_path(args.outdir))
+    with _saying_when_interrupted(
+            f"extract interrupted; nothing was written to {outdir}" if whole else
+            f"extract interrupted; {outdir} holds the files written so far: extract again "
+            "with --overwrite"):
+        count = extract(args.db, args.outdir, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"extracted {count} files to {outdir}")
     return 0
+
+
+@contextlib.contextmanager
+def _saying_when_interrupted(line: str) -> Iterator[None]:
+    """Ctrl-C or SIGTERM: ``line`` on stderr (what was left and what to do), then on."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(f"lmdbio: {line}", file=sys.stderr)
+        raise
 
 
 def _advise(args: argparse.Namespace) -> int:
@@ -85,16 +106,26 @@ def _advise(args: argparse.Namespace) -> int:
     def say(line: str) -> None:  # what it is doing during the minute; never into a pipe, so
         print(f"lmdbio advise: {line}...", file=sys.stderr, flush=True)  # errors stay 1 line
 
-    try:
+    with _saying_when_interrupted("advise interrupted; nothing was written"):
         result = advise(args.dir, workers=args.workers, batch_size=args.batch_size,
                         step_s=args.step_ms / 1e3, sample=args.sample, budget_s=args.budget,
                         transform=args.transform, allow_empty=args.allow_empty,
                         progress=say if sys.stderr.isatty() and not args.json else None)
-    except KeyboardInterrupt:
-        print("lmdbio: advise interrupted; nothing was written", file=sys.stderr)
-        raise
     print(json.dumps(result.as_dict(), indent=2) if args.json else result)
     return 0
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Each option's default after its help, unless the help says it already or there is
+    none to say (``None``, ``False``): argparse's own formatter printed "(default: SRC.lmdb
+    next to SRC) (default: None)"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if ("default" in text.lower() or action.default in (None, False, argparse.SUPPRESS)
+                or not action.option_strings and action.nargs not in ("?", "*")):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def _number(text: str, *, zero: bool) -> float:
@@ -143,7 +174,7 @@ def _quality(text: str) -> int:
 
 def register_convert(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("convert", help="convert an ImageFolder tree into one LMDB file",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                            formatter_class=DefaultsHelpFormatter)
     p.add_argument("src", help="split folder holding one sub-folder per class, e.g. data/train")
     p.add_argument("dst", nargs="?", help="output file (default: SRC.lmdb next to SRC)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DST")
@@ -216,7 +247,7 @@ def register_advise(commands: argparse._SubParsersAction) -> None:
         "sample's pages are dropped from the page cache first), predict a DataLoader's "
         "images/s with ImageFolder and with lmdbio, and say whether to convert. Writes "
         "nothing. The model: docs/ADVISE.md.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=DefaultsHelpFormatter)
     p.add_argument("dir", metavar="DIR", help="split folder holding one sub-folder per class")
     p.add_argument("--workers", type=_count, default=None,
                    help="DataLoader workers to predict for (default: one per available core)")
@@ -307,10 +338,15 @@ def run_guarded(command: Callable[[], int]) -> int:
 
     with sigterm_as_interrupt():
         try:
-            return command()
+            status = command()
+            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+            return status
         except LmdbioError as exc:  # printable: one line, whatever a stored name holds
             print(f"lmdbio: error: {cli_wording(printable(exc))}", file=sys.stderr)
             return 1
+        except BrokenPipeError:  # `lmdbio info ... | head`: the reader has what it wanted
+            _quiet_stdout()
+            return 128 + signal.SIGPIPE
         except Terminated:
             return 128 + signal.SIGTERM
         except KeyboardInterrupt:
@@ -318,6 +354,17 @@ def run_guarded(command: Callable[[], int]) -> int:
         except OSError as exc:  # an I/O failure lmdbio did not anticipate: still one line
             print(f"lmdbio: error: {printable(exc)}", file=sys.stderr)
             return 1
+
+
+def _quiet_stdout() -> None:
+    """stdout to /dev/null: the interpreter's last flush at exit would meet the closed pipe
+    again and print a traceback."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a descriptor (captured): nothing to do
+        pass
 
 
 _API_OPTION = None

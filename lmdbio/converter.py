@@ -229,8 +229,9 @@ def _check_destination(dst: str, overwrite: bool) -> None:
     if os.path.isdir(dst):
         raise DestinationError(f"destination {dst!r} is a directory; pass a file name such as "
                                "train.lmdb")
-    if os.path.exists(dst) and not overwrite:
-        raise OutputExistsError(f"destination {dst!r} already exists; pass --overwrite "
+    if os.path.lexists(dst) and not overwrite:  # lexists: a dangling link is there too
+        what = "is a symbolic link to nothing" if not os.path.exists(dst) else "already exists"
+        raise OutputExistsError(f"destination {dst!r} {what}; pass --overwrite "
                                 "(overwrite=True) to replace it, or choose another DST")
 
 

@@ -14,7 +14,7 @@ from torchvision.datasets import ImageFolder, VisionDataset
 from .access import SampleReader, open_database
 from .arrival import in_arrival_order
 from .decode import decode_pil, pure_decoder
-from .envs import EnvOptions
+from .envs import EnvOptions, readahead_in_use
 from .errors import (
     CorruptRecordError,
     DatabaseChangedError,
@@ -45,6 +45,15 @@ def _fits_in_memory(root: str | list[str]) -> bool:
         return fits_in_memory([data_file(p) for p in expand_paths(root)])
     except (OSError, DatabaseNotFoundError):
         return True
+
+
+def _readahead_in_use(root: str | list[str], default: bool) -> bool:
+    try:
+        in_use = [r for p in expand_paths(root) if (r := readahead_in_use(p))
+                  is not None]
+    except (OSError, LmdbioError):
+        return default  # the reader reports it in its own words
+    return in_use[0] if in_use else default
 
 
 class ImageFolderLMDB(ImageFolder):
@@ -133,8 +142,10 @@ class ImageFolderLMDB(ImageFolder):
             if value not in (True, False, "auto"):
                 raise ValueError(f"{name} must be True, False or 'auto', not {value!r}")
         fits = _fits_in_memory(self.root)
-        #: What ``readahead`` is for this dataset (``"auto"`` resolved).
-        self.readahead: bool = fits if readahead == "auto" else bool(readahead)
+        #: What ``readahead`` is for this dataset (``"auto"`` resolved: as the file is open
+        #: already in this process, if it is, else on when the data fit in memory).
+        self.readahead: bool = (_readahead_in_use(self.root, fits) if readahead == "auto"
+                                else bool(readahead))
         readahead = self.readahead
         self.database: SampleReader = open_database(
             self.root, EnvOptions(readahead=readahead, lock=lock, max_readers=max_readers),

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import lmdb
 
-from .errors import DatabaseNotFoundError, FormatError
+from .errors import DatabaseNotFoundError, FormatError, LmdbioError, OpenOptionsError
 from .forklock import ForkSafeLock
 from .format import data_file
 
@@ -166,10 +166,24 @@ def acquire(path: str, options: EnvOptions) -> SharedEnv:
             shared = SharedEnv(_open(path, options), options, os.getpid(), key)
             _envs[key] = shared
         elif shared.options != options:
-            raise FormatError(f"{path!r} is already open in this process with {shared.options};"
-                              f" open it with the same options, not {options}")
+            raise OpenOptionsError(f"{path!r} is already open in this process with "
+                                   f"{shared.options}; open it with the same options, not "
+                                   f"{options}, or close the other reader first")
         shared.users += 1
         return shared
+
+
+def readahead_in_use(path: str) -> bool | None:
+    """The readahead of ``path``'s environment open in this process, None where none is: a
+    reader that leaves readahead to "auto" takes it, and shares that environment (LMDB
+    allows one per file per process) instead of failing on a setting it did not ask for."""
+    try:
+        key = _identity(path)
+    except (OSError, LmdbioError):
+        return None
+    with _lock:
+        shared = _envs.get(key)
+        return shared.options.readahead if shared and shared.pid == os.getpid() else None
 
 
 def options_for(path: str, preferred: EnvOptions) -> EnvOptions:

@@ -18,6 +18,8 @@ __all__ = [
     "ImageDecodeError",
     "LegacyFormatError",
     "LmdbioError",
+    "MissingDependencyError",
+    "OpenOptionsError",
     "OutputExistsError",
     "ResizeOptionError",
     "ResumeError",
@@ -26,6 +28,7 @@ __all__ = [
     "ShardSpecError",
     "SourceError",
     "SourceFileError",
+    "SourceNotAFolderError",
     "printable",
 ]
 
@@ -36,6 +39,10 @@ class LmdbioError(Exception):
 
 class SourceError(LmdbioError, FileNotFoundError):
     """The source tree is missing or is not an ImageFolder (no classes, an empty class...)."""
+
+
+class SourceNotAFolderError(SourceError, NotADirectoryError):
+    """The source is a file, not a folder (a ``NotADirectoryError``, as ImageFolder raises)."""
 
 
 class SourceFileError(LmdbioError, OSError):
@@ -104,6 +111,16 @@ class ImageDecodeError(CorruptRecordError, OSError):
     """A record whose checksum holds but whose payload does not decode as an image (empty, not
     an image, truncated). Also an ``OSError``, as Pillow's ``UnidentifiedImageError`` that
     ImageFolder's loader raises, so ``except OSError`` written for ImageFolder still catches it."""
+
+
+class MissingDependencyError(LmdbioError, ModuleNotFoundError):
+    """An optional package an option needs is not installed (``advise``'s seed transform
+    without torch and torchvision)."""
+
+
+class OpenOptionsError(LmdbioError, ValueError):
+    """The database is already open in this process with other LMDB options (``readahead``,
+    ``lock``...): LMDB allows one environment per file per process."""
 
 
 class ShardSpecError(LmdbioError, ValueError):

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import SourceError
+from .errors import SourceError, SourceNotAFolderError
 
 __all__ = ["IMG_EXTENSIONS", "find_classes", "has_file_allowed_extension", "make_dataset",
            "selection"]
@@ -35,9 +35,11 @@ def find_classes(directory: str | os.PathLike[str]) -> tuple[list[str], dict[str
     """Sorted names of the sub-directories of ``directory`` and their indices."""
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
+        # torchvision's os.scandir raises NotADirectoryError for a file: so does this
+        error = SourceNotAFolderError if os.path.exists(directory) else SourceError
         what = "is not a directory" if os.path.exists(directory) else "does not exist"
-        raise SourceError(f"source {directory!r} {what}; pass the split folder that holds one "
-                          "sub-folder per class (e.g. data/train)")
+        raise error(f"source {directory!r} {what}; pass the split folder that holds one "
+                    "sub-folder per class (e.g. data/train)")
     classes = sorted(entry.name for entry in os.scandir(directory) if entry.is_dir())
     if not classes:
         raise SourceError(f"found no class folder in {directory!r}; an ImageFolder needs one "
@@ -45,11 +47,19 @@ def find_classes(directory: str | os.PathLike[str]) -> tuple[list[str], dict[str
     return classes, {name: index for index, name in enumerate(classes)}
 
 
+def _unreadable(error: OSError) -> None:
+    raise SourceError(f"cannot list folder {error.filename!r} ({error.strerror}); fix its "
+                      "permissions, or move it out of the tree") from None
+
+
 def _walk_checked(target_dir: str) -> list[tuple[str, list[str], list[str]]]:
-    """``os.walk(followlinks=True)`` that refuses symlink loops instead of recursing into them."""
+    """``os.walk(followlinks=True)`` that refuses symlink loops instead of recursing into them,
+    and folders it cannot list: torchvision's walk passes over them in silence, so their
+    images would be missing from a conversion that reports success (or be refused as an
+    empty class, with ``allow_empty`` as the remedy)."""
     walked = []
     ancestors: dict[str, set[tuple[int, int]]] = {}
-    for root, dirs, files in os.walk(target_dir, followlinks=True):
+    for root, dirs, files in os.walk(target_dir, followlinks=True, onerror=_unreadable):
         stat = os.stat(root)
         seen = ancestors.get(os.path.dirname(root), set())
         identity = (stat.st_dev, stat.st_ino)

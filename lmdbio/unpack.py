@@ -10,19 +10,23 @@ error, never write through it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
+import shutil
+import stat
 from collections import OrderedDict
+from collections.abc import Iterator
 
 from .database import Database
 from .envs import EnvOptions, options_for
-from .errors import DestinationError, FormatError
+from .errors import DestinationError, DiskFullError, FormatError, LmdbioError
 from .format import stored_path_problems
 from .paths import absolute_path
 from .progress import Progress
 
-__all__ = ["extract"]
+__all__ = ["extract", "staged"]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -33,9 +37,13 @@ def extract(path: str | os.PathLike[str], outdir: str | os.PathLike[str], *,
             overwrite: bool = False, progress: bool = False) -> int:
     """Write the ImageFolder tree back to ``outdir``, byte for byte; returns the file count.
 
-    Each file is written under a temporary name and renamed, so no half-written image is
-    left under its final name. ``outdir`` itself may be a symlink (the caller chose it);
-    nothing below it is followed.
+    Into a new or empty ``outdir`` the tree is written beside it (``.NAME.lmdbio-partial-*``,
+    only its owner may enter it) and renamed into place when complete: a failure or Ctrl-C
+    leaves nothing under ``outdir``. Into a folder that holds files already (``overwrite``
+    replaces those the database also holds) each file is written under a temporary name and
+    renamed, so no half-written image is left under its final name, and a failure names how
+    many were written. ``outdir`` itself may be a symlink (the caller chose it); nothing below
+    it is followed.
     """
     outdir = absolute_path(outdir)
     with Database(path, options_for(os.fspath(path), EnvOptions(readahead=True))) as db:
@@ -44,23 +52,92 @@ def extract(path: str | os.PathLike[str], outdir: str | os.PathLike[str], *,
         if problems:
             raise FormatError(f"{db.path!r}: {problems[0][1]}; refusing to extract anything "
                               f"into {outdir!r} (the database is damaged or hostile)")
-        os.makedirs(outdir, exist_ok=True)
-        folders = _Folders(outdir)
+        with _io_errors(outdir, "extract"):
+            stage = _stage_beside(outdir) if staged(outdir) else None
+            if stage is None:
+                os.makedirs(outdir, exist_ok=True)
+        written = 0
         try:
-            with Progress(len(db), enabled=progress) as bar:
-                for index, rel in enumerate(relative):
-                    *parents, name = rel.split(os.sep)
-                    folder = folders.open(parents)
-                    if not overwrite and _exists(name, folder):
-                        raise DestinationError(f"{os.path.join(outdir, rel)!r} already exists; "
-                                               "pass --overwrite or extract into an empty "
-                                               "folder")
-                    _, data = db.get(index)
-                    _write_new(folder, name, data, os.path.join(outdir, rel))
-                    bar.update(len(data))
-        finally:
-            folders.close()
+            with _io_errors(outdir, "extract"), Progress(len(db), enabled=progress) as bar:
+                folders = _Folders(stage or outdir)
+                try:
+                    for index, rel in enumerate(relative):
+                        *parents, name = rel.split(os.sep)
+                        folder = folders.open(parents)
+                        if not overwrite and _exists(name, folder):
+                            raise DestinationError(
+                                f"{os.path.join(outdir, rel)!r} already exists; pass "
+                                "--overwrite or extract into an empty folder")
+                        _, data = db.get(index)
+                        _write_new(folder, name, data, os.path.join(outdir, rel))
+                        written += 1
+                        bar.update(len(data))
+                finally:
+                    folders.close()
+            if stage is not None:
+                _publish_tree(stage, outdir)
+        except BaseException as exc:
+            if stage is not None:
+                shutil.rmtree(stage, ignore_errors=True)
+            elif written and isinstance(exc, (DestinationError, DiskFullError, FormatError)):
+                raise type(exc)(f"{exc} ({written} of {len(relative)} files were written to "
+                                f"{outdir!r} before it stopped)") from None
+            raise
     return len(relative)
+
+
+def staged(outdir: str) -> bool:
+    """Whether ``extract`` writes ``outdir`` whole, beside it, and renames it into place: a
+    new ``outdir``, or an empty real folder on its parent's file system (a mount point or a
+    symlink is written in place, as a folder holding files is)."""
+    try:
+        info = os.lstat(outdir)
+    except FileNotFoundError:
+        return True
+    if not stat.S_ISDIR(info.st_mode) or os.listdir(outdir):
+        return False
+    return os.stat(os.path.dirname(outdir) or os.sep).st_dev == info.st_dev
+
+
+def _stage_beside(outdir: str) -> str:
+    parent, name = os.path.split(outdir)
+    os.makedirs(parent, exist_ok=True)
+    stage = os.path.join(parent, f".{name}.lmdbio-partial-{secrets.token_hex(4)}")
+    os.mkdir(stage, 0o700)  # nobody else writes into it meanwhile
+    return stage
+
+
+def _publish_tree(stage: str, outdir: str) -> None:
+    """``stage`` renamed to ``outdir``, which is absent or an empty folder (rename replaces an
+    empty folder); anything that appeared there meanwhile is left alone: an error."""
+    os.chmod(stage, 0o755)
+    try:
+        os.rename(stage, outdir)
+    except OSError as exc:
+        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+            raise DestinationError(f"{outdir!r} appeared or was filled during the extract; "
+                                   "extract into an empty folder") from None
+        raise
+
+
+@contextlib.contextmanager
+def _io_errors(outdir: str, what: str) -> Iterator[None]:
+    """An ``OSError`` lmdbio did not raise itself, in one line with the folder and the remedy."""
+    try:
+        yield
+    except LmdbioError:
+        raise
+    except OSError as exc:
+        where = exc.filename or outdir
+        if exc.errno == errno.ENOSPC:
+            raise DiskFullError(f"disk full during the {what} into {outdir!r}; free space or "
+                                "choose another folder") from None
+        if exc.errno in (errno.EEXIST, errno.ENOTDIR) and os.path.isfile(outdir):
+            raise DestinationError(f"{outdir!r} is a file, not a folder; choose another "
+                                   "OUTDIR") from None
+        raise DestinationError(f"cannot write {where!r} during the {what} ({exc.strerror}); "
+                               "choose a folder you can write, on a writable file system"
+                               ) from None
 
 
 def _exists(name: str, folder: int) -> bool:

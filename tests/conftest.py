@@ -7,6 +7,7 @@ CLI runs in real subprocesses. The builders and helpers themselves are in ``test
 from __future__ import annotations
 
 import collections
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,18 @@ def reference(odd_db) -> collections.Counter[tuple[str, int]]:
 @pytest.fixture
 def simple_tree(tmp_path: Path) -> Path:
     return build_simple_tree(tmp_path / "simple")
+
+
+@pytest.fixture
+def small_filesystem(tmp_path: Path):
+    """A 3 MiB tmpfs mounted for the test (root), unmounted after it."""
+    mountpoint = tmp_path / "small"
+    mountpoint.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mountpoint)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs: {done.stderr.strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from lmdbio.cli import DefaultsHelpFormatter
 from lmdbio.study.conditions import MODES
 
 __all__ = ["generate_main", "main"]
@@ -49,7 +50,7 @@ def study_parser(prog: str) -> argparse.ArgumentParser:
     d = StudyConfig()
     p = argparse.ArgumentParser(prog=prog, description="Run the storage study with papermill "
                                 "into results/ (see README, 'The study').",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--images", type=int, default=d.images, help="synthetic images to generate")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--repeats", type=int, default=d.repeats, help="repetitions per condition")

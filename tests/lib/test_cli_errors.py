@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,48 @@ def test_source_is_a_file(tmp_path: Path) -> None:
     dst = tmp_path / "out.lmdb"
     assert_one_line_error(run_cli("convert", src, dst), str(src), "is not a directory")
     assert_no_output(dst)
+    with pytest.raises(NotADirectoryError):  # as ImageFolder(src) raises, and still a
+        lmdbio.convert(src, dst, progress=False)  # SourceError (a FileNotFoundError)
+
+
+def test_a_class_folder_that_cannot_be_listed_is_an_error_not_missing_images(
+        tree: Path, tmp_path: Path) -> None:
+    """torchvision's walk passes over a folder it cannot list; a conversion must not report
+    success without its images. Root lists anything: the CLI runs without the capabilities
+    that let it (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), as any other user would."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to drop the capabilities")
+    hidden = tree / "cat" / "more"
+    hidden.mkdir()
+    write(hidden / "x.jpg", jpeg_bytes(7))
+    hidden.chmod(0)
+    dst = tmp_path / "out.lmdb"
+    try:
+        proc = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search",
+                               sys.executable, "-m", "lmdbio.cli", "convert", str(tree),
+                               str(dst), "-q", "--allow-empty"],
+                              capture_output=True, text=True, timeout=120, cwd=REPO)
+    finally:
+        hidden.chmod(0o755)
+    assert_one_line_error(proc, "cannot list folder", str(hidden), "Permission denied")
+    assert_no_output(dst)
+
+
+def test_python_dash_m_lmdbio_is_the_command(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "lmdbio", "--version"], capture_output=True,
+                          text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.startswith("lmdbio "), proc.stderr
+
+
+def test_a_reader_that_stops_early_is_no_error(tree: Path, tmp_path: Path) -> None:
+    """`lmdbio info ... | head`: the closed pipe ends the command quietly, as SIGPIPE would."""
+    db = lmdbio.convert(tree, tmp_path / "db.lmdb", progress=False).destination
+    proc = subprocess.Popen([sys.executable, "-m", "lmdbio.cli", "info", "--json", db],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before it writes a byte
+    assert proc.wait(timeout=120) == 128 + 13, proc.returncode
+    assert proc.stderr.read() == b""
 
 
 def test_source_without_class_folders(tmp_path: Path) -> None:
@@ -153,6 +196,17 @@ def test_jpeg_magic_around_garbage_is_refused(tree: Path, tmp_path: Path) -> Non
 
 
 # -- the destination ------------------------------------------------------------------------------
+
+
+def test_a_dangling_link_as_destination_is_refused_before_converting(tree: Path,
+                                                                     tmp_path: Path) -> None:
+    dst = tmp_path / "out.lmdb"
+    dst.symlink_to(tmp_path / "nowhere" / "x.lmdb")
+    proc = run_cli("convert", tree, dst)
+    assert_one_line_error(proc, str(dst), "symbolic link to nothing", "--overwrite")
+    assert proc.stdout == ""  # refused up front: nothing was converted
+    assert run_cli("convert", tree, dst, "--overwrite", "-q").returncode == 0
+    assert not dst.is_symlink() and lmdbio.info(dst).num_samples == 6
 
 
 def test_existing_destination_needs_overwrite(tree: Path, tmp_path: Path) -> None:
@@ -368,3 +422,15 @@ def test_reading_commands_given_the_image_folder_itself(tree: Path, tmp_path: Pa
                           "lmdbio convert")
     assert not (tmp_path / "outdir").exists()
     assert not (tree / "data.mdb").exists() and not (tree / "lock.mdb").exists()
+
+
+def test_advise_without_torch_says_what_to_install_in_one_line(tree: Path) -> None:
+    """``sys.modules[name] = None`` is how Python spells "not installed" to importlib."""
+    hide = ("import sys; sys.modules['torch'] = None; from lmdbio.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, "-c", hide, "advise", str(tree)], capture_output=True,
+                          text=True, timeout=120, cwd=REPO)
+    assert_one_line_error(proc, "needs torch", "pip install torch torchvision",
+                          "--transform none")
+    with pytest.raises(ModuleNotFoundError):  # MissingDependencyError is one
+        raise lmdbio.MissingDependencyError("x")

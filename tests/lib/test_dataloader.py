@@ -103,13 +103,23 @@ def test_two_datasets_on_one_file_in_one_process(odd_db, reference) -> None:
 
 
 def test_same_file_with_other_options_is_refused_clearly(odd_db) -> None:
-    first = ImageFolderLMDB(odd_db.db)
+    first = ImageFolderLMDB(odd_db.db, readahead=True)
     first[0]
     try:
-        with pytest.raises(lmdbio.FormatError, match="already open in this process"):
+        with pytest.raises(lmdbio.OpenOptionsError, match="already open in this process"):
             ImageFolderLMDB(odd_db.db, readahead=False)[0]
+        with pytest.raises(ValueError):  # what it is besides, not a FormatError (the file
+            ImageFolderLMDB(odd_db.db, lock=True)[0]  # is fine)
+        second = ImageFolderLMDB(odd_db.db)  # "auto": as it is open already, shared
+        assert second.readahead is True and second[0] == first[0]
+        assert second.database._shared is first.database._shared
+        second.close()
     finally:
         first.close()
+    off = ImageFolderLMDB(odd_db.db, readahead=False)
+    off[0]
+    assert ImageFolderLMDB(odd_db.db).readahead is False  # auto follows whichever is open
+    off.close()
 
 
 def test_tools_work_while_a_dataset_holds_the_file(odd_db, tmp_path: Path) -> None:

@@ -445,6 +445,8 @@ def test_a_symlink_swapped_into_outdir_mid_extract_is_never_written_through(tmp_
                paths=["a/0.jpg", "b/1.jpg", "b/2.jpg", "b/3.jpg"])
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
     elsewhere.mkdir()
+    out.mkdir()  # holding a file already: extracted in place (a new folder is staged beside
+    (out / "notes.txt").write_text("mine")  # it, in a folder only its owner may enter)
     _SWAP.update(armed=True, count=0, at=2, folder=os.fspath(out / "b"),
                  elsewhere=os.fspath(elsewhere))
     try:

@@ -249,3 +249,56 @@ def test_damaged_path_list_is_reported_not_a_traceback(damaged_copy) -> None:
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "path list" in proc.stdout
     assert_one_line_error(run_cli("extract", db, db.parent / "out", "-q"), "path list")
+
+
+# -- extract: the tree appears whole, or not at all --------------------------------------------
+
+
+def test_extract_into_a_new_folder_leaves_nothing_when_it_fails(damaged_copy,
+                                                                tmp_path: Path) -> None:
+    tree, db = damaged_copy
+    with lmdbio.open_database(db) as handle:
+        payload = handle.get(4)[1]
+        flip_bit(db, locate(db, payload[len(payload) // 2:][:64]) + 32)
+    out = tmp_path / "deep" / "out"
+    proc = run_cli("extract", db, out, "-q")
+    assert_one_line_error(proc, "record 4", "checksum")
+    assert not out.exists()
+    assert os.listdir(tmp_path / "deep") == []  # nor the tree staged beside it
+    out.mkdir()  # an empty folder is written whole too
+    with pytest.raises(lmdbio.CorruptRecordError):
+        lmdbio.extract(db, out)
+    assert os.listdir(out) == [] and os.listdir(tmp_path / "deep") == ["out"]
+
+
+def test_extract_into_a_folder_with_files_says_what_it_left(damaged_copy,
+                                                             tmp_path: Path) -> None:
+    tree, db = damaged_copy
+    with lmdbio.open_database(db) as handle:
+        payload = handle.get(4)[1]
+        flip_bit(db, locate(db, payload[len(payload) // 2:][:64]) + 32)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    line = assert_one_line_error(run_cli("extract", db, out, "-q"), "record 4")
+    assert f"4 of 6 files were written to {str(out)!r}" in line
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_extract_errors_of_the_destination_are_one_line(odd_db, tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert_one_line_error(run_cli("extract", odd_db.db, afile, "-q"), str(afile),
+                          "is a file, not a folder")
+
+
+@pytest.mark.root
+def test_extract_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path: Path,
+                                                                small_filesystem: Path) -> None:
+    tree = build_simple_tree(tmp_path / "src", per_class=50, size=(256, 256), noise=60)
+    assert sum(p.stat().st_size for p in tree.rglob("*.jpg")) > 4 << 20
+    db = lmdbio.convert(tree, tmp_path / "db.lmdb", progress=False).destination
+    out = small_filesystem / "out"
+    line = assert_one_line_error(run_cli("extract", db, out, "-q"), str(out), "disk full")
+    assert "free space or choose another folder" in line
+    assert os.listdir(small_filesystem) == []

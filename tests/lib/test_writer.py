@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import lmdb
@@ -93,20 +92,6 @@ def test_fresh_and_damaged_checkpoints(tmp_path: Path) -> None:
 def test_writer_in_a_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(lmdbio.DestinationError, match="check that the folder exists"):
         LmdbWriter(str(tmp_path / "nope" / "x.lmdb"), MiB)
-
-
-@pytest.fixture
-def small_filesystem(tmp_path: Path):
-    mountpoint = tmp_path / "small"
-    mountpoint.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mountpoint)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs: {done.stderr.strip()}")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", str(mountpoint)], check=True)
 
 
 @pytest.mark.root
