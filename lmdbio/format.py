@@ -35,10 +35,10 @@ __all__ = [
     "decode_record",
     "decode_targets",
     "encode_key",
-    "header_checksum",
     "encode_paths",
     "encode_record",
     "encode_targets",
+    "header_checksum",
     "stored_path_problems",
 ]
 
