@@ -24,12 +24,13 @@
 # weaker shuffle is not the same product.
 
 # %% tags=["parameters"]
-results_dir: str = "../results/reference"  # searched recursively for runs.parquet
+results_dir: str = ""              # searched recursively for runs.parquet; empty: results/reference
 out_dir: str = ""                  # tables/ and figures/ go here; empty: a temporary folder
 
 # %%
 from lmdbio.study import report
 
+results_dir = report.results_location(results_dir)
 runs, batches, skipped = report.load_results(results_dir)
 written = report.write_report(runs, out_dir, results_dir=results_dir)
 print(written)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 
 __all__ = ["BASE_FORMATS", "CACHES", "FORMATS", "LOCALITY_FORMATS", "MODES", "PEER_FORMATS",
-           "installed_formats", "order"]
+           "checked", "installed_formats", "order", "switch"]
 
 # train: ResNet-18 on this machine; emulate: a sleep of an accelerator's step (MLPerf Storage
 # style); load: the loader alone, as fast as it goes. In this order in every table and figure.
@@ -33,3 +33,24 @@ def order(names: object) -> list[str]:
     present = set(names)  # type: ignore[call-overload]
     known = [n for n in FORMATS + MODES if n in present]
     return known + sorted(present - set(known))
+
+
+def checked(what: str, values: object, allowed: tuple[str, ...]) -> list[str]:
+    """``values`` (a comma-separated string or a sequence) as a list of names, each stripped
+    and checked against ``allowed``: a mistyped notebook parameter fails before the first run,
+    not after the runs that came before it in the plan."""
+    names = [str(v).strip() for v in (values.split(",") if isinstance(values, str)
+                                       else values)]  # type: ignore[attr-defined]
+    wrong = [n for n in names if n not in allowed]
+    if wrong or not names:
+        raise ValueError(f"{what} {', '.join(map(repr, wrong)) or '(none)'}: not one of "
+                         f"{', '.join(allowed)}")
+    return names
+
+
+def switch(name: str, value: bool | str) -> bool | str:
+    """A True / False / "auto" option as a notebook parameter may spell it ("false", "True")."""
+    spelled = str(value).strip().lower()
+    if spelled in ("true", "false", "auto"):
+        return {"true": True, "false": False}.get(spelled, "auto")
+    raise ValueError(f"{name} must be True, False or 'auto', not {value!r}")

@@ -11,11 +11,13 @@ Several nodes: start ``torchrun`` on each one yourself (README, "Scale out").
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 from typing import TYPE_CHECKING, Any
 
+from lmdbio.study.conditions import CACHES, FORMATS, MODES, checked
 from lmdbio.study.extras import pandas as _pandas
 
 if TYPE_CHECKING:
@@ -36,7 +38,12 @@ def torchrun_command(output_dir: str, *, nproc: int = 2, data_dir: str = "",
                      repeats: int = 1, step_ms: float = 20.0, n_images: int = 64, seed: int = 0,
                      max_batches: int = 0) -> list[str]:
     """The command line: this interpreter's ``torch.distributed.run`` (torchrun) running
-    ``nproc`` ranks of ``lmdbio.study.ddp_bench`` with these options (its flags, as keywords)."""
+    ``nproc`` ranks of ``lmdbio.study.ddp_bench`` with these options (its flags, as keywords).
+    Mode, formats and cache are checked here: a mistyped one would otherwise be a usage error
+    deep in torchrun's output."""
+    checked("mode", [mode], MODES)
+    formats = ",".join(checked("formats", formats, FORMATS))
+    cache = ",".join(checked("cache", cache, CACHES))
     options = {"data-dir": data_dir, "split": split, "lmdb-path": lmdb_path, "storage": storage,
                "backing-dir": backing_dir, "mode": mode, "formats": formats, "cache": cache,
                "epochs": epochs, "batch-size": batch_size, "num-workers": num_workers,
@@ -54,16 +61,21 @@ def run_torchrun(*, output_dir: str = "", timeout: float | None = None,
     ``batches``, one row per rank, with a ``rank`` column. ``OMP_NUM_THREADS=1`` as torchrun
     advises (each rank sets its own torch threads). Raises ``TorchrunError`` if it fails."""
     out = os.path.abspath(output_dir) if output_dir else tempfile.mkdtemp(prefix="lmdbio-ddp-")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run(torchrun_command(out, **options), env=env, capture_output=True,
-                          text=True, timeout=timeout, check=False)
-    if done.returncode != 0:
-        raise TorchrunError(f"torchrun failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    from lmdbio.study.protocol import BenchResult
+    try:
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        done = subprocess.run(torchrun_command(out, **options), env=env, capture_output=True,
+                              text=True, timeout=timeout, check=False)
+        if done.returncode != 0:
+            raise TorchrunError(f"torchrun failed ({done.returncode}):\n{done.stderr[-4000:]}")
+        from lmdbio.study.protocol import BenchResult
 
-    pandas = _pandas()
-    return BenchResult(pandas.read_parquet(os.path.join(out, "batches.parquet")),
-                       pandas.read_parquet(os.path.join(out, "runs.parquet")), out)
+        pandas = _pandas()
+        return BenchResult(pandas.read_parquet(os.path.join(out, "batches.parquet")),
+                           pandas.read_parquet(os.path.join(out, "runs.parquet")),
+                           out if output_dir else None)
+    finally:
+        if not output_dir:  # the tables are read: the folder was only their way back
+            shutil.rmtree(out, ignore_errors=True)
 
 
 def rank_check(runs: Any) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 
 from lmdbio.study import pagecache, peers
 from lmdbio.study.conditions import (BASE_FORMATS, CACHES, FORMATS, LOCALITY_FORMATS, MODES,
-                                     PEER_FORMATS)
+                                     PEER_FORMATS, checked, switch)
 from lmdbio.study.contention import contention, sample
 from lmdbio.study.distributed import DistContext, setup
 from lmdbio.study.extras import pandas as _pandas
@@ -161,8 +161,9 @@ def run_bench(*, data_dir: str, split_dir: str, lmdb_path: str, storage: str, mo
     see ``lmdbio.study.profiling``."""
     import torch
 
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    mode = checked("mode", [mode], MODES)[0]
+    formats, caches = checked("formats", formats, FORMATS), checked("cache", caches, CACHES)
+    readahead = switch("readahead", readahead)
     pandas = _pandas()
     ctx = setup()
     cores = max(1, (os.cpu_count() or 1) // ctx.local_world_size)

@@ -20,7 +20,7 @@ from lmdbio.converter import convert, default_destination
 from lmdbio.database import Database
 from lmdbio.folder import find_classes, make_dataset
 from lmdbio.study import peers
-from lmdbio.study.conditions import PEER_FORMATS
+from lmdbio.study.conditions import FORMATS, PEER_FORMATS, checked
 from lmdbio.study.synthetic import ensure_dataset
 
 __all__ = ["StaleDataError", "Workspace", "default_data_dir", "prepare"]
@@ -68,7 +68,8 @@ def prepare(data_dir: str = "", *, split: str = "train", lmdb_path: str = "",
     else:
         _check_database(lmdb_path, split_dir)
     peer_paths = {}
-    for fmt in (f for f in formats if f in PEER_FORMATS):
+    for fmt in (f for f in (checked("formats", formats, FORMATS) if formats else [])
+                if f in PEER_FORMATS):
         peer_paths[fmt] = peers.default_destination(split_dir, fmt)
         if not os.path.exists(peer_paths[fmt]):
             peers.write(fmt, split_dir, peer_paths[fmt])

@@ -126,3 +126,23 @@ def test_single_process_rows_are_rank_0_of_1(tiny):
     assert set(result.batches["rank"]) == {0} and set(result.runs["backend"]) == {"none"}
     assert report.per_run(result.runs).equals(result.runs)
     assert report.ranks(result.runs).empty
+    # the ddp notebook's table with one rank: no rows, the columns it drops are there
+    assert report.ranks(result.runs).drop(columns=["storage", "fs_type"]).empty
+
+
+def test_one_rank_under_torchrun_and_no_temporary_folder_left(tiny, tmp_path):
+    import glob
+    import tempfile
+
+    from lmdbio.study.ddp_launch import run_torchrun
+
+    with pytest.raises(ValueError, match="mode 'Load': not one of"):  # before torchrun starts
+        run_torchrun(nproc=1, data_dir=tiny.data_dir, mode="Load")
+    pattern = os.path.join(tempfile.gettempdir(), "lmdbio-ddp-*")
+    before = set(glob.glob(pattern))
+    result = run_torchrun(nproc=1, data_dir=tiny.data_dir, n_images=N_IMAGES, seed=5,
+                          mode="load", formats="imagefolder, lmdb", cache="warm",
+                          batch_size=BATCH, num_workers=0, max_batches=2)
+    assert set(result.runs["world_size"]) == {1} and result.output_dir is None
+    assert set(glob.glob(pattern)) == before  # the tables were read back; the folder is gone
+    assert report.ranks(result.runs).empty

@@ -149,6 +149,41 @@ def test_report_tables_and_figures(tiny, tmp_path):
     assert all(open(f, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for f in figures)
     assert "skipped target nfs: why" in report.describe(runs, skipped)
 
+    # a report written over an earlier one shows only its own tables and figures
+    out = tmp_path / "report"
+    for stale in ("tables/ddp_ranks.csv", "tables/ddp_ranks.parquet", "figures/utilisation.png"):
+        (out / stale).parent.mkdir(parents=True, exist_ok=True)
+        (out / stale).write_bytes(b"from another report")
+    (out / "tables" / "notes.txt").write_text("mine")
+    written = report.write_report(runs, os.fspath(out), results_dir=os.fspath(tmp_path))
+    assert sorted(os.listdir(out / "figures")) == names
+    assert sorted(os.listdir(out / "tables")) == sorted(
+        [os.path.basename(p) for p in written.tables] + ["notes.txt"])
+
+    # runs made with other parameters are not repetitions of one condition: refused
+    run_bench(data_dir=tiny.data_dir, split_dir=tiny.split_dir, lmdb_path=tiny.lmdb_path,
+              storage="ssd", mode="load", batch_size=4, num_workers=1, caches=["warm"],
+              formats=["lmdb"], warmup=False, output_dir=os.fspath(tmp_path / "bs4" / "load"))
+    with pytest.raises(ValueError, match="ssd/.*/load/warm/lmdb: batch_size 4, 8"):
+        report.load_results(os.fspath(tmp_path))
+    assert report.results_location("") == os.fspath(REPO / "results" / "reference")
+
+
+def test_run_bench_checks_its_conditions_before_the_first_run(tiny):
+    for bad, match in ((dict(formats=["imagefolder", "lmbd"]), "formats 'lmbd'"),
+                       (dict(caches=["cold", "hot"]), "cache 'hot'"),
+                       (dict(mode="Load"), "mode 'Load'"),
+                       (dict(readahead="maybe"), "readahead must be")):
+        options = dict(mode="load") | bad
+        with pytest.raises(ValueError, match=match):
+            run_bench(data_dir=tiny.data_dir, split_dir=tiny.split_dir,
+                      lmdb_path=tiny.lmdb_path, storage="local", **options)
+    result = run_bench(data_dir=tiny.data_dir, split_dir=tiny.split_dir,
+                       lmdb_path=tiny.lmdb_path, storage="local", mode="load",
+                       formats=[" lmdb"], caches=["warm "], readahead="false", batch_size=8,
+                       num_workers=0, warmup=False, max_batches=1)  # as papermill passes them
+    assert list(result.runs["format"]) == ["lmdb"] and list(result.runs["readahead"]) == [False]
+
 
 def _study(tmp_path, *extra):
     cmd = [sys.executable, "-m", "lmdbio.cli", "study", "--images", "16", "--repeats", "1",

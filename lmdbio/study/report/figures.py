@@ -248,7 +248,22 @@ class Written:
 
 def write_report(runs: Any, out_dir: str = "", results_dir: str = "") -> Written:
     """Every table (``write_tables``) into ``out_dir/tables`` and every figure (PNG files,
-    ``figures``) into ``out_dir/figures``; ``out_dir`` empty: a new temporary folder."""
+    ``figures``) into ``out_dir/figures``; ``out_dir`` empty: a new temporary folder. A table
+    or figure an earlier report left there and this one does not write (a condition these
+    results lack) is removed: the two folders show one report, never a mix of two."""
     out = os.path.abspath(out_dir) if out_dir else tempfile.mkdtemp(prefix="lmdbio-report-")
-    tables = write_tables(runs, os.path.join(out, "tables"), results_dir=results_dir)
-    return Written(out, sorted(tables.values()), figures(runs, os.path.join(out, "figures")))
+    tables = sorted(write_tables(runs, os.path.join(out, "tables"),
+                                 results_dir=results_dir).values())
+    drawn = figures(runs, os.path.join(out, "figures"))
+    for folder, kept in (("tables", tables), ("figures", drawn)):
+        _remove_others(os.path.join(out, folder), kept, (".csv", ".parquet", ".png"))
+    return Written(out, tables, drawn)
+
+
+def _remove_others(folder: str, kept: list[str], suffixes: tuple[str, ...]) -> None:
+    """Files of a report (``suffixes``) in ``folder`` other than ``kept``."""
+    keep = {os.path.abspath(path) for path in kept}
+    for entry in os.scandir(folder):
+        if (entry.is_file(follow_symlinks=False) and entry.name.endswith(suffixes)
+                and os.path.abspath(entry.path) not in keep):
+            os.unlink(entry.path)

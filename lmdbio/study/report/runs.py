@@ -14,17 +14,32 @@ from __future__ import annotations
 import glob
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 from lmdbio.publish import create_exclusive, staged
 from lmdbio.study.extras import pandas as _pandas
 
-__all__ = ["KEYS", "METRICS", "cache_check", "describe", "format_parity", "load_results",
-           "per_run", "ranks", "run_counts", "speedups", "summary", "write_table"]
+__all__ = ["KEYS", "METRICS", "PROTOCOL", "cache_check", "describe", "format_parity",
+           "load_results", "mixed_protocols", "per_run", "ranks", "results_location",
+           "run_counts", "speedups", "summary", "write_table"]
 
 METRICS = ("images_per_s", "steady_images_per_s", "ttfb_s", "data_mean_s", "data_median_s",
            "data_p95_s", "data_share", "utilisation", "batch_mean_s", "batch_median_s")
 KEYS = ["storage", "fs_type", "mode", "cache", "format"]
+# What a run was measured with: runs of one condition (KEYS) that differ here are not
+# repetitions of one measurement
+PROTOCOL = ("epochs", "batch_size", "num_workers", "step_ms", "max_batches", "n_samples",
+            "readahead", "threads", "device", "world_size", "seed")
+
+
+def results_location(results_dir: str) -> str:
+    """``results_dir``, or where it is empty the committed run of the checkout this package is
+    imported from (``results/reference``): not a path relative to the working directory, which
+    papermill, nbval and JupyterLab each set differently."""
+    if results_dir:
+        return results_dir
+    return str(Path(__file__).resolve().parents[3] / "results" / "reference")
 
 
 def load_results(results_dir: str) -> tuple[Any, Any, list[dict[str, str]]]:
@@ -35,8 +50,9 @@ def load_results(results_dir: str) -> tuple[Any, Any, list[dict[str, str]]]:
                                             recursive=True)
                        if os.path.exists(os.path.join(os.path.dirname(f), "batches.parquet")))
     if not run_files:
-        raise FileNotFoundError(f"no runs.parquet under {results_dir!r}; run 'make study' or "
-                                "the bench notebook with output_dir set")
+        raise FileNotFoundError(f"no runs.parquet under {results_dir!r}; pass the folder of a "
+                                "study's results, or run 'make study' or the bench notebook "
+                                "with output_dir set")
     runs = pandas.concat([pandas.read_parquet(f) for f in run_files], ignore_index=True)
     batches = pandas.concat([pandas.read_parquet(os.path.join(os.path.dirname(f),
                                                               "batches.parquet"))
@@ -47,9 +63,28 @@ def load_results(results_dir: str) -> tuple[Any, Any, list[dict[str, str]]]:
         for column, default in (("world_size", 1), ("rank", 0)):
             if column in frame.columns:
                 frame[column] = frame[column].fillna(default).astype(int)
+    mixed = mixed_protocols(runs)
+    if mixed:
+        raise ValueError(f"the runs under {results_dir!r} mix protocols within one condition "
+                         f"({mixed[0]}{f'; and {len(mixed) - 1} more' if len(mixed) > 1 else ''})"
+                         ": their medians would pool them; point results_dir at one "
+                         "experiment's folder")
     skipped_file = os.path.join(results_dir, "skipped.json")
     skipped = json.load(open(skipped_file)) if os.path.exists(skipped_file) else []
     return runs, batches, skipped
+
+
+def mixed_protocols(runs: Any) -> list[str]:
+    """Each condition whose measured runs differ in a ``PROTOCOL`` column, as "storage/mode/
+    cache/format: column values" (distributed runs folded first: their ranks agree)."""
+    measured = per_run(runs[~runs["warmup"]])
+    found = []
+    for column in (c for c in PROTOCOL if c in measured.columns):
+        for key, values in measured.groupby(KEYS)[column]:
+            distinct = sorted({str(v) for v in values})
+            if len(distinct) > 1:
+                found.append(f"{'/'.join(map(str, key))}: {column} {', '.join(distinct)}")
+    return found
 
 
 # How a run's per-rank figures combine; anything else keeps rank 0's value.
@@ -95,10 +130,11 @@ def ranks(runs: Any) -> Any:
     images/s across repetitions; empty without distributed runs."""
     pandas = _pandas()
     if "world_size" not in runs.columns:
-        return pandas.DataFrame()
+        runs = runs.assign(world_size=1, rank=0)
     ddp = runs[(runs["world_size"] > 1) & (runs["rank"] >= 0) & ~runs["warmup"]]
-    if ddp.empty:
-        return pandas.DataFrame()
+    if ddp.empty:  # one rank (nproc 1): the table, with no row
+        return pandas.DataFrame(columns=[*KEYS, "rank", "data_mean_s", "data_p95_s",
+                                         "images_per_s", "batches", "runs"])
     ddp = ddp.assign(mode="ddp" + ddp["world_size"].astype(str) + "-" + ddp["mode"])
     grouped = ddp.groupby(KEYS + ["rank"])
     table = grouped[["data_mean_s", "data_p95_s", "images_per_s", "batches"]].median()
