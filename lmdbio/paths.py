@@ -14,12 +14,17 @@ __all__ = ["absolute_path"]
 
 
 def absolute_path(path: str | os.PathLike[str]) -> str:
-    """``path`` with ``~`` expanded, made absolute: normalized (``os.path.abspath``) unless a
-    ``..`` in it follows a symbolic link, where it is only joined to the working directory, so
-    the operating system resolves it as it resolves ``path``."""
+    """``path`` with ``~`` expanded, made absolute and normalized (no ``.``, ``..`` or trailing
+    separator), naming what ``path`` names: ``os.path.abspath`` where dropping its ``..`` by
+    text means the same; else, where a ``..`` follows a symbolic link, the part up to the last
+    ``..`` resolved as the operating system resolves it (``os.path.realpath``)."""
     given = os.path.expanduser(os.fspath(path))
     normalized = os.path.abspath(given)
-    if ".." not in given.split(os.sep):
+    parts = given.split(os.sep)
+    if ".." not in parts:
         return normalized
-    joined = os.path.join(os.getcwd(), given)
-    return normalized if os.path.realpath(normalized) == os.path.realpath(joined) else joined
+    last = len(parts) - 1 - parts[::-1].index("..")
+    head = os.sep.join(parts[:last + 1]) or os.sep
+    resolved = os.path.join(os.path.realpath(head), *parts[last + 1:])
+    return normalized if os.path.realpath(normalized) == os.path.realpath(resolved) \
+        else os.path.normpath(resolved)

@@ -38,8 +38,10 @@ def extract(path: str | os.PathLike[str], outdir: str | os.PathLike[str], *,
     """Write the ImageFolder tree back to ``outdir``, byte for byte; returns the file count.
 
     Into a new or empty ``outdir`` the tree is written beside it (``.NAME.lmdbio-partial-*``,
-    only its owner may enter it) and renamed into place when complete: a failure or Ctrl-C
-    leaves nothing under ``outdir``. Into a folder that holds files already (``overwrite``
+    only its owner may enter it) and renamed into place when complete (into an empty folder:
+    its entries, so the folder keeps its owner, mode and ACLs): a failure or Ctrl-C leaves
+    nothing under ``outdir``. Where that cannot be (its parent not writable, another file
+    system mounted there, a symbolic link) and into a folder that holds files already (``overwrite``
     replaces those the database also holds) each file is written under a temporary name and
     renamed, so no half-written image is left under its final name, and a failure names how
     many were written. ``outdir`` itself may be a symlink (the caller chose it); nothing below
@@ -88,15 +90,18 @@ def extract(path: str | os.PathLike[str], outdir: str | os.PathLike[str], *,
 
 def staged(outdir: str) -> bool:
     """Whether ``extract`` writes ``outdir`` whole, beside it, and renames it into place: a
-    new ``outdir``, or an empty real folder on its parent's file system (a mount point or a
-    symlink is written in place, as a folder holding files is)."""
+    new ``outdir``, or an empty real folder on its parent's file system, where the parent is
+    writable (a mount point or a symlink is written in place, as a folder holding files is)."""
+    parent = os.path.dirname(outdir) or os.sep
     try:
         info = os.lstat(outdir)
     except FileNotFoundError:
         return True
+    except OSError:
+        return False  # the write in place says what is wrong
     if not stat.S_ISDIR(info.st_mode) or os.listdir(outdir):
         return False
-    return os.stat(os.path.dirname(outdir) or os.sep).st_dev == info.st_dev
+    return os.stat(parent).st_dev == info.st_dev and os.access(parent, os.W_OK | os.X_OK)
 
 
 def _stage_beside(outdir: str) -> str:
@@ -108,16 +113,38 @@ def _stage_beside(outdir: str) -> str:
 
 
 def _publish_tree(stage: str, outdir: str) -> None:
-    """``stage`` renamed to ``outdir``, which is absent or an empty folder (rename replaces an
-    empty folder); anything that appeared there meanwhile is left alone: an error."""
-    os.chmod(stage, 0o755)
+    """``stage`` renamed to ``outdir`` where it is absent; into an existing (empty) folder its
+    entries are, one rename each (the folder itself stays the user's). What appeared there
+    meanwhile is left alone: an error."""
+    appeared = DestinationError(f"{outdir!r} appeared or was filled during the extract; "
+                                "extract into an empty folder")
+    if not os.path.lexists(outdir):
+        os.chmod(stage, 0o777 & ~_umask())
+        try:
+            os.rename(stage, outdir)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+    if not os.path.isdir(outdir) or os.path.islink(outdir) or os.listdir(outdir):
+        raise appeared
+    for name in os.listdir(stage):
+        if os.path.lexists(os.path.join(outdir, name)):
+            raise appeared
+        os.rename(os.path.join(stage, name), os.path.join(outdir, name))
+    os.rmdir(stage)
+
+
+def _umask() -> int:
+    """This process's umask, read from /proc (setting it to read it races other threads)."""
     try:
-        os.rename(stage, outdir)
-    except OSError as exc:
-        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
-            raise DestinationError(f"{outdir!r} appeared or was filled during the extract; "
-                                   "extract into an empty folder") from None
-        raise
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
 
 
 @contextlib.contextmanager

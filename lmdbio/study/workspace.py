@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from lmdbio.converter import convert, default_destination
 from lmdbio.database import Database
+from lmdbio.envs import EnvOptions, options_for
 from lmdbio.folder import find_classes, make_dataset
 from lmdbio.study import peers
 from lmdbio.study.conditions import FORMATS, PEER_FORMATS, checked
@@ -87,7 +88,8 @@ def _check_database(lmdb_path: str, split_dir: str) -> None:
     """The database holds the split's classes and paths, in ImageFolder's order (listed with
     the extensions it was converted with; one converted with an ``is_valid_file`` records
     none, and that listing cannot be redone: not checked)."""
-    with Database(lmdb_path) as db:
+    # options_for: shares the environment a dataset of this process may hold open already
+    with Database(lmdb_path, options_for(lmdb_path, EnvOptions())) as db:
         meta, stored = db.meta, db.relative_paths()
     if not meta.extensions:
         return

@@ -210,6 +210,8 @@ def test_a_source_through_a_link_and_up_is_the_folder_the_os_finds(kind, tmp_pat
     assert np.asarray(dataset[0][0])[0, 0].tolist() == [0, 0, 255]
     default = lmdbio.convert("link/../train", progress=False).destination
     assert os.path.samefile(default, tmp_path / "real" / "train.lmdb")
+    from lmdbio.converter import default_destination  # a shell's completion adds the "/"
+    assert default_destination("link/../train/") == default_destination("link/../train")
 
 
 def to_array(image: Image.Image) -> torch.Tensor:  # module level: picklable under spawn

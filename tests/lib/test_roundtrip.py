@@ -302,3 +302,20 @@ def test_extract_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path: Path,
     line = assert_one_line_error(run_cli("extract", db, out, "-q"), str(out), "disk full")
     assert "free space or choose another folder" in line
     assert os.listdir(small_filesystem) == []
+
+
+def test_extract_into_an_empty_folder_keeps_that_folder(odd_db, tmp_path: Path) -> None:
+    """The tree is staged beside it and its entries moved in: the folder keeps its inode
+    (a shell standing in it still sees the files), owner and mode."""
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o2770)
+    inode = out.stat().st_ino
+    assert lmdbio.extract(odd_db.db, out) == 23
+    assert out.stat().st_ino == inode and (out.stat().st_mode & 0o7777) == 0o2770
+    assert tree_files(out) == image_files(odd_db.tree)
+    assert os.listdir(tmp_path) == ["out"]  # nothing staged left beside it
+    fresh = tmp_path / "link"
+    fresh.symlink_to(tmp_path / "out")
+    assert lmdbio.extract(odd_db.db, f"{fresh}/../new/") == 23  # '..' after a link, a '/'
+    assert tree_files(tmp_path / "new") == image_files(odd_db.tree)

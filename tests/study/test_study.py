@@ -44,6 +44,15 @@ def test_prepare_generates_and_converts_once(tiny):
     assert not again.converted and again.lmdb_path == tiny.lmdb_path
 
 
+def test_prepare_checks_a_database_this_process_holds_open(tiny):
+    dataset = lmdbio.ImageFolderLMDB(tiny.lmdb_path, readahead=False)  # as "auto" opens a
+    dataset[0]  # database larger than half the memory
+    try:
+        assert not prepare(tiny.data_dir, n_images=24, seed=3).converted
+    finally:
+        dataset.close()
+
+
 def test_prepare_refuses_a_missing_data_dir_and_an_imagefolder_root(tmp_path):
     """A mistyped data_dir, or the ImageFolder itself given as data_dir (its split folder
     missing), must not get a synthetic set: nothing is written."""
@@ -149,16 +158,23 @@ def test_report_tables_and_figures(tiny, tmp_path):
     assert all(open(f, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for f in figures)
     assert "skipped target nfs: why" in report.describe(runs, skipped)
 
-    # a report written over an earlier one shows only its own tables and figures
+    # a report written over an earlier one shows only its own tables and figures; files no
+    # report wrote stay
     out = tmp_path / "report"
-    for stale in ("tables/ddp_ranks.csv", "tables/ddp_ranks.parquet", "figures/utilisation.png"):
-        (out / stale).parent.mkdir(parents=True, exist_ok=True)
-        (out / stale).write_bytes(b"from another report")
-    (out / "tables" / "notes.txt").write_text("mine")
+    stale = ["tables/ddp_ranks.csv", "tables/ddp_ranks.parquet", "figures/utilisation.png"]
+    mine = ["tables/notes.txt", "tables/hyperparameters.csv", "figures/architecture.png"]
+    for rel in stale + mine:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(b"x")
+    (out / ".lmdbio-report.json").write_text(json.dumps({"files": stale + ["../outside.csv"]}))
+    (tmp_path / "outside.csv").write_text("not the report's to remove")
     written = report.write_report(runs, os.fspath(out), results_dir=os.fspath(tmp_path))
-    assert sorted(os.listdir(out / "figures")) == names
+    assert sorted(os.listdir(out / "figures")) == sorted(names + ["architecture.png"])
     assert sorted(os.listdir(out / "tables")) == sorted(
-        [os.path.basename(p) for p in written.tables] + ["notes.txt"])
+        [os.path.basename(p) for p in written.tables] + ["notes.txt", "hyperparameters.csv"])
+    assert (tmp_path / "outside.csv").exists()
+    listed = json.loads((out / ".lmdbio-report.json").read_text())["files"]
+    assert len(listed) == len(written.tables) + len(written.figures)
 
     # runs made with other parameters are not repetitions of one condition: refused
     run_bench(data_dir=tiny.data_dir, split_dir=tiny.split_dir, lmdb_path=tiny.lmdb_path,
@@ -236,7 +252,7 @@ def test_study_keeps_failed_notebook_and_exits_nonzero(tmp_path):
     done = _study(tmp_path, "--modes", "bogus", "--no-nfs", "--ddp-procs", "0")
     assert done.returncode == 1
     failed = tmp_path / "r" / "ssd" / "bench-bogus.failed.ipynb"
-    assert failed.exists() and "mode must be one of" in failed.read_text()
+    assert failed.exists() and "mode 'bogus': not one of" in failed.read_text()
     assert not (tmp_path / "r" / "ssd" / "bench-bogus.ipynb").exists()
     assert "failed:" in done.stderr
 

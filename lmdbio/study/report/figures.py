@@ -4,6 +4,7 @@ across repetitions; whiskers span the fastest and slowest run."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy
 
+from lmdbio.publish import create_exclusive, staged
 from lmdbio.study.conditions import MODES
 from lmdbio.study.report.runs import per_run, speedups
 from lmdbio.study.report.tables import ratios, write_tables
@@ -248,22 +250,36 @@ class Written:
 
 def write_report(runs: Any, out_dir: str = "", results_dir: str = "") -> Written:
     """Every table (``write_tables``) into ``out_dir/tables`` and every figure (PNG files,
-    ``figures``) into ``out_dir/figures``; ``out_dir`` empty: a new temporary folder. A table
-    or figure an earlier report left there and this one does not write (a condition these
-    results lack) is removed: the two folders show one report, never a mix of two."""
+    ``figures``) into ``out_dir/figures``; ``out_dir`` empty: a new temporary folder. What the
+    report written there before wrote and this one does not (a condition these results lack)
+    is removed, as its list (``.lmdbio-report.json``) says: the folders show one report, not
+    a mix of two, and files that no report wrote stay."""
     out = os.path.abspath(out_dir) if out_dir else tempfile.mkdtemp(prefix="lmdbio-report-")
     tables = sorted(write_tables(runs, os.path.join(out, "tables"),
                                  results_dir=results_dir).values())
     drawn = figures(runs, os.path.join(out, "figures"))
-    for folder, kept in (("tables", tables), ("figures", drawn)):
-        _remove_others(os.path.join(out, folder), kept, (".csv", ".parquet", ".png"))
+    _replace_listing(out, tables + drawn)
     return Written(out, tables, drawn)
 
 
-def _remove_others(folder: str, kept: list[str], suffixes: tuple[str, ...]) -> None:
-    """Files of a report (``suffixes``) in ``folder`` other than ``kept``."""
-    keep = {os.path.abspath(path) for path in kept}
-    for entry in os.scandir(folder):
-        if (entry.is_file(follow_symlinks=False) and entry.name.endswith(suffixes)
-                and os.path.abspath(entry.path) not in keep):
-            os.unlink(entry.path)
+REPORT_LISTING = ".lmdbio-report.json"
+
+
+def _replace_listing(out: str, written: list[str]) -> None:
+    """Remove what the previous listing in ``out`` names and ``written`` does not, then list
+    ``written`` (paths relative to ``out``; a listing that is not ours names nothing)."""
+    listing = os.path.join(out, REPORT_LISTING)
+    now = sorted(os.path.relpath(path, out) for path in written)
+    try:
+        with open(listing) as handle:
+            earlier = json.load(handle).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        earlier = []
+    for rel in set(earlier if isinstance(earlier, list) else []) - set(now):
+        inside = isinstance(rel, str) and not os.path.isabs(rel) and ".." not in rel.split(os.sep)
+        path = os.path.join(out, rel) if inside else ""
+        if inside and os.path.isfile(path) and not os.path.islink(path):
+            os.unlink(path)
+    with staged(listing) as partial, create_exclusive(partial, "w") as handle:
+        json.dump({"written_by": "lmdbio.study.report.write_report", "files": now}, handle,
+                  indent=1)
