@@ -98,10 +98,13 @@ def staged(outdir: str) -> bool:
     except FileNotFoundError:
         return True
     except OSError:
-        return False  # the write in place says what is wrong
-    if not stat.S_ISDIR(info.st_mode) or os.listdir(outdir):
-        return False
-    return os.stat(parent).st_dev == info.st_dev and os.access(parent, os.W_OK | os.X_OK)
+        return False  # the write in place says what is wrong, in one line
+    try:
+        if not stat.S_ISDIR(info.st_mode) or os.listdir(outdir):
+            return False
+        return os.stat(parent).st_dev == info.st_dev and os.access(parent, os.W_OK | os.X_OK)
+    except OSError:
+        return False  # the write in place says what is wrong, in one line
 
 
 def _stage_beside(outdir: str) -> str:

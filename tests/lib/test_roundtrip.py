@@ -6,6 +6,8 @@ import collections
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ import lmdbio
 from lmdbio.dataset import ImageFolderLMDB
 from lmdbio.format import RECORD_HEADER_SIZE
 
-from tests.helpers import assert_one_line_error, build_simple_tree, image_files, run_cli
+from tests.helpers import REPO, assert_one_line_error, build_simple_tree, image_files, run_cli
 
 
 def tree_files(root: Path) -> dict[str, bytes]:
@@ -150,7 +152,7 @@ def test_one_flipped_bit_is_caught_everywhere(damaged_copy, where: str) -> None:
     assert "checksum" in report.problems[0]
     proc = run_cli("verify", db, "-q")
     assert proc.returncode == 1, proc.stdout
-    assert f"1 problems in 6 records" in proc.stdout and f"record {index}" in proc.stdout
+    assert "1 problems in 6 records" in proc.stdout and f"record {index}" in proc.stdout
     assert "Traceback" not in proc.stderr
 
     dataset = ImageFolderLMDB(db)
@@ -319,3 +321,23 @@ def test_extract_into_an_empty_folder_keeps_that_folder(odd_db, tmp_path: Path) 
     fresh.symlink_to(tmp_path / "out")
     assert lmdbio.extract(odd_db.db, f"{fresh}/../new/") == 23  # '..' after a link, a '/'
     assert tree_files(tmp_path / "new") == image_files(odd_db.tree)
+
+
+@pytest.mark.parametrize("below", ["", "sub"])
+def test_extract_where_it_may_not_write_is_one_line(odd_db, tmp_path: Path, below: str) -> None:
+    """Run without the capabilities that let root write anywhere, as any other user is."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to drop the capabilities")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0)
+    out = locked / below if below else locked
+    try:
+        proc = subprocess.run(["setpriv", "--bounding-set=-dac_override,-dac_read_search",
+                               sys.executable, "-m", "lmdbio", "extract", str(odd_db.db),
+                               str(out), "-q"], capture_output=True, text=True, timeout=120,
+                              cwd=REPO)
+    finally:
+        locked.chmod(0o755)
+    assert_one_line_error(proc, f"cannot write '{out}'", "Permission denied",
+                          "choose a folder you can write")
