@@ -22,9 +22,9 @@ from .envs import EnvOptions
 from .errors import (ConcurrentWriteError, CorruptRecordError, DatabaseChangedError,
                      DatabaseNotFoundError, DestinationError, DiskFullError, FormatError,
                      ImageDecodeError, LegacyFormatError, LmdbioError, MissingDependencyError,
-                     OpenOptionsError, OutputExistsError, ResizeOptionError, ResumeError, SampleNotFoundError,
-                     ShardSetError, ShardSpecError, SourceError, SourceFileError,
-                     SourceNotAFolderError)
+                     OpenOptionsError, OutputExistsError, ResizeOptionError, ResumeError,
+                     SampleNotFoundError, ShardSetError, ShardSpecError, SourceError,
+                     SourceFileError, SourceNotAFolderError)
 from .folder import IMG_EXTENSIONS, find_classes, make_dataset
 from .samplers import BlockShuffleSampler
 from .shard_conversion import convert_shards

@@ -236,9 +236,9 @@ def _refuse_a_foreign_folder(data_dir: Path, split: str) -> None:
     hint = (f"if it is the ImageFolder itself (folders {', '.join(map(repr, classes[:3]))}"
             f"{'...' if len(classes) > 3 else ''}), pass data_dir={str(data_dir.parent)!r} and "
             f"split={data_dir.name!r}" if classes else "pass the folder that holds it")
-    raise ValueError(f"{str(data_dir)!r} holds no {split!r} folder and is not empty ({len(foreign)} "
-                     f"entries), so no synthetic set is generated there; {hint}, or an empty "
-                     "folder for a synthetic set")
+    raise ValueError(f"{str(data_dir)!r} holds no {split!r} folder and is not empty "
+                     f"({len(foreign)} entries), so no synthetic set is generated there; "
+                     f"{hint}, or an empty folder for a synthetic set")
 
 
 def _marker(data_dir: Path) -> dict[str, Any]:
