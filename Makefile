@@ -16,7 +16,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
 	$(PIP) install -q -e ".[notebooks,test,peers,profile]" 2>&1 | grep -v '^WARNING: Location' || true
-	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+# (its own TMPDIR: ipykernel leaves an empty /tmp/tmp*_kernels folder behind)
+	scratch=$$(mktemp -d) && TMPDIR=$$scratch $(BIN)/python -m ipykernel install --sys-prefix \
+		--name python3 >/dev/null; status=$$?; rm -rf "$$scratch"; exit $$status
 	$(BIN)/python -c "import lmdbio, torch, torchvision, papermill, nbval"
 	touch $@
 

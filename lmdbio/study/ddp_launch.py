@@ -18,6 +18,7 @@ import tempfile
 from typing import TYPE_CHECKING, Any
 
 from lmdbio.study.conditions import CACHES, FORMATS, MODES, checked
+from lmdbio.study.contention import OWN_TREE_ENV
 from lmdbio.study.extras import pandas as _pandas
 
 if TYPE_CHECKING:
@@ -61,8 +62,10 @@ def run_torchrun(*, output_dir: str = "", timeout: float | None = None,
     ``batches``, one row per rank, with a ``rank`` column. ``OMP_NUM_THREADS=1`` as torchrun
     advises (each rank sets its own torch threads). Raises ``TorchrunError`` if it fails."""
     out = os.path.abspath(output_dir) if output_dir else tempfile.mkdtemp(prefix="lmdbio-ddp-")
-    try:
-        env = dict(os.environ, OMP_NUM_THREADS="1")
+    scratch = tempfile.mkdtemp(prefix="lmdbio-torchrun-")  # its torchelastic_* log folder,
+    try:  # which torchrun leaves in the temporary folder
+        env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=scratch)
+        env.setdefault(OWN_TREE_ENV, str(os.getpid()))  # every rank's CPU is the run's own
         done = subprocess.run(torchrun_command(out, **options), env=env, capture_output=True,
                               text=True, timeout=timeout, check=False)
         if done.returncode != 0:
@@ -74,6 +77,7 @@ def run_torchrun(*, output_dir: str = "", timeout: float | None = None,
                            pandas.read_parquet(os.path.join(out, "runs.parquet")),
                            out if output_dir else None)
     finally:
+        shutil.rmtree(scratch, ignore_errors=True)
         if not output_dir:  # the tables are read: the folder was only their way back
             shutil.rmtree(out, ignore_errors=True)
 

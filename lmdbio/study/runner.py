@@ -25,12 +25,13 @@ import os
 import site
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
 from dataclasses import dataclass, field
 
 from lmdbio.publish import create_exclusive, staged
 from lmdbio.study import netfs, peers
 from lmdbio.study.conditions import BASE_FORMATS, MODES, PEER_FORMATS
+from lmdbio.study.contention import OWN_TREE_ENV
 from lmdbio.study.estimates import Estimator, units
 from lmdbio.study.extras import EXTRAS
 from lmdbio.study.provenance import reusable, run_identity, save_record
@@ -98,12 +99,22 @@ class Job:
 class _Outcome:
     notebooks: str = field(default_factory=notebook_dir)
     finished: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     estimator: Estimator = field(default_factory=Estimator)
     left_s: float = 0.0            # the plan's estimated seconds still to run
     position: int = 0
     planned: int = 0
+
+
+def _report_parameters(results: str) -> dict[str, object]:
+    """The report notebook's parameters: every run under ``results``, its tables there."""
+    return {"results_dir": results, "out_dir": results}
+
+
+def _count(items: Sized, noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
 
 
 def _minutes(seconds: float | None) -> str:
@@ -130,6 +141,7 @@ def _execute(notebook: str, output: str, parameters: dict[str, object], force: b
         if ok:
             print(f"[study] {step}{output}: done earlier, skipped ({why}; --force to rerun)",
                   flush=True)
+            outcome.reused.append(output)
             return True
         if os.path.exists(output):
             print(f"[study] {output}: earlier result not reused: {why}", flush=True)
@@ -186,6 +198,9 @@ def _target(name: str, path: str, work_data: str) -> Iterator[tuple[str, str]]:
 
 def run_study(config: StudyConfig) -> int:
     """Run the matrix; returns the exit status (0: every notebook finished)."""
+    # what this process starts (kernels, ranks, the sshfs stand-in) is the study's own CPU
+    os.environ.setdefault(OWN_TREE_ENV, str(os.getpid()))
+    started = time.perf_counter()
     results = os.path.abspath(config.results_dir)
     # one folder per dataset: a run with other --images or --seed never meets an earlier set
     work_data = os.path.join(os.path.abspath(config.work_dir), "data",
@@ -204,10 +219,12 @@ def run_study(config: StudyConfig) -> int:
             outcome.skipped.append({"target": name, "reason": str(exc)})
     with staged(os.path.join(results, "skipped.json")) as partial, create_exclusive(partial, "w") as out:
         json.dump(outcome.skipped, out, indent=1)
-    _execute("report.ipynb", os.path.join(results, "report.ipynb"),
-             {"results_dir": results, "out_dir": results}, True, outcome)
-    print(f"[study] {len(outcome.finished)} notebooks finished, {len(outcome.failed)} failed, "
-          f"{len(outcome.skipped)} targets skipped", flush=True)
+    _execute("report.ipynb", os.path.join(results, "report.ipynb"), _report_parameters(results),
+             True, outcome)
+    print(f"[study] {_count(outcome.finished, 'notebook')} run, {len(outcome.reused)} reused, "
+          f"{len(outcome.failed)} failed, {_count(outcome.skipped, 'target')} skipped, in "
+          f"{_minutes(time.perf_counter() - started).lstrip('~')}; results in {results} (the "
+          f"report: report.ipynb, tables/, figures/)", flush=True)
     for failure in outcome.failed:
         print(f"[study] failed: {failure}", file=sys.stderr)
     return 1 if outcome.failed else 0
@@ -234,8 +251,10 @@ def _announce(config: StudyConfig, results: str, formats: tuple[str, ...],
     """Print the plan: every notebook with its estimate, and the total."""
     plan = [job for name in config.targets
             for job in _jobs(config, name, "<data>", "", results, formats)]
+    plan.append(Job("report.ipynb", os.path.join(results, "report.ipynb"),
+                    _report_parameters(results), _report_parameters(results)))
     estimates = [outcome.estimator.estimate(job.notebook, job.parameters) for job in plan]
-    outcome.planned, outcome.left_s = len(plan) + 1, sum(e or 0.0 for e in estimates)
+    outcome.planned, outcome.left_s = len(plan), sum(e or 0.0 for e in estimates)
     unknown = sum(e is None for e in estimates)
     print(f"[study] plan: {outcome.planned} notebooks into {results}, "
           f"{_minutes(outcome.left_s)}{f' (+ {unknown} without an estimate)' if unknown else ''}"

@@ -138,11 +138,12 @@ def test_one_rank_under_torchrun_and_no_temporary_folder_left(tiny, tmp_path):
 
     with pytest.raises(ValueError, match="mode 'Load': not one of"):  # before torchrun starts
         run_torchrun(nproc=1, data_dir=tiny.data_dir, mode="Load")
-    pattern = os.path.join(tempfile.gettempdir(), "lmdbio-ddp-*")
-    before = set(glob.glob(pattern))
+    patterns = [os.path.join(tempfile.gettempdir(), name)
+                for name in ("lmdbio-ddp-*", "lmdbio-torchrun-*", "torchelastic_*")]
+    before = {p: set(glob.glob(p)) for p in patterns}
     result = run_torchrun(nproc=1, data_dir=tiny.data_dir, n_images=N_IMAGES, seed=5,
                           mode="load", formats="imagefolder, lmdb", cache="warm",
                           batch_size=BATCH, num_workers=0, max_batches=2)
     assert set(result.runs["world_size"]) == {1} and result.output_dir is None
-    assert set(glob.glob(pattern)) == before  # the tables were read back; the folder is gone
+    assert {p: set(glob.glob(p)) for p in patterns} == before  # tables read back, logs gone
     assert report.ranks(result.runs).empty

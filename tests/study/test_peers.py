@@ -5,11 +5,11 @@ running them, and a one-line install hint without the extra. Skipped without the
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import sys
 import tarfile
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -210,3 +210,17 @@ def test_prepare_refuses_a_peer_dataset_of_another_state_of_the_split(tmp_path):
     os.remove(work.lmdb_path)  # converted again: only the peer is left stale
     with pytest.raises(StaleDataError, match=f"{work.peer_paths['webdataset']}.*another state"):
         prepare(work.data_dir, n_images=8, seed=1, formats=["webdataset"])
+
+
+@pytest.mark.peers
+def test_litdata_writer_leaves_no_cache_in_the_temporary_folder(tmp_path, monkeypatch):
+    """litdata.optimize keeps its caches in TMPDIR/chunks and TMPDIR/data and leaves them."""
+    pytest.importorskip("litdata")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", os.fspath(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+    tree = build_simple_tree(tmp_path / "train", per_class=3)
+    peers.write("litdata", tree, tmp_path / "out.litdata", chunk_samples=4)
+    assert os.listdir(tmp) == []
+    assert "DATA_OPTIMIZER_CACHE_FOLDER" not in os.environ

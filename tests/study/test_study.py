@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -215,6 +216,10 @@ def test_study_runs_both_targets_and_tears_down(tmp_path):
     done = _study(tmp_path, "--modes", "load")
     assert done.returncode == 0, done.stdout + done.stderr
     results = tmp_path / "r"
+    assert "plan: 7 notebooks" in done.stdout and "[study]   report.ipynb: " in done.stdout
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("[study] 7 notebooks run, 0 reused, 0 failed, 0 targets skipped, in")
+    assert f"results in {results} (the report: report.ipynb, tables/, figures/)" in last
     for target in ("ssd", "nfs"):
         assert (results / target / "convert.ipynb").exists()
         assert (results / target / "bench-load.ipynb").exists()
@@ -244,6 +249,7 @@ def test_study_runs_both_targets_and_tears_down(tmp_path):
     # a second run skips finished notebooks
     again = _study(tmp_path, "--modes", "load", "--no-nfs", "--no-peers")
     assert "done earlier, skipped" in again.stdout and again.returncode == 0
+    assert re.search(r"\[study\] \d+ notebooks? run, [1-9]\d* reused, 0 failed", again.stdout)
     assert "left out (--no-peers)" in again.stdout
 
 

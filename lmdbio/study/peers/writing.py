@@ -11,10 +11,12 @@ reader needs no ImageFolder walk.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from lmdbio.converter import default_destination as lmdb_destination
@@ -146,7 +148,7 @@ def write_litdata(source: str | os.PathLike[str], destination: str | None = None
     digest = _digest(classes, [os.path.relpath(path, source) for path, _ in samples])
     _check_free(destination, overwrite)
     inputs = [(index, path, label) for index, (path, label) in enumerate(samples)]
-    with staged(destination) as partial:
+    with staged(destination) as partial, _litdata_scratch():
         os.makedirs(partial)
         litdata.optimize(fn=_litdata_sample, inputs=inputs, output_dir=partial,
                          chunk_size=chunk_samples, num_workers=max(1, num_workers),
@@ -156,6 +158,25 @@ def write_litdata(source: str | os.PathLike[str], destination: str | None = None
                                   "source": os.path.abspath(source),
                                   "listing_digest": digest})
     return destination
+
+
+@contextlib.contextmanager
+def _litdata_scratch() -> Iterator[None]:
+    """``litdata.optimize`` keeps its chunk and data caches in the temporary folder
+    (``/tmp/chunks``, ``/tmp/data``) and leaves them there: here in one of ours, removed after
+    (its worker processes are forked, so they see the variables too)."""
+    names = ("DATA_OPTIMIZER_CACHE_FOLDER", "DATA_OPTIMIZER_DATA_CACHE_FOLDER")
+    before = {name: os.environ.get(name) for name in names}
+    with tempfile.TemporaryDirectory(prefix="lmdbio-litdata-") as scratch:
+        os.environ.update({name: os.path.join(scratch, name.lower()) for name in names})
+        try:
+            yield
+        finally:
+            for name, value in before.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def write(fmt: str, source: str | os.PathLike[str], destination: str | None = None,
