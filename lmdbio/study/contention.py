@@ -2,8 +2,10 @@
 every other process, and the time the hypervisor stole. A run on a busy machine is flagged
 ``disturbed`` so that the report can say how much to trust a comparison.
 
-CPU time comes from ``/proc/stat`` (the whole machine: user, nice, system, irq, softirq and
-steal ticks) minus the study's own: every live process of its tree, each with the CPU time of
+CPU time comes from ``/proc/stat`` (the whole machine: user, nice, system and steal ticks;
+irq and softirq time is left out: no process is charged with it, and here it is mostly the
+run's own I/O, the loopback traffic of the sshfs stand-in and of a distributed run's gloo)
+minus the study's own: every live process of its tree, each with the CPU time of
 the children it has reaped (``/proc/<pid>/stat`` utime, stime, cutime, cstime), so CPU stays
 "own" when a worker or a grandchild exits. The tree is this process's, or that of the process
 named in ``OWN_TREE_ENV`` when it is an ancestor: the study runner names itself there, so its
@@ -39,8 +41,8 @@ class Sample:
 def _machine() -> tuple[float, float]:
     with open("/proc/stat") as handle:
         fields = handle.readline().split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / _TICK, steal / _TICK
+    user, nice, system, _idle, _iowait, _irq, _softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + steal) / _TICK, steal / _TICK
 
 
 def _stat(pid: int) -> list[str]:
