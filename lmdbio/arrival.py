@@ -80,7 +80,7 @@ def in_arrival_order(count: int, cached: Callable[[Sequence[int]], Sequence[bool
         try:
             sample = load(position)
         except Exception:
-            if position != following:  # the plain loop reads it in its turn: so will this, and
+            if position != following:  # the plain loop reads it in its turn: so will this,
                 limit = -1  # and load nothing more ahead meanwhile
                 continue
             loaded.clear()

@@ -149,12 +149,13 @@ class Database:
                     if self._read_meta(KEY_PROGRESS) is not None else "re-convert the source")
             raise FormatError(f"{self.path!r} holds an unfinished conversion; {hint}")
         blob = self._read_meta(KEY_HEADER)
-        crc = self._read_meta(KEY_HEADER_CRC)
-        if blob is not None and crc is not None and bytes(crc) != header_checksum(bytes(blob)):
+        header = bytes(blob or b"")
+        crc = self._read_meta(KEY_HEADER_CRC)  # None: written before the checksum
+        if blob is not None and crc is not None and bytes(crc) != header_checksum(header):
             raise FormatError(f"{self.path!r}: its header fails its checksum; the file is "
                               "damaged: re-convert the source or restore the file from a copy")
-        meta = Metadata.from_json(blob or b"", self.path)
-        self._header = bytes(blob or b"")
+        meta = Metadata.from_json(header, self.path)
+        self._header = header
         with self._lmdb_errors("the record count"), \
                 self._handles()[0].begin(db=self._dbs[0]) as txn:  # type: ignore[index]
             stored = txn.stat(self._dbs[0])["entries"]  # type: ignore[index]

@@ -14,7 +14,7 @@ from torchvision.datasets import ImageFolder, VisionDataset
 from .access import SampleReader, open_database
 from .arrival import in_arrival_order
 from .decode import decode_pil, pure_decoder
-from .envs import EnvOptions, readahead_in_use
+from .envs import EnvOptions, open_options
 from .errors import (
     CorruptRecordError,
     DatabaseChangedError,
@@ -49,8 +49,7 @@ def _fits_in_memory(root: str | list[str]) -> bool:
 
 def _readahead_in_use(root: str | list[str], default: bool) -> bool:
     try:
-        in_use = [r for p in expand_paths(root) if (r := readahead_in_use(p))
-                  is not None]
+        in_use = [o.readahead for p in expand_paths(root) if (o := open_options(p)) is not None]
     except (OSError, LmdbioError):
         return default  # the reader reports it in its own words
     return in_use[0] if in_use else default
@@ -342,8 +341,7 @@ class ImageFolderLMDB(ImageFolder):
         try:
             if assigned is None:
                 count = len(self.database)
-                return [operator.index(i) + count if operator.index(i) < 0
-                        else operator.index(i) for i in indices]
+                return [j + count if (j := operator.index(i)) < 0 else j for i in indices]
             return [self._record_of(assigned[operator.index(i)][0], "samples path")
                     for i in indices]
         except (IndexError, TypeError, ValueError, SampleNotFoundError):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import lmdb
 
-from .errors import DatabaseNotFoundError, FormatError, LmdbioError, OpenOptionsError
+from .errors import DatabaseNotFoundError, FormatError, OpenOptionsError
 from .forklock import ForkSafeLock
 from .format import data_file
 
@@ -173,34 +173,24 @@ def acquire(path: str, options: EnvOptions) -> SharedEnv:
         return shared
 
 
-def readahead_in_use(path: str) -> bool | None:
-    """The readahead of ``path``'s environment open in this process, None where none is: a
-    reader that leaves readahead to "auto" takes it, and shares that environment (LMDB
-    allows one per file per process) instead of failing on a setting it did not ask for."""
-    try:
-        key = _identity(path)
-    except (OSError, LmdbioError):
-        return None
-    with _lock:
-        shared = _envs.get(key)
-        return shared.options.readahead if shared and shared.pid == os.getpid() else None
-
-
-def options_for(path: str, preferred: EnvOptions) -> EnvOptions:
-    """The options ``path`` is already open with in this process, else ``preferred``.
-
-    For readers that only prefer a setting (``info``, ``verify``, ``extract``): they then share
-    the environment a Dataset holds instead of failing on an option mismatch.
-    """
+def open_options(path: str) -> EnvOptions | None:
+    """The options ``path``'s environment is open with in this process, None where none is
+    (LMDB allows one environment per file per process: a reader that only prefers a setting
+    takes these and shares it, instead of failing on a setting it did not ask for)."""
     try:
         key = _identity(os.path.expanduser(path))
     except DatabaseNotFoundError:
-        return preferred
+        return None
     with _lock:
         shared = _envs.get(key)
-        if shared is not None and shared.pid == os.getpid():
-            return shared.options
-    return preferred
+        return shared.options if shared is not None and shared.pid == os.getpid() else None
+
+
+def options_for(path: str, preferred: EnvOptions) -> EnvOptions:
+    """The options ``path`` is already open with in this process, else ``preferred``: for
+    readers that only prefer a setting (``info``, ``verify``, ``extract``), so they share the
+    environment a Dataset holds."""
+    return open_options(path) or preferred
 
 
 def release(shared: SharedEnv, *, wait: bool = True) -> None:

@@ -256,12 +256,19 @@ def test_damaged_path_list_is_reported_not_a_traceback(damaged_copy) -> None:
 # -- extract: the tree appears whole, or not at all --------------------------------------------
 
 
-def test_extract_into_a_new_folder_leaves_nothing_when_it_fails(damaged_copy,
-                                                                tmp_path: Path) -> None:
-    tree, db = damaged_copy
+@pytest.fixture
+def record_4_damaged(damaged_copy) -> Path:
+    """``damaged_copy``'s database with a bit of record 4's payload (of 6) flipped."""
+    _, db = damaged_copy
     with lmdbio.open_database(db) as handle:
         payload = handle.get(4)[1]
-        flip_bit(db, locate(db, payload[len(payload) // 2:][:64]) + 32)
+    flip_bit(db, locate(db, payload) + len(payload) // 2)  # the whole payload: unique
+    return db
+
+
+def test_extract_into_a_new_folder_leaves_nothing_when_it_fails(record_4_damaged: Path,
+                                                                tmp_path: Path) -> None:
+    db = record_4_damaged
     out = tmp_path / "deep" / "out"
     proc = run_cli("extract", db, out, "-q")
     assert_one_line_error(proc, "record 4", "checksum")
@@ -273,12 +280,9 @@ def test_extract_into_a_new_folder_leaves_nothing_when_it_fails(damaged_copy,
     assert os.listdir(out) == [] and os.listdir(tmp_path / "deep") == ["out"]
 
 
-def test_extract_into_a_folder_with_files_says_what_it_left(damaged_copy,
+def test_extract_into_a_folder_with_files_says_what_it_left(record_4_damaged: Path,
                                                              tmp_path: Path) -> None:
-    tree, db = damaged_copy
-    with lmdbio.open_database(db) as handle:
-        payload = handle.get(4)[1]
-        flip_bit(db, locate(db, payload[len(payload) // 2:][:64]) + 32)
+    db = record_4_damaged
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
