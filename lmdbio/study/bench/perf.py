@@ -5,6 +5,7 @@
 Sections (each prints the limits it is measured against first):
   reads    target 1, cold random raw reads, DB fits in RAM, vs sequential bandwidth
   cgroup   target 2, DB 4x the page cache (v1 memory cgroup), block-shuffled vs random order
+  iocost   issue #17, CPU per record of each way to read a DB 4x the page cache
   loader   target 3, end-to-end loader vs the in-memory ceiling; fast decode paths; accuracy
   convert  target 4, converter vs the seed and the source's sequential read; RSS 5k-100k
   memory   target 5, per-worker RSS/PSS at 10k and 1M records
@@ -21,7 +22,7 @@ import time
 
 from lmdbio.study.bench.perf_common import jpeg_tree, raw_tree, storages, write_rows
 
-SECTIONS = ("reads", "cgroup", "loader", "convert", "memory")
+SECTIONS = ("reads", "cgroup", "iocost", "loader", "convert", "memory")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     os.makedirs(args.work, exist_ok=True)
     jpeg = jpeg_tree(args.work, args.images)
-    raw = raw_tree(args.work, jpeg, args.replicas) if {"reads", "cgroup"} & set(only) else ""
+    raw_reads = {"reads", "cgroup", "iocost"} & set(only)
+    raw = raw_tree(args.work, jpeg, args.replicas) if raw_reads else ""
     print(f"data ready in {time.perf_counter() - started:.0f} s", flush=True)
     with storages(args.work, not args.no_nfs) as places:
         if "reads" in only:
@@ -61,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
 
             write_rows(bench_larger_than_ram(places[:1], raw, args.repeats, 8.0),
                        os.path.join(args.out, "larger_than_ram.csv"))
+        if "iocost" in only:
+            from lmdbio.study.bench.perf_iocost import bench_io_cost
+
+            write_rows(bench_io_cost(places[0], raw, args.repeats),
+                       os.path.join(args.out, "iocost.csv"))
         if "loader" in only:
             from lmdbio.study.bench.perf_loader import bench_accuracy, bench_loader, prepare
 

@@ -234,9 +234,9 @@ def _child(argv: list[str]) -> None:
                       "prefetch_auto": fits, "readahead": ahead}))
 
 
-def run_in_cgroup(limit_bytes: int, argv: list[str]) -> dict:
-    """Run ``python -m lmdbio.study.bench.perf_reads --cgroup-child ARGV`` (``_child``) in a
-    fresh v1 memory cgroup of ``limit_bytes``."""
+def run_in_cgroup(limit_bytes: int, argv: list[str], module: str = CHILD) -> dict:
+    """Run ``python -m MODULE --cgroup-child ARGV`` (its ``_child``, here the one above) in a
+    fresh v1 memory cgroup of ``limit_bytes``; its last line of output, a JSON object."""
     with ControlGroup("memory", {"memory.limit_in_bytes": str(limit_bytes)},
                       name="perf") as group:
         procs = group.path / "cgroup.procs"  # type: ignore[operator]
@@ -244,7 +244,7 @@ def run_in_cgroup(limit_bytes: int, argv: list[str]) -> dict:
         def enter() -> None:
             procs.write_text(str(os.getpid()))
 
-        out = subprocess.run([sys.executable, "-m", CHILD, "--cgroup-child", *argv],
+        out = subprocess.run([sys.executable, "-m", module, "--cgroup-child", *argv],
                              preexec_fn=enter, capture_output=True, text=True, check=True)
         peak = group.read_int("memory.max_usage_in_bytes")
     return json.loads(out.stdout.strip().splitlines()[-1]) | {"cgroup_peak_mb": peak / MB}

@@ -145,7 +145,29 @@ def measured_targets(out: str) -> list[dict]:
     return rows
 
 
+def io_cost_table(out: str) -> str | None:
+    """``iocost.md`` from ``iocost.csv`` (``perf_iocost``): per way of reading, the median and
+    range over the repeats of the CPU and the wall time per record; None without the CSV."""
+    costs = _load(out, "iocost.csv")
+    if costs is None:
+        return None
+    first = costs.iloc[0]
+    lines = [f"CPU per record read, cold, one process in a v1 memory cgroup at "
+             f"{first.cgroup_limit_mb:.0f} MB (1/4 of the {first.db_mb:.0f} MB DB); "
+             f"{costs['repeat'].nunique()} repeats in ABBA order: median (min-max).", "",
+             "| storage | method | CPU us per record | wall us per record |", "|---|---|---|---|"]
+    for (storage, method), part in costs.groupby(["storage", "method"], sort=False):
+        cpu, wall = part["cpu_us_per_record"], part["wall_us_per_record"]
+        spread = [f"{x.median():.1f} ({x.min():.1f}-{x.max():.1f})" for x in (cpu, wall)]
+        lines.append(f"| {storage} | {method} | {spread[0]} | {spread[1]} |")
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(out, "iocost.md"), "w") as handle:
+        handle.write(text)
+    return text
+
+
 def report(out: str) -> pandas.DataFrame:
+    io_cost_table(out)
     targets = pandas.DataFrame(measured_targets(out))
     if targets.empty:
         return targets

@@ -1,0 +1,285 @@
+"""What one record's read costs the CPU, by the way it is read, for a DB 4x the page cache.
+
+Why: with data larger than memory, a per-sample uniform shuffle makes every record its own
+request to storage, while a chunked format (LitData, WebDataset) reads its chunks in order.
+Issue #17 asks lmdbio to lead those peers there; at the sweep's "data 4x the page cache" point
+all of them are bound by the two cores, so what decides is the CPU a record's read costs. This
+section measures that cost for the ways a reader can make the request, each in a v1 memory
+cgroup at 1/4 of the DB (cold, one process, CPU of all its threads from ``getrusage``):
+
+  random order, one request per record (what a uniform shuffle has to do):
+    lmdbio           ``Database`` with readahead off, each batch of 64 hinted
+                     (``will_need_records``) and read: what ``ImageFolderLMDB`` does there
+    pread+hint       the same requests without lmdbio: ``posix_fadvise(WILLNEED)`` per record
+                     for the batch, then ``pread`` each (the kernel's share alone)
+    pread+hint+drop  and ``POSIX_FADV_DONTNEED`` after each read: the page cache gives the
+                     pages back at once instead of reclaiming them at the cgroup's limit
+    O_DIRECT         one synchronous ``pread`` per record past the page cache (none to fill,
+                     none to reclaim)
+    O_DIRECT+aio     the batch's 64 reads submitted in one ``io_submit`` (kernel AIO), past
+                     the page cache: the fewest system calls a batch can cost
+  block order (``BlockShuffleSampler``, 64 neighbouring records per request):
+    lmdbio           the sampler's block hints through ``Database.will_need`` (its hint
+                     thread's CPU included), then each record read
+    pread+hint       each block hinted whole (``WILLNEED``) four blocks ahead, its records read
+                     with ``pread`` in a shuffled order (the kernel's share alone)
+    pread+hint+drop  and the block's pages dropped (``DONTNEED``) once its records are read
+    O_DIRECT         each block read in one ``pread`` past the page cache, records copied out
+  file order:
+    sequential       ``pread`` each record in turn, kernel readahead on: what a reader of
+                     chunks in order pays per record
+
+Run: ``python -m lmdbio.study.bench perf --only iocost`` (``results/perf/iocost.csv``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import mmap
+import os
+import platform
+import random
+import resource
+import struct
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from lmdbio import Database, EnvOptions
+from lmdbio.samplers import BlockShuffleSampler
+from lmdbio.study import cgroups
+from lmdbio.study.bench.perf_common import MB, Storage, banner
+from lmdbio.study.bench.perf_reads import run_in_cgroup
+
+CHILD = "lmdbio.study.bench.perf_iocost"
+BATCH = 64   # records per DataLoader batch (the sweep's batch size) and per block
+PAGE = 4096  # O_DIRECT alignment: a page covers every logical block size in use
+Span = tuple[int, int]
+METHODS = ("random: lmdbio", "random: pread+hint", "random: pread+hint+drop",
+           "random: O_DIRECT", "random: O_DIRECT+aio", "block: lmdbio", "block: pread+hint",
+           "block: pread+hint+drop", "block: O_DIRECT",
+           "sequential")
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
+    return usage.ru_utime + usage.ru_stime
+
+
+def _aligned(span: Span) -> Span:
+    """The whole pages around ``span``: what an O_DIRECT read of it asks for."""
+    start = span[0] // PAGE * PAGE
+    return start, -(-(span[0] + span[1]) // PAGE) * PAGE - start
+
+
+class _KernelAio:
+    """Linux AIO through raw system calls (no libaio needed): a batch of O_DIRECT reads into
+    one page-aligned buffer, submitted in one call, waited for together."""
+
+    CALLS = {"x86_64": (206, 207, 208, 209), "aarch64": (0, 1, 4, 2)}  # setup, destroy,
+    IOCB = struct.Struct("QIiHhIQQqQII")                               # getevents, submit
+
+    def __init__(self, slots: int, buffer_bytes: int) -> None:
+        self.setup, self.destroy, self.getevents, self.submit = self.CALLS[platform.machine()]
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.libc.syscall.restype = ctypes.c_long
+        self.context = ctypes.c_ulong(0)
+        self._check(self.libc.syscall(self.setup, slots, ctypes.byref(self.context)), "io_setup")
+        self.iocbs = ctypes.create_string_buffer(self.IOCB.size * slots)
+        self.pointers = (ctypes.c_uint64 * slots)(
+            *(ctypes.addressof(self.iocbs) + self.IOCB.size * i for i in range(slots)))
+        self.events = ctypes.create_string_buffer(32 * slots)
+        self.buffer = mmap.mmap(-1, buffer_bytes)
+        self.address = ctypes.addressof(ctypes.c_char.from_buffer(self.buffer))
+
+    def _check(self, result: int, call: str) -> int:
+        if result < 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"{call}: {os.strerror(error)}")
+        return result
+
+    def read(self, fd: int, spans: Sequence[Span]) -> list[bytes]:
+        places, used = [], 0
+        for slot, span in enumerate(spans):
+            start, length = _aligned(span)
+            self.IOCB.pack_into(self.iocbs, self.IOCB.size * slot, slot, 0, 0, 0, 0, fd,
+                                self.address + used, length, start, 0, 0, 0)
+            places.append(used + span[0] - start)
+            used += length
+        self._check(self.libc.syscall(self.submit, self.context, len(spans), self.pointers),
+                    "io_submit")
+        done = 0
+        while done < len(spans):
+            got = self.libc.syscall(self.getevents, self.context, 1, len(spans) - done,
+                                    self.events, None)
+            if got < 0 and ctypes.get_errno() == 4:  # EINTR
+                continue
+            done += self._check(got, "io_getevents")
+        view = memoryview(self.buffer)
+        return [bytes(view[at:at + length]) for at, (_, length) in zip(places, spans)]
+
+    def close(self) -> None:
+        self.libc.syscall(self.destroy, self.context)
+        self.buffer.close()
+
+
+def _batches(order: Sequence[int]) -> list[Sequence[int]]:
+    return [order[start:start + BATCH] for start in range(0, len(order), BATCH)]
+
+
+def _direct_read(fd: int, span: Span, buffer: mmap.mmap) -> bytes:
+    start, length = _aligned(span)
+    os.preadv(fd, [memoryview(buffer)[:length]], start)
+    return bytes(memoryview(buffer)[span[0] - start:span[0] - start + span[1]])
+
+
+def _reader(method: str, path: str, spans: list[Span],
+            shuffled: list[int]) -> Callable[[], int]:
+    """A function that reads the records the ``method`` way and returns how many it read."""
+    def lmdbio_random() -> int:
+        with Database(path, EnvOptions(readahead=False)) as db:
+            for batch in _batches(shuffled):
+                db.will_need_records(batch)
+                for index in batch:
+                    db.get(index)
+        return len(shuffled)
+
+    def lmdbio_block() -> int:
+        with Database(path, EnvOptions(readahead=False)) as db:
+            for index in BlockShuffleSampler(db, block_size=BATCH, seed=1):
+                db.get(index)
+        return len(spans)
+
+    def hinted(drop: bool) -> int:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for batch in _batches(shuffled):
+                for index in sorted(batch, key=spans.__getitem__):
+                    os.posix_fadvise(fd, *spans[index], os.POSIX_FADV_WILLNEED)
+                for index in batch:
+                    os.pread(fd, spans[index][1], spans[index][0])
+                    if drop:
+                        os.posix_fadvise(fd, *spans[index], os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        return len(shuffled)
+
+    def direct(read: Callable[[int], None]) -> int:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+        try:
+            read(fd)
+        finally:
+            os.close(fd)
+        return len(spans)
+
+    buffer = mmap.mmap(-1, 16 << 20)  # page-aligned, larger than any block of 64 records
+
+    def direct_random(fd: int) -> None:
+        for index in shuffled:
+            _direct_read(fd, spans[index], buffer)
+
+    def direct_aio(fd: int) -> None:
+        aio = _KernelAio(BATCH, 16 << 20)
+        try:
+            for batch in _batches(shuffled):
+                aio.read(fd, [spans[index] for index in batch])
+        finally:
+            aio.close()
+
+    def direct_block(fd: int) -> None:
+        blocks = _batches(range(len(spans)))
+        random.Random(1).shuffle(blocks)
+        for block in blocks:
+            start, end = spans[block[0]][0], sum(spans[block[-1]])
+            data = memoryview(_direct_read(fd, (start, end - start), buffer))
+            for index in random.sample(list(block), len(block)):
+                bytes(data[spans[index][0] - start:sum(spans[index]) - start])
+
+    def block_hinted(drop: bool) -> int:
+        blocks = _batches(range(len(spans)))
+        random.Random(1).shuffle(blocks)
+        ranges = [(spans[b[0]][0], sum(spans[b[-1]]) - spans[b[0]][0]) for b in blocks]
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for ahead in range(min(4, len(blocks))):
+                os.posix_fadvise(fd, *ranges[ahead], os.POSIX_FADV_WILLNEED)
+            for number, block in enumerate(blocks):
+                if number + 4 < len(blocks):
+                    os.posix_fadvise(fd, *ranges[number + 4], os.POSIX_FADV_WILLNEED)
+                for index in random.sample(list(block), len(block)):
+                    os.pread(fd, spans[index][1], spans[index][0])
+                if drop:
+                    os.posix_fadvise(fd, *ranges[number], os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        return len(spans)
+
+    def sequential() -> int:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for offset, length in spans:
+                os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+        return len(spans)
+
+    readers: dict[str, Callable[[], int]] = {
+        "random: lmdbio": lmdbio_random, "block: lmdbio": lmdbio_block,
+        "random: pread+hint": lambda: hinted(False),
+        "random: pread+hint+drop": lambda: hinted(True),
+        "random: O_DIRECT": lambda: direct(direct_random),
+        "random: O_DIRECT+aio": lambda: direct(direct_aio),
+        "block: O_DIRECT": lambda: direct(direct_block), "sequential": sequential,
+        "block: pread+hint": lambda: block_hinted(False),
+        "block: pread+hint+drop": lambda: block_hinted(True)}
+    return readers[method]
+
+
+def _child(argv: list[str]) -> None:
+    """In the cgroup: one method over the whole DB; prints one JSON line."""
+    path, method = argv
+    with Database(path) as db:
+        spans = [db.byte_range(index, index + 1) for index in range(len(db))]
+    if any(span is None for span in spans):
+        raise SystemExit(f"{path}: records are not placed in the file (too small?)")
+    shuffled = list(range(len(spans)))
+    random.Random(1).shuffle(shuffled)
+    read = _reader(method, path, spans, shuffled)  # type: ignore[arg-type]
+    cpu, wall = _cpu_s(), time.perf_counter()
+    records = read()
+    cpu, wall = _cpu_s() - cpu, time.perf_counter() - wall
+    print(json.dumps({"records": records, "cpu_us_per_record": cpu / records * 1e6,
+                      "wall_us_per_record": wall / records * 1e6}))
+
+
+def bench_io_cost(storage: Storage, raw: str, repeats: int) -> list[dict]:
+    """Each method cold in its own cgroup at 1/4 of the DB, in ABBA order over ``repeats``."""
+    ok, why = cgroups.available("memory")
+    if not ok:
+        print(f"iocost skipped: {why}", flush=True)
+        return []
+    db = f"{raw}.lmdb"
+    path = storage.path(db)
+    size = os.path.getsize(path)
+    limit = size // 4
+    methods = [m for m in METHODS if "aio" not in m or platform.machine() in _KernelAio.CALLS]
+    banner(f"[{storage.name}] I/O cost per record: DB {size / MB:.0f} MB, page cache bounded to "
+           f"{limit / MB:.0f} MB (v1 memory cgroup), one process", {})
+    rows = []
+    for repeat in range(repeats):
+        for method in methods if repeat % 2 == 0 else methods[::-1]:
+            storage.evict(db)
+            row = run_in_cgroup(limit, [path, method], CHILD)
+            rows.append({"storage": storage.name, "method": method, "repeat": repeat,
+                         "cgroup_limit_mb": limit / MB, "db_mb": size / MB, **row})
+            print(f"   {method:24} {row['cpu_us_per_record']:6.1f} us CPU per record, "
+                  f"{row['wall_us_per_record']:6.1f} us wall", flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["--cgroup-child"]:
+        sys.exit(f"usage: python -m {CHILD} --cgroup-child DB METHOD (run by "
+                 "python -m lmdbio.study.bench perf --only iocost)")
+    _child(sys.argv[2:])
