@@ -124,6 +124,18 @@ class _KernelAio:
         self.buffer.close()
 
 
+def aio_refused() -> str | None:
+    """Why kernel AIO cannot be used here (no system call numbers for this machine, or the
+    kernel or a sandbox refuses ``io_setup``); None when it can."""
+    if platform.machine() not in _KernelAio.CALLS:
+        return f"no AIO system call numbers for {platform.machine()}"
+    try:
+        _KernelAio(1, PAGE).close()
+    except OSError as exc:
+        return str(exc)
+    return None
+
+
 def _batches(order: Sequence[int]) -> list[Sequence[int]]:
     return [order[start:start + BATCH] for start in range(0, len(order), BATCH)]
 
@@ -263,7 +275,10 @@ def bench_io_cost(storage: Storage, raw: str, repeats: int) -> list[dict]:
     path = storage.path(db)
     size = os.path.getsize(path)
     limit = size // 4
-    methods = [m for m in METHODS if "aio" not in m or platform.machine() in _KernelAio.CALLS]
+    refused = aio_refused()
+    methods = [m for m in METHODS if "aio" not in m or refused is None]
+    if refused is not None:
+        print(f"   kernel AIO left out: {refused}", flush=True)
     banner(f"[{storage.name}] I/O cost per record: DB {size / MB:.0f} MB, page cache bounded to "
            f"{limit / MB:.0f} MB (v1 memory cgroup), one process", {})
     rows = []
