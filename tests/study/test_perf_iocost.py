@@ -76,3 +76,24 @@ def test_table_is_median_and_range_per_method(tmp_path: Path) -> None:
     assert "| ssd | random: lmdbio | 36.0 (35.0-37.0) | 36.0 (35.0-37.0) |" in text
     assert "| ssd | sequential | 5.0 (4.0-16.0) |" in text
     assert io_cost_table(str(tmp_path / "nothing")) is None
+
+
+def test_direct_reads_refuse_a_buffer_too_small(big_db: Path) -> None:
+    """The kernel writes an O_DIRECT read wherever it is told: a batch larger than the buffer
+    is refused before anything is submitted, not read past its end."""
+    import mmap
+
+    spans = _spans(big_db)
+    fd = _direct_or_skip(big_db)
+    try:
+        with pytest.raises(ValueError, match="does not fit the 4096-byte buffer"):
+            perf_iocost._direct_read(fd, spans[0], mmap.mmap(-1, 4096))
+        if perf_iocost.aio_refused() is None:
+            aio = perf_iocost._KernelAio(len(spans), 4 * 4096)
+            try:
+                with pytest.raises(ValueError, match="more than the 16384-byte buffer"):
+                    aio.read(fd, spans)
+            finally:
+                aio.close()
+    finally:
+        os.close(fd)

@@ -99,23 +99,36 @@ class _KernelAio:
             raise OSError(error, f"{call}: {os.strerror(error)}")
         return result
 
+    EVENT = struct.Struct("QQqq")  # data (the slot), iocb, result, second result
+
     def read(self, fd: int, spans: Sequence[Span]) -> list[bytes]:
-        places, used = [], 0
+        """The bytes of each of ``spans`` (at most as many as the slots), read together."""
+        places, needed, used = [], [], 0
         for slot, span in enumerate(spans):
             start, length = _aligned(span)
+            if used + length > len(self.buffer):
+                raise ValueError(f"{len(spans)} records need more than the "
+                                 f"{len(self.buffer)}-byte buffer")
             self.IOCB.pack_into(self.iocbs, self.IOCB.size * slot, slot, 0, 0, 0, 0, fd,
                                 self.address + used, length, start, 0, 0, 0)
             places.append(used + span[0] - start)
+            needed.append(span[0] - start + span[1])  # a read may stop short at the file's end
             used += length
-        self._check(self.libc.syscall(self.submit, self.context, len(spans), self.pointers),
-                    "io_submit")
+        submitted = self._check(self.libc.syscall(self.submit, self.context, len(spans),
+                                                  self.pointers), "io_submit")
+        if submitted != len(spans):
+            raise OSError(f"io_submit queued {submitted} of {len(spans)} reads")
         done = 0
         while done < len(spans):
             got = self.libc.syscall(self.getevents, self.context, 1, len(spans) - done,
                                     self.events, None)
             if got < 0 and ctypes.get_errno() == 4:  # EINTR
                 continue
-            done += self._check(got, "io_getevents")
+            for event in range(self._check(got, "io_getevents")):
+                slot, _, result, _ = self.EVENT.unpack_from(self.events, self.EVENT.size * event)
+                if result < needed[slot]:
+                    raise OSError(f"AIO read of {spans[slot]} returned {result}")
+            done += got
         view = memoryview(self.buffer)
         return [bytes(view[at:at + length]) for at, (_, length) in zip(places, spans)]
 
@@ -142,7 +155,10 @@ def _batches(order: Sequence[int]) -> list[Sequence[int]]:
 
 def _direct_read(fd: int, span: Span, buffer: mmap.mmap) -> bytes:
     start, length = _aligned(span)
-    os.preadv(fd, [memoryview(buffer)[:length]], start)
+    if length > len(buffer):
+        raise ValueError(f"{span} does not fit the {len(buffer)}-byte buffer")
+    if os.preadv(fd, [memoryview(buffer)[:length]], start) < span[0] - start + span[1]:
+        raise OSError(f"O_DIRECT read of {span} came back short")
     return bytes(memoryview(buffer)[span[0] - start:span[0] - start + span[1]])
 
 
