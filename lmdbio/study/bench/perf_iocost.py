@@ -179,9 +179,25 @@ def _reader(method: str, path: str, spans: list[Span],
                 db.get(index)
         return len(spans)
 
-    def hinted(drop: bool) -> int:
-        fd = os.open(path, os.O_RDONLY)
-        try:
+    # blocks of neighbours in one shuffled order, each with its byte range in the file
+    blocks = _batches(range(len(spans)))
+    random.Random(1).shuffle(blocks)
+    ranges = [(spans[b[0]][0], sum(spans[b[-1]]) - spans[b[0]][0]) for b in blocks]
+    buffer = mmap.mmap(-1, 16 << 20)  # page-aligned, larger than any block of 64 records
+
+    def opened(flags: int, read: Callable[[int], None]) -> Callable[[], int]:
+        """A reader of every record: ``read`` on the file opened with ``flags``."""
+        def run() -> int:
+            fd = os.open(path, os.O_RDONLY | flags)
+            try:
+                read(fd)
+            finally:
+                os.close(fd)
+            return len(spans)
+        return run
+
+    def hinted(drop: bool) -> Callable[[int], None]:
+        def read(fd: int) -> None:
             for batch in _batches(shuffled):
                 for index in sorted(batch, key=spans.__getitem__):
                     os.posix_fadvise(fd, *spans[index], os.POSIX_FADV_WILLNEED)
@@ -189,19 +205,7 @@ def _reader(method: str, path: str, spans: list[Span],
                     os.pread(fd, spans[index][1], spans[index][0])
                     if drop:
                         os.posix_fadvise(fd, *spans[index], os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-        return len(shuffled)
-
-    def direct(read: Callable[[int], None]) -> int:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
-        try:
-            read(fd)
-        finally:
-            os.close(fd)
-        return len(spans)
-
-    buffer = mmap.mmap(-1, 16 << 20)  # page-aligned, larger than any block of 64 records
+        return read
 
     def direct_random(fd: int) -> None:
         for index in shuffled:
@@ -216,20 +220,13 @@ def _reader(method: str, path: str, spans: list[Span],
             aio.close()
 
     def direct_block(fd: int) -> None:
-        blocks = _batches(range(len(spans)))
-        random.Random(1).shuffle(blocks)
-        for block in blocks:
-            start, end = spans[block[0]][0], sum(spans[block[-1]])
-            data = memoryview(_direct_read(fd, (start, end - start), buffer))
+        for block, (start, length) in zip(blocks, ranges):
+            data = memoryview(_direct_read(fd, (start, length), buffer))
             for index in random.sample(list(block), len(block)):
                 bytes(data[spans[index][0] - start:sum(spans[index]) - start])
 
-    def block_hinted(drop: bool) -> int:
-        blocks = _batches(range(len(spans)))
-        random.Random(1).shuffle(blocks)
-        ranges = [(spans[b[0]][0], sum(spans[b[-1]]) - spans[b[0]][0]) for b in blocks]
-        fd = os.open(path, os.O_RDONLY)
-        try:
+    def block_hinted(drop: bool) -> Callable[[int], None]:
+        def read(fd: int) -> None:
             for ahead in range(min(4, len(blocks))):
                 os.posix_fadvise(fd, *ranges[ahead], os.POSIX_FADV_WILLNEED)
             for number, block in enumerate(blocks):
@@ -239,28 +236,22 @@ def _reader(method: str, path: str, spans: list[Span],
                     os.pread(fd, spans[index][1], spans[index][0])
                 if drop:
                     os.posix_fadvise(fd, *ranges[number], os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-        return len(spans)
+        return read
 
-    def sequential() -> int:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            for offset, length in spans:
-                os.pread(fd, length, offset)
-        finally:
-            os.close(fd)
-        return len(spans)
+    def sequential(fd: int) -> None:
+        for offset, length in spans:
+            os.pread(fd, length, offset)
 
     readers: dict[str, Callable[[], int]] = {
         "random: lmdbio": lmdbio_random, "block: lmdbio": lmdbio_block,
-        "random: pread+hint": lambda: hinted(False),
-        "random: pread+hint+drop": lambda: hinted(True),
-        "random: O_DIRECT": lambda: direct(direct_random),
-        "random: O_DIRECT+aio": lambda: direct(direct_aio),
-        "block: O_DIRECT": lambda: direct(direct_block), "sequential": sequential,
-        "block: pread+hint": lambda: block_hinted(False),
-        "block: pread+hint+drop": lambda: block_hinted(True)}
+        "random: pread+hint": opened(0, hinted(False)),
+        "random: pread+hint+drop": opened(0, hinted(True)),
+        "random: O_DIRECT": opened(os.O_DIRECT, direct_random),
+        "random: O_DIRECT+aio": opened(os.O_DIRECT, direct_aio),
+        "block: pread+hint": opened(0, block_hinted(False)),
+        "block: pread+hint+drop": opened(0, block_hinted(True)),
+        "block: O_DIRECT": opened(os.O_DIRECT, direct_block),
+        "sequential": opened(0, sequential)}
     return readers[method]
 
 
