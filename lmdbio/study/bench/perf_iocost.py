@@ -42,7 +42,6 @@ import platform
 import random
 import resource
 import struct
-import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -50,7 +49,7 @@ from lmdbio import Database, EnvOptions
 from lmdbio.samplers import BlockShuffleSampler
 from lmdbio.study import cgroups
 from lmdbio.study.bench.perf_common import MB, Storage, banner
-from lmdbio.study.bench.perf_reads import run_in_cgroup
+from lmdbio.study.bench.perf_reads import child_main, run_in_cgroup
 
 CHILD = "lmdbio.study.bench.perf_iocost"
 BATCH = 64   # records per DataLoader batch (the sweep's batch size) and per block
@@ -301,7 +300,4 @@ def bench_io_cost(storage: Storage, raw: str, repeats: int) -> list[dict]:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["--cgroup-child"]:
-        sys.exit(f"usage: python -m {CHILD} --cgroup-child DB METHOD (run by "
-                 "python -m lmdbio.study.bench perf --only iocost)")
-    _child(sys.argv[2:])
+    child_main(CHILD, _child, "DB METHOD", "iocost")

@@ -35,6 +35,7 @@ from lmdbio.study.strategies import order_randomness
 from lmdbio.study.bench.perf_common import MB, Storage, banner, median, sequential_mb_s
 
 CHILD = "lmdbio.study.bench.perf_reads"  # python -m CHILD --cgroup-child ...: one condition
+CHILD_FLAG = "--cgroup-child"  # what run_in_cgroup passes; child_main requires it
 BLOCK, BUFFER = 128, 1024   # records per block (~4 MB of 30 KB JPEGs), shuffle buffer
 # The same reads with the file in the page cache: what the readers' CPU allows at all (record
 # lookup, copy, CRC-32), the ceiling of any cold variant whatever the storage.
@@ -235,8 +236,9 @@ def _child(argv: list[str]) -> None:
 
 
 def run_in_cgroup(limit_bytes: int, argv: list[str], module: str = CHILD) -> dict:
-    """Run ``python -m MODULE --cgroup-child ARGV`` (its ``_child``, here the one above) in a
-    fresh v1 memory cgroup of ``limit_bytes``; its last line of output, a JSON object."""
+    """Run ``python -m MODULE --cgroup-child ARGV`` (its ``_child``, here the one above, started
+    by ``child_main``) in a fresh v1 memory cgroup of ``limit_bytes``; its last line of output,
+    a JSON object."""
     with ControlGroup("memory", {"memory.limit_in_bytes": str(limit_bytes)},
                       name="perf") as group:
         procs = group.path / "cgroup.procs"  # type: ignore[operator]
@@ -244,7 +246,7 @@ def run_in_cgroup(limit_bytes: int, argv: list[str], module: str = CHILD) -> dic
         def enter() -> None:
             procs.write_text(str(os.getpid()))
 
-        out = subprocess.run([sys.executable, "-m", module, "--cgroup-child", *argv],
+        out = subprocess.run([sys.executable, "-m", module, CHILD_FLAG, *argv],
                              preexec_fn=enter, capture_output=True, text=True, check=True)
         peak = group.read_int("memory.max_usage_in_bytes")
     return json.loads(out.stdout.strip().splitlines()[-1]) | {"cgroup_peak_mb": peak / MB}
@@ -308,8 +310,15 @@ def bench_larger_than_ram(storages: list[Storage], raw: str, repeats: int,
     return rows
 
 
+def child_main(module: str, child: Callable[[list[str]], None], arguments: str,
+               section: str) -> None:
+    """``python -m MODULE``: run ``child`` on the arguments ``run_in_cgroup`` passed; by hand
+    (without its flag), a usage line naming the bench section that runs it."""
+    if sys.argv[1:2] != [CHILD_FLAG]:
+        sys.exit(f"usage: python -m {module} {CHILD_FLAG} {arguments} (run by "
+                 f"python -m lmdbio.study.bench perf --only {section})")
+    child(sys.argv[2:])
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["--cgroup-child"]:
-        sys.exit(f"usage: python -m {CHILD} --cgroup-child DB VARIANT MAX_SECONDS (run by "
-                 "python -m lmdbio.study.bench perf --only cgroup)")
-    _child(sys.argv[2:])
+    child_main(CHILD, _child, "DB VARIANT MAX_SECONDS", "cgroup")
