@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
+from torchvision.datasets.folder import pil_loader
 
 import lmdbio
 from lmdbio.dataset import ImageFolderLMDB
@@ -47,6 +48,36 @@ def image_bytes(kind: str, size: tuple[int, int], seed: int = 0) -> bytes:
 
 JPEGS = ["jpeg", "jpeg-L", "jpeg-CMYK", "jpeg-progressive", "jpeg-mpo"]
 OTHERS = ["png", "png-RGBA", "png-P", "png-L", "png-16", "bmp", "webp", "tiff"]
+
+
+# -- decode_pil -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", JPEGS + OTHERS + ["png-RGB-transparency"])
+def test_decode_pil_returns_what_pil_loader_returns(kind: str, tmp_path: Path) -> None:
+    """Not only the pixels: the same class, mode, size, ``info`` and (no) ``format``, also
+    where ``decode_pil`` hands over an RGB image's decoded pixels instead of copying them."""
+    if kind == "png-RGB-transparency":  # RGB with a tRNS colour: convert("RGB") keeps it
+        data = encode(make_image(3, (40, 30)), "PNG", transparency=(1, 2, 3))
+    else:
+        data = image_bytes(kind, (40, 30))
+    path = tmp_path / "image"
+    path.write_bytes(data)
+    image, expected = decode_pil(data), pil_loader(str(path))
+    assert type(image) is type(expected) is Image.Image
+    assert (image.mode, image.size, image.format) == (expected.mode, expected.size, None)
+    assert image.info == expected.info and image.readonly == expected.readonly == 0
+    assert np.array_equal(np.asarray(image), np.asarray(expected))
+
+
+def test_decode_pil_images_are_independent_and_writable() -> None:
+    data = image_bytes("jpeg", (40, 30))
+    first, second = decode_pil(data), decode_pil(data)
+    before = np.asarray(second).copy()
+    first.paste((255, 0, 0), (0, 0, 40, 30))
+    assert np.asarray(first).tolist()[0][0] == [255, 0, 0]
+    assert np.array_equal(np.asarray(second), before)
+    assert np.array_equal(np.asarray(decode_pil(data)), before)
 
 
 # -- DraftDecoder ---------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Readers for the peer storage strategies: WebDataset shards and a LitData optimized dataset,
-read the way their users would read them, with lmdbio's decoder and the study's transform.
+read the way their users would read them: each image decoded as torchvision's ``pil_loader``
+decodes a file (``Image.open(...).convert("RGB")``, not lmdbio's ``decode_pil``, which skips
+that idiom's copy of an RGB image), then the study's transform.
 
 Both are ``IterableDataset``s: the order comes from the format's own shuffle, not from a
-sampler. Each yields ``(transform(decode_pil(bytes)), label)`` like ImageFolder, has
+sampler. Each yields ``(transform(image), label)`` like ImageFolder, has
 ``classes``/``class_to_idx`` and ``__len__`` from the writer's manifest, and reshuffles per
 epoch through ``set_epoch`` (DataLoader workers receive a fresh copy of the dataset at every
 epoch unless workers are persistent, so the harness keeps them non-persistent for these).
@@ -11,14 +13,15 @@ Every sample is delivered exactly once per epoch across the DataLoader's workers
 
 from __future__ import annotations
 
+import io
 import os
 import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from lmdbio.decode import decode_pil
 from lmdbio.study.peers import SHUFFLE_BUFFER, read_manifest, require
 
 __all__ = ["LitDataImages", "WebDatasetImages", "open_peer"]
@@ -50,7 +53,8 @@ class _PeerImages(IterableDataset):
         self.epoch = epoch
 
     def _item(self, data: bytes, label: int) -> tuple[Any, int]:
-        image = decode_pil(data)
+        with Image.open(io.BytesIO(data)) as opened:  # pil_loader, on the bytes
+            image = opened.convert("RGB")
         return (self.transform(image) if self.transform else image), int(label)
 
     def __repr__(self) -> str:
