@@ -29,12 +29,18 @@ from .prefetch import Prefetcher, fits_in_memory, prefetch_files, stop_all
 from .shard_set import expand_paths
 from .system import on_network_fs
 
-__all__ = ["ImageFolderLMDB", "ImageTooLargeError"]
+__all__ = ["ImageFolderLMDB", "ImageTooLargeError", "UnidentifiedStoredImageError"]
 
 
 class ImageTooLargeError(ImageDecodeError, Image.DecompressionBombError):
     """A stored image over Pillow's decompression-bomb limit (only a ``check="structure"``
     conversion stores one): Pillow's own ``DecompressionBombError``, as ImageFolder's loader
+    raises, and an ``ImageDecodeError`` naming the record."""
+
+
+class UnidentifiedStoredImageError(ImageDecodeError, Image.UnidentifiedImageError):
+    """A stored payload Pillow cannot identify as an image (only a ``check="structure"``
+    conversion stores one): Pillow's own ``UnidentifiedImageError``, as ImageFolder's loader
     raises, and an ``ImageDecodeError`` naming the record."""
 
 
@@ -110,14 +116,15 @@ class ImageFolderLMDB(ImageFolder):
     conversion listed (``None`` after ``is_valid_file``); ``loader(path)`` loads a ``samples``
     path from the database (decoded by ``decode``, no transform), as ImageFolder's loader
     loads it from the source; ``samples``/``targets`` are decoded on first use, so opening a
-    database with a million samples reads a few hundred bytes. As in torchvision, the five
-    are plain attributes to assign: after ``ds.samples = subset`` (a subset, reordering or
-    relabelling), ``len(ds)`` and ``ds[i]`` follow that list, each path read from the record
-    stored under it and each target taken from the list; ``targets``, ``imgs``, ``classes``
-    and ``class_to_idx`` are then what torchvision leaves them (``imgs`` the list from
-    before) and assigning them changes no item. Start from an assignment: an in-place edit
-    of the database's own list (``ds.samples.pop()`` before any assignment) is not followed,
-    where one of an assigned list is. The LMDB environment is opened
+    database with a million samples reads a few hundred bytes. As in torchvision, these
+    are plain attributes of the dataset's own, to assign or edit in place: once ``samples``
+    is read or assigned (a subset, reordering or relabelling, ``ds.samples.pop()``),
+    ``len(ds)`` and ``ds[i]`` follow that list, each path read from the record stored under
+    it and each target taken from the list; ``targets``, ``imgs``, ``classes`` and
+    ``class_to_idx`` are then what torchvision leaves them (``imgs`` the list ``samples`` was
+    before it was rebound) and changing them changes no item; an assigned ``loader`` is
+    called with each sample's path, as ImageFolder calls it (it reads the file system, not
+    the database). The LMDB environment is opened
     lazily in each process that reads (safe with DataLoader workers under fork, spawn and
     forkserver) and is not pickled.
     """
@@ -156,6 +163,7 @@ class ImageFolderLMDB(ImageFolder):
         # keeps the default path as fast as before.
         self._assigned_samples: list[tuple[str, int]] | None = None
         self._assigned: dict[str, Any] = {}
+        self._path_loader: Callable[[str], Any] | None = None  # an assigned ``loader``
         self._prefetchers: list[Prefetcher] = []
         if prefetch is True or (prefetch == "auto" and fits):
             self._prefetchers = prefetch_files(self.files)
@@ -182,9 +190,14 @@ class ImageFolderLMDB(ImageFolder):
         """True while a prefetch started by this dataset is still reading."""
         return any(not p.done for p in self._prefetchers)
 
+    # The attributes below are ImageFolder's plain attributes, made on first use: each is an
+    # object of this dataset's own (edited in place or rebound, it changes nothing the
+    # database or a copy of the dataset holds), ``imgs`` is the list ``samples`` was until
+    # ``samples`` is rebound, and ``len``/``[i]`` follow ``samples`` once it is handed out.
+
     @property
     def classes(self) -> list[str]:
-        return self._assigned.get("classes", self.database.meta.classes)
+        return self._own("classes", lambda: list(self.database.meta.classes))
 
     @classes.setter
     def classes(self, value: list[str]) -> None:
@@ -192,7 +205,7 @@ class ImageFolderLMDB(ImageFolder):
 
     @property
     def class_to_idx(self) -> dict[str, int]:
-        return self._assigned.get("class_to_idx", self.database.meta.class_to_idx)
+        return self._own("class_to_idx", lambda: self.database.meta.class_to_idx)
 
     @class_to_idx.setter
     def class_to_idx(self, value: dict[str, int]) -> None:
@@ -200,9 +213,7 @@ class ImageFolderLMDB(ImageFolder):
 
     @property
     def targets(self) -> list[int]:
-        if "targets" in self._assigned:
-            return self._assigned["targets"]  # type: ignore[no-any-return]
-        return self._stored_targets()
+        return self._own("targets", lambda: list(self._stored_targets()))
 
     @targets.setter
     def targets(self, value: list[int]) -> None:
@@ -211,9 +222,9 @@ class ImageFolderLMDB(ImageFolder):
     @property
     def samples(self) -> list[tuple[str, int]]:
         """``(path in the source tree, target)``, as ImageFolder lists them."""
-        if self._assigned_samples is not None:
-            return self._assigned_samples
-        return self._stored_samples()
+        if self._assigned_samples is None:  # from now on ``[i]`` reads what this list says,
+            self._assigned_samples = self._stored_samples()  # as ImageFolder's ``[i]`` does
+        return self._assigned_samples
 
     @samples.setter
     def samples(self, value: list[tuple[str, int]]) -> None:
@@ -225,11 +236,18 @@ class ImageFolderLMDB(ImageFolder):
         (``ImageFolder`` sets ``imgs = samples`` once)."""
         if "imgs" in self._assigned:
             return self._assigned["imgs"]  # type: ignore[no-any-return]
+        if self._assigned_samples is None:
+            return self.samples
         return self._stored_samples()
 
     @imgs.setter
     def imgs(self, value: list[tuple[str, int]]) -> None:
         self._assigned["imgs"] = value
+
+    def _own(self, name: str, make: Callable[[], Any]) -> Any:
+        if name not in self._assigned:
+            self._assigned[name] = make()
+        return self._assigned[name]
 
     def _stored_targets(self) -> list[int]:
         if self._targets is None:
@@ -237,17 +255,20 @@ class ImageFolderLMDB(ImageFolder):
         return self._targets
 
     def _stored_samples(self) -> list[tuple[str, int]]:
+        """The database's list, made once: the one ``samples`` and ``imgs`` first hand out."""
         if self._samples is None:
-            source = self.database.meta.samples_root
-            self._samples = [(os.path.join(source, rel), target) for rel, target
-                             in zip(self.database.relative_paths(), self._stored_targets())]
+            self._samples = list(zip(self._stored_paths(), self._stored_targets()))
         return self._samples
+
+    def _stored_paths(self) -> list[str]:
+        source = self.database.meta.samples_root
+        return [os.path.join(source, rel) for rel in self.database.relative_paths()]
 
     def _record_of(self, path: str | os.PathLike[str], where: str) -> int:
         """The index of the record stored under ``path`` (a path as the database's own
         ``samples`` spell it); ``where`` names who asked, for the message."""
-        if self._index_of is None:
-            self._index_of = {p: i for i, (p, _) in enumerate(self._stored_samples())}
+        if self._index_of is None:  # from the database, not from a list handed out
+            self._index_of = {p: i for i, p in enumerate(self._stored_paths())}
         try:
             return self._index_of[os.fspath(path)]  # type: ignore[index]
         except (KeyError, TypeError):
@@ -261,12 +282,22 @@ class ImageFolderLMDB(ImageFolder):
     @property
     def extensions(self) -> tuple[str, ...] | None:
         """The extensions the conversion listed; ``None`` when it used ``is_valid_file``."""
-        return tuple(self.database.meta.extensions) or None
+        return self._own("extensions", lambda: tuple(self.database.meta.extensions) or None)
+
+    @extensions.setter
+    def extensions(self, value: tuple[str, ...] | None) -> None:
+        self._assigned["extensions"] = value
 
     @property
     def loader(self) -> Callable[[str], Any]:
-        """``path`` (as in ``samples``) -> the decoded image, read from the database."""
-        return self._load_path
+        """``path`` (as in ``samples``) -> the decoded image, read from the database. One
+        assigned instead is what ``[i]`` calls with the sample's path, as in ImageFolder:
+        it reads the file system, not the database."""
+        return self._path_loader if self._path_loader is not None else self._load_path
+
+    @loader.setter
+    def loader(self, value: Callable[[str], Any]) -> None:
+        self._path_loader = value
 
     def _load_path(self, path: str | os.PathLike[str]) -> Any:
         index = self._record_of(path, "loader path")
@@ -283,6 +314,9 @@ class ImageFolderLMDB(ImageFolder):
     def _decoded(self, index: int) -> tuple[Any, Any]:
         """``(decoded image, target)`` of sample ``index``, before the transforms."""
         index = operator.index(index)  # as a list index: "1" and 1.9 are a TypeError
+        if self._path_loader is not None:
+            path, target = self.samples[index]
+            return self._path_loader(path), target
         if self._assigned_samples is not None:
             # as DatasetFolder: the path and target of the list, the image stored under it
             path, target = self._assigned_samples[index]
@@ -308,6 +342,8 @@ class ImageFolderLMDB(ImageFolder):
         while a cold batch waits for a prefetch, decoded in the order they arrive
         (``arrival_order``)."""
         indices = list(indices)  # read twice below: an iterator would be spent by the first
+        if self._path_loader is not None:  # the records are not what it reads
+            return [self[i] for i in indices]
         arrival = (self.arrival_order and self._warm_in != os.getpid()
                    and type(self).__getitem__ is ImageFolderLMDB.__getitem__
                    and pure_decoder(self.decode))  # ``decode`` may be reassigned
@@ -378,9 +414,11 @@ class ImageFolderLMDB(ImageFolder):
             raise
         except Image.DecompressionBombError as exc:
             raise self._undecodable(index, data, exc, ImageTooLargeError) from None
-        except (OSError, SyntaxError, ValueError) as exc:  # PIL.UnidentifiedImageError,
-            # "truncated", a mode convert() refuses...: ImageDecodeError is an OSError and a
-            # ValueError, so code written for ImageFolder's loader still catches it
+        except Image.UnidentifiedImageError as exc:
+            raise self._undecodable(index, data, exc, UnidentifiedStoredImageError) from None
+        except (OSError, SyntaxError, ValueError) as exc:  # "truncated", a mode convert()
+            # refuses...: ImageDecodeError is an OSError and a ValueError, so code written for
+            # ImageFolder's loader still catches it
             raise self._undecodable(index, data, exc) from None
         except Exception as exc:
             raise self._undecodable(index, data, exc) from exc  # payload; kept in the chain
@@ -424,6 +462,7 @@ class ImageFolderLMDB(ImageFolder):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
+        state["_assigned"] = dict(self._assigned)  # a copy's rebinding leaves this one alone
         state["_prefetchers"] = []  # threads stay in the process that started them
         state["_index_of"] = None  # rebuilt on use
         return state

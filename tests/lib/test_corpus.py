@@ -126,6 +126,31 @@ def test_the_structural_opt_out_stores_only_what_its_guarantee_allows(tree,
     dataset.close()
 
 
+def test_an_unidentifiable_stored_image_raises_pillows_type_as_imagefolder(tmp_path) -> None:
+    """A PNG of colour type 9 passes the structural check; Pillow cannot identify it, and
+    ``except UnidentifiedImageError`` written for ImageFolder catches lmdbio's error too."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    root = tmp_path / "src"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "x.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 8, 9, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    with pytest.raises(Image.UnidentifiedImageError):
+        pil_loader(root / "a" / "x.png")
+    lmdbio.convert(root, tmp_path / "x.lmdb", progress=False, check="structure")
+    dataset = lmdbio.ImageFolderLMDB(tmp_path / "x.lmdb")
+    with pytest.raises(Image.UnidentifiedImageError) as caught:
+        dataset[0]
+    assert isinstance(caught.value, lmdbio.ImageDecodeError)
+    assert "record 0 ('a/x.png')" in str(caught.value) and "\n" not in str(caught.value)
+    dataset.close()
+
+
 def test_verify_decode_names_the_stored_paths(structural_db) -> None:
     report = lmdbio.verify(structural_db.destination, decode=True)
     assert not report.ok

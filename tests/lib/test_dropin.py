@@ -314,6 +314,77 @@ def test_assigned_samples_subset_reorder_and_relabel_as_imagefolder(kind, tree, 
     assert np.array_equal(np.asarray(dataset.loader(path)), np.asarray(pil_loader(path)))
 
 
+@pytest.mark.parametrize("edit", ["shuffle", "reverse-then-rebind", "pop", "via-imgs"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_samples_edited_in_place_are_followed_as_imagefolder(kind, edit, tree, out) -> None:
+    """ImageFolder's ``[i]`` reads its ``samples`` list: shuffled, reversed or shortened in
+    place, and a later rebinding of it, every path still loads its own image."""
+    import random
+
+    dataset, reference = make(kind, tree, out), ImageFolder(tree)
+    for d in (dataset, reference):
+        if edit == "shuffle":
+            random.Random(0).shuffle(d.samples)
+            d.samples = d.samples[:7]
+        elif edit == "reverse-then-rebind":
+            d.samples.reverse()
+            d.samples = list(d.samples)
+        elif edit == "pop":
+            d.samples.pop(0)
+        else:
+            d.imgs.reverse()  # imgs is samples until samples is rebound
+    assert dataset.samples == reference.samples
+    assert_same_items(dataset, reference)
+    path = dataset.samples[0][0]
+    assert np.array_equal(np.asarray(dataset.loader(path)), np.asarray(pil_loader(path)))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_listing_attributes_are_the_datasets_own_objects(kind, tree, out) -> None:
+    """Edited in place, none changes another, an item, or the database; each read is the same
+    object; a shallow copy's rebinding leaves the original alone."""
+    import copy
+
+    dataset, reference = make(kind, tree, out), ImageFolder(tree)
+    for d in (dataset, reference):
+        for name in ("classes", "class_to_idx", "targets", "samples", "imgs", "extensions"):
+            assert getattr(d, name) is getattr(d, name), name
+        d.targets[0] = 2
+        d.class_to_idx["fox"] = 3
+        d.classes[0] = "CAT"
+        d.classes.pop()
+    for name in ("classes", "class_to_idx", "targets", "samples"):
+        assert getattr(dataset, name) == getattr(reference, name), name
+    assert_same_items(dataset, reference)  # the last class's items load, their targets stand
+    for d in (dataset, reference):
+        other = copy.copy(d)
+        other.classes, other.targets, other.imgs, other.extensions = ["x"], [], [], (".x",)
+        other.samples = other.samples[:1]
+        assert d.classes == ["CAT", "dog"] and len(d.targets) == len(d) > 1
+        assert d.imgs is d.samples and d.extensions == IMG_EXTENSIONS and len(other) == 1
+    if kind == "ImageFolderLMDB":  # the database's own lists are untouched
+        fresh = lmdbio.ImageFolderLMDB(dataset.root)
+        assert fresh.classes == ["cat", "dog", "eel"] and fresh.samples == ImageFolder(tree).samples
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_assigned_loader_is_called_with_each_path(kind, tree, out) -> None:
+    dataset = make(kind, tree, out)
+    called: list[str] = []
+
+    def gray(path: str) -> Image.Image:
+        called.append(path)
+        return pil_loader(path).convert("L")
+
+    dataset.loader = gray
+    dataset.extensions = (".jpg",)
+    assert dataset.loader is gray and dataset.extensions == (".jpg",)
+    batch = dataset.__getitems__([2, 0]) if kind == "ImageFolderLMDB" else [dataset[2], dataset[0]]
+    assert [image.mode for image, _ in batch] == ["L", "L"]
+    assert called == [dataset.samples[2][0], dataset.samples[0][0]]
+    assert [t for _, t in batch] == [dataset.samples[2][1], dataset.samples[0][1]]
+
+
 def test_assigned_samples_reach_dataloader_workers(tree, out) -> None:
     import pickle
 
