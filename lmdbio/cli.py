@@ -31,7 +31,7 @@ def _convert(args: argparse.Namespace) -> int:
                    max_size=args.max_size, quality=args.quality, check=args.check,
                    allow_empty=args.allow_empty)
     if args.extensions:
-        options["extensions"] = tuple(args.extensions.split(","))
+        options["extensions"] = args.extensions
     shard = parse_shard(args.shard) if args.shard else None
     if args.jobs > 1 and not args.num_shards:
         raise ShardSpecError(f"--jobs {args.jobs} needs --num-shards N; to convert one shard "
@@ -41,9 +41,9 @@ def _convert(args: argparse.Namespace) -> int:
                              f"{args.num_shards}; give one of them")
     if args.num_shards and not shard:
         reports = convert_shards(args.src, args.dst, args.num_shards, jobs=args.jobs, **options)
-        print("\n".join(map(str, reports)) or "every shard was complete already")
+        report("\n".join(map(str, reports)) or "every shard was complete already")
         return 0
-    print(convert(args.src, args.dst, shard=shard, **options))
+    report(convert(args.src, args.dst, shard=shard, **options))
     return 0
 
 
@@ -54,12 +54,12 @@ def _info(args: argparse.Namespace) -> int:
 
     results = [info(path) for path in expand_paths(args.db)]
     if len(args.db) == 1 and not is_glob(args.db[0]):  # one file, even one shard of several
-        print(json.dumps(asdict(results[0]), indent=2) if args.json else results[0])
+        report(json.dumps(asdict(results[0]), indent=2) if args.json else results[0])
         return 0
     with ShardedDatabase([r.path for r in results]) as shards:  # checks the set
         summary = (f"shard set: {len(results)} files, {len(shards)} samples of "
                    f"{len(shards.meta.classes)} classes, complete")
-    print(json.dumps([asdict(r) for r in results], indent=2) if args.json
+    report(json.dumps([asdict(r) for r in results], indent=2) if args.json
           else "\n".join(map(str, results + [summary])))  # type: ignore[operator]
     return 0
 
@@ -68,9 +68,9 @@ def _verify(args: argparse.Namespace) -> int:
     from .tools import verify
 
     with _saying_when_interrupted("verify interrupted; nothing was changed"):
-        report = verify(args.db, decode=args.decode, progress=not args.quiet)
-    print(report)
-    return 0 if report.ok else 1
+        result = verify(args.db, decode=args.decode, progress=not args.quiet)
+    report(result)
+    return 0 if result.ok else 1
 
 
 def _extract(args: argparse.Namespace) -> int:
@@ -86,7 +86,7 @@ def _extract(args: argparse.Namespace) -> int:
             f"extract interrupted; {outdir} holds the files written so far: extract again "
             "with --overwrite"):
         count = extract(args.db, args.outdir, overwrite=args.overwrite, progress=not args.quiet)
-    print(f"extracted {count} files to {outdir}")
+    report(f"extracted {count} files to {outdir}")
     return 0
 
 
@@ -111,7 +111,7 @@ def _advise(args: argparse.Namespace) -> int:
                         step_s=args.step_ms / 1e3, sample=args.sample, budget_s=args.budget,
                         transform=args.transform, allow_empty=args.allow_empty,
                         progress=say if sys.stderr.isatty() and not args.json else None)
-    print(json.dumps(result.as_dict(), indent=2) if args.json else result)
+    report(json.dumps(result.as_dict(), indent=2) if args.json else result)
     return 0
 
 
@@ -190,7 +190,7 @@ def register_convert(commands: argparse._SubParsersAction) -> None:
                    "'structure' only checks headers and end markers (faster: stored files may "
                    "still fail to decode)")
     p.add_argument("--verify-images", action="store_true", help="the same as --check full")
-    p.add_argument("--extensions", metavar="EXT,EXT",
+    p.add_argument("--extensions", metavar="EXT,EXT", type=parse_extensions,
                    help="file extensions to list, comma-separated (default: ImageFolder's)")
     p.add_argument("--allow-empty", action="store_true",
                    help="keep class folders without images as empty classes, as "
@@ -270,10 +270,21 @@ def register_advise(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_advise)
 
 
+def parse_extensions(text: str) -> tuple[str, ...]:
+    """``".jpg, .png"`` -> ``(".jpg", ".png")``; an empty item would match every file."""
+    items = tuple(item.strip() for item in text.split(","))
+    if not all(items):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has an empty item, which would match every file; list them as "
+            "'.jpg,.png'")
+    return items
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="lmdbio", description=__doc__)
+    parser = argparse.ArgumentParser(  # the docstring without its reST quotes, for a terminal
+        prog="lmdbio", description=__doc__.replace("``", "'"))
     parser.add_argument("--version", action="version", version=f"lmdbio {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in (register_convert, register_info, register_verify, register_extract,
@@ -314,7 +325,9 @@ def _printable_output() -> None:
     """File names need not be valid UTF-8 (Python holds them with surrogate escapes); under a
     strict UTF-8 stdout, printing one would crash after the work is done. Escape them instead."""
     for stream in (sys.stdout, sys.stderr):
-        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+        # surrogateescape (the C locale's) still fails on a real non-ASCII class name
+        if getattr(stream, "errors", None) in ("strict", "surrogateescape") \
+                and hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
 
 
@@ -339,9 +352,7 @@ def run_guarded(command: Callable[[], int]) -> int:
 
     with sigterm_as_interrupt():
         try:
-            status = command()
-            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
-            return status
+            return command()
         except LmdbioError as exc:  # printable: one line, whatever a stored name holds
             print(f"lmdbio: error: {cli_wording(printable(exc))}", file=sys.stderr)
             return 1
@@ -355,6 +366,25 @@ def run_guarded(command: Callable[[], int]) -> int:
         except OSError as exc:  # an I/O failure lmdbio did not anticipate: still one line
             print(f"lmdbio: error: {printable(exc)}", file=sys.stderr)
             return 1
+
+
+def report(what: object) -> None:
+    """Print a command's report on stdout when it is done. A closed pipe shows here as
+    BrokenPipeError (``run_guarded``); stdout closed (``>&-``) drops the report; a full disk
+    under stdout is said as such, the work itself being done."""
+    from .errors import DestinationError
+
+    if sys.stdout is None:
+        return
+    try:
+        print(what, flush=True)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        _quiet_stdout()
+        raise DestinationError(f"the report could not be written to stdout ({exc.strerror}); "
+                               "the command itself finished: run it again with stdout "
+                               "somewhere writable to see it") from None
 
 
 def _quiet_stdout() -> None:

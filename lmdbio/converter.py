@@ -12,6 +12,7 @@ import contextvars
 import dataclasses
 import datetime
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -31,7 +32,8 @@ from .errors import (
 from .folder import DEFAULT, selection
 from .format import Metadata
 from .partial_lock import lock_partial
-from .paths import absolute_path
+from .paths import absolute_path, named
+from .lmdbcheck import require_sound
 from .progress import Progress
 from .publish import discard, publish, same_file
 from .resize import Resizer, check_resume_setting, make_resizer
@@ -85,7 +87,8 @@ class ConvertReport:
 
     def __str__(self) -> str:
         lines = [f"wrote {self.num_samples} images of {len(self.classes)} classes to "
-                 f"{self.destination} ({self.file_bytes / 1e6:.1f} MB) in {self.seconds:.1f} s: "
+                 f"{printable(self.destination)} ({self.file_bytes / 1e6:.1f} MB) in "
+                 f"{self.seconds:.1f} s: "
                  f"{self.images_per_second:.0f} images/s, {self.megabytes_per_second:.1f} MB/s, "
                  f"peak RSS {self.peak_rss_bytes / 1e6:.0f} MB"]
         if self.resumed_from:
@@ -155,6 +158,9 @@ def convert(
         raise ValueError(f"check must be one of {', '.join(map(repr, CHECKS))}, not {check!r}")
     check = "full" if verify_images else check
     extensions, is_valid_file = selection(extensions, is_valid_file)
+    named(source, "source", SourceError)
+    if destination is not None:
+        named(destination, "destination", DestinationError)
     workers = default_read_workers(source) if workers is None else workers
     if workers < 1 or commit_bytes < 1:
         raise ValueError(f"workers and commit_bytes must be >= 1, not {workers}, {commit_bytes}")
@@ -164,7 +170,7 @@ def convert(
     dst = (absolute_path(destination) if destination
            else default_destination(source))  # "~" expanded as for the source
     dst = shard_path(dst, *shard) if shard else dst
-    _check_destination(dst, overwrite)
+    check_destination(dst, overwrite)
     listing = list_source(source, extensions, workers, is_valid_file=is_valid_file,
                           allow_empty=allow_empty)
     spec = plan(*shard, len(listing)) if shard else ShardSpec(0, 1, 0, len(listing), len(listing))
@@ -175,6 +181,8 @@ def convert(
     guard = lock_partial(partial, keep=resume)
     writer = None
     try:
+        if resume:  # liblmdb trusts the pages it resumes from (lmdbio.lmdbcheck)
+            require_sound(partial, remedy="delete it, or convert again without --resume")
         writer = LmdbWriter(partial, fd=guard)  # the map grows with the data (writer.py)
         finished = writer.finished_metadata() if resume else None
         if finished is not None and finished.source_fingerprint == listing.fingerprint and (
@@ -222,13 +230,22 @@ def convert(
         warnings=list(meta.warnings))
 
 
-def _check_destination(dst: str, overwrite: bool) -> None:
+def check_destination(dst: str, overwrite: bool) -> None:
+    """Refuse ``dst`` before anything is read or written: its folder missing, a folder or a
+    device there, or a file there without ``overwrite``."""
     folder = os.path.dirname(dst)
     if not os.path.isdir(folder):
         raise DestinationError(f"destination folder {folder!r} does not exist; create it first")
     if os.path.isdir(dst):
         raise DestinationError(f"destination {dst!r} is a directory; pass a file name such as "
                                "train.lmdb")
+    try:
+        kind = os.stat(dst).st_mode
+    except OSError:
+        kind = None
+    if kind is not None and not stat.S_ISREG(kind):  # --overwrite would replace /dev/null
+        raise DestinationError(f"destination {dst!r} is not a regular file (a device, FIFO or "
+                               "socket); choose a file name such as train.lmdb")
     if os.path.lexists(dst) and not overwrite:  # lexists: a dangling link is there too
         what = "is a symbolic link to nothing" if not os.path.exists(dst) else "already exists"
         raise OutputExistsError(f"destination {dst!r} {what}; pass --overwrite "

@@ -16,6 +16,7 @@ from .direct import DirectAccess, open_direct
 from .errors import (CorruptRecordError, DatabaseChangedError, FormatError,
                      LegacyFormatError, LmdbioError)
 from .legacy import is_legacy
+from .lmdbcheck import require_sound
 from .format import (KEY_COMPLETE, KEY_HEADER, KEY_HEADER_CRC, KEY_PATHS, KEY_PROGRESS,
                      KEY_TARGETS, META_DB, SAMPLES_DB, Metadata, data_file, decode_paths,
                      decode_record, decode_targets, encode_key, header_checksum)
@@ -29,6 +30,9 @@ _TRANSIENT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EINTR, e
 # decode) fetching every batch competed with the stream for the network and slowed it (README)
 FETCH_FIRST = 256
 
+
+# An lmdbio file's main tree holds its two named databases (SAMPLES_DB, META_DB) and nothing else.
+MAIN_ENTRIES = 2
 
 class Database:
     """A complete lmdbio database, opened read-only.
@@ -137,6 +141,9 @@ class Database:
             raise self._changed("it now holds another conversion")
 
     def _read_header(self) -> Metadata:
+        # liblmdb trusts its pages (lmdbio.lmdbcheck): what opening reads through it, the main
+        # tree and the metadata's, is walked with plain reads first, a few pages
+        require_sound(self.path, skip=(SAMPLES_DB,), main_entries=MAIN_ENTRIES)
         try:
             return self._parse_header()
         except BaseException:

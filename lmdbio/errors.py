@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConcurrentWriteError",
+    "ConversionProcessError",
     "CorruptRecordError",
     "DatabaseChangedError",
     "DatabaseNotFoundError",
@@ -62,6 +63,10 @@ class OutputExistsError(LmdbioError, FileExistsError):
 
 class ConcurrentWriteError(LmdbioError, RuntimeError):
     """Another conversion is writing the same destination right now."""
+
+
+class ConversionProcessError(LmdbioError, RuntimeError):
+    """A process converting a shard died (killed: out of memory?); ``--resume`` continues."""
 
 
 class ResizeOptionError(LmdbioError, ValueError):

@@ -15,7 +15,9 @@ from __future__ import annotations
 import os
 import stat
 import struct
+from collections.abc import Collection
 
+from .errors import FormatError
 from .format import data_file
 from .lmdb_layout import (DB_RECORD as _DB, F_BIGDATA, F_DUPDATA, F_SUBDATA,
                           HEADER_BYTES as _HEADER, INVALID_PAGE as _INVALID,
@@ -23,7 +25,7 @@ from .lmdb_layout import (DB_RECORD as _DB, F_BIGDATA, F_DUPDATA, F_SUBDATA,
                           P_BRANCH, P_LEAF, P_META, P_OVERFLOW, PAGE as _PAGE, PGNO,
                           child_page, overflow_header, overflow_pages_for)
 
-__all__ = ["check_structure"]
+__all__ = ["check_structure", "require_sound"]
 
 _MAGIC, _VERSION = 0xBEEFC0DE, 1
 _MAX_PROBLEMS = 20
@@ -38,8 +40,10 @@ class _Unsupported(Exception):
 
 
 class _Walker:
-    def __init__(self, fd: int, psize: int, last_pgno: int) -> None:
+    def __init__(self, fd: int, psize: int, last_pgno: int,
+                 skip: Collection[bytes] = ()) -> None:
         self.fd, self.psize, self.last = fd, psize, last_pgno
+        self.skip = skip  # sub-databases whose trees are not walked
         self.seen: set[int] = set()
         self.problems: list[str] = []
 
@@ -118,6 +122,8 @@ class _Walker:
                 elif nflags & F_SUBDATA:
                     if size != _DB.size:
                         raise _Damaged(f"page {pgno}: sub-database record of {size} bytes")
+                    if key in self.skip:
+                        continue
                     self.tree(key.decode("utf-8", "backslashreplace"),
                               _DB.unpack_from(page, key_end))
             for i, (child, key) in enumerate(children):
@@ -156,9 +162,16 @@ def _meta(fd: int, offset: int) -> tuple[int, int, tuple[int, ...], tuple[int, .
     return txnid, last, free, main
 
 
-def check_structure(path: str | os.PathLike[str]) -> list[str]:
+def check_structure(path: str | os.PathLike[str], *, skip: Collection[bytes] = (),
+                    main_entries: int | None = None) -> list[str]:
     """Problems in the B-tree of the LMDB file at ``path`` (empty: sound). A path that is not
-    an LMDB file at all gives no problems here: opening it reports that, with its own message."""
+    an LMDB file at all gives no problems here: opening it reports that, with its own message.
+
+    ``skip``: named sub-databases whose trees are left out (their records in the main tree
+    are checked). ``main_entries``: check only a file whose main tree holds at most that many
+    entries (an lmdbio file's holds its two named databases; a larger one is not lmdbio's
+    and opening it says so): with ``skip=(SAMPLES_DB,)``, what opening a database reads
+    through liblmdb, a few pages whatever its size."""
     path = os.fspath(path)
     try:  # O_NONBLOCK: a FIFO must not block here (envs.check_database_path refuses it)
         fd = os.open(data_file(path), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -180,7 +193,9 @@ def check_structure(path: str | os.PathLike[str]) -> list[str]:
         size = os.fstat(fd).st_size
         if (last + 1) * psize > size:
             return [f"the file is truncated: {size} bytes, its pages end at {(last + 1) * psize}"]
-        walker = _Walker(fd, psize, last)
+        if main_entries is not None and main[6] > main_entries:
+            return []
+        walker = _Walker(fd, psize, last, skip)
         try:
             walker.tree("(main)", main)
         except _Damaged as exc:
@@ -192,3 +207,14 @@ def check_structure(path: str | os.PathLike[str]) -> list[str]:
         return []
     finally:
         os.close(fd)
+
+
+def require_sound(path: str | os.PathLike[str], *, skip: Collection[bytes] = (),
+                  main_entries: int | None = None,
+                  remedy: str = "re-convert the source or restore a copy") -> None:
+    """``check_structure``'s first problem, if any, as the one-line error of a damaged file:
+    called before liblmdb reads what it would otherwise trust."""
+    problems = check_structure(path, skip=skip, main_entries=main_entries)
+    if problems:
+        raise FormatError(f"{os.fspath(path)!r} is damaged (LMDB structure: {problems[0]}); "
+                          f"{remedy}")

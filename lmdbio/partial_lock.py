@@ -30,8 +30,8 @@ def lock_partial(partial: str, keep: bool) -> int:
         except FileNotFoundError:
             found = None
         except OSError as exc:
-            raise DestinationError(f"cannot inspect {partial!r} ({exc.strerror}); check that "
-                                   "the folder is readable") from None
+            raise _refused(partial, exc, "cannot inspect", "check that the folder is readable"
+                           ) from None
         if found is not None and stat.S_ISDIR(found.st_mode):
             raise DestinationError(f"{partial!r} is a folder; remove it (lmdbio writes its "
                                    "partial output under that name), then convert again")
@@ -45,14 +45,20 @@ def lock_partial(partial: str, keep: bool) -> int:
         try:
             fd = os.open(partial, flags | (os.O_CREAT | os.O_EXCL if found is None else 0),
                          0o644)
-        except (FileExistsError, FileNotFoundError, IsADirectoryError):
+        except FileNotFoundError as exc:
+            if found is None:  # O_CREAT: no folder to create it in (or /proc, /sys...)
+                raise _refused(partial, exc, "cannot create",
+                               "check that the folder exists on a writable file system"
+                               ) from None
+            continue  # removed since the lstat: look again
+        except (FileExistsError, IsADirectoryError):
             continue  # changed since the lstat: look again
         except OSError as exc:
             if exc.errno == errno.ELOOP:  # a symlink swapped in since the lstat
                 _unlink_quietly(partial)
                 continue
-            raise DestinationError(f"cannot create {partial!r} ({exc.strerror}); check that "
-                                   "the folder is writable") from None
+            raise _refused(partial, exc, "cannot create", "check that the folder is writable"
+                           ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -68,6 +74,12 @@ def lock_partial(partial: str, keep: bool) -> int:
         return fd
     raise DestinationError(f"{partial!r} keeps being replaced while lmdbio opens it; "
                            "someone else writes the destination folder: use a private one")
+
+
+def _refused(partial: str, exc: OSError, what: str, remedy: str) -> DestinationError:
+    if exc.errno == errno.ENAMETOOLONG:
+        remedy = "choose a shorter destination name (lmdbio writes it as NAME.partial first)"
+    return DestinationError(f"{what} {partial!r} ({exc.strerror}); {remedy}")
 
 
 def _writable_partial(found: os.stat_result) -> bool:

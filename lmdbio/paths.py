@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["absolute_path"]
+__all__ = ["absolute_path", "named"]
 
 
 def absolute_path(path: str | os.PathLike[str]) -> str:
@@ -28,3 +28,10 @@ def absolute_path(path: str | os.PathLike[str]) -> str:
     resolved = os.path.join(os.path.realpath(head), *parts[last + 1:])
     return normalized if os.path.realpath(normalized) == os.path.realpath(resolved) \
         else os.path.normpath(resolved)
+
+
+def named(path: str | os.PathLike[str], what: str, error: type[Exception]) -> None:
+    """Refuse an empty ``path`` (``error``): ``""``, an unset shell variable, would otherwise
+    name the current folder, and ``convert ""`` write beside it."""
+    if os.fspath(path) in ("", b""):
+        raise error(f"the {what} is an empty path (an unset variable?); name it explicitly")

@@ -17,11 +17,11 @@ import sys
 from typing import Any
 
 from . import errors
-from .converter import (ConvertReport, check_what_is_left, convert, default_destination,
-                        judged_by_set)
+from .converter import (ConvertReport, check_destination, check_what_is_left, convert,
+                        default_destination, judged_by_set)
 from .database import Database
 from .errors import ShardSpecError
-from .paths import absolute_path
+from .paths import absolute_path, named
 from .publish import discard
 from .shard_plan import shard_path
 from .shard_set import ShardedDatabase
@@ -48,6 +48,9 @@ def convert_shards(source: str | os.PathLike[str], destination: str | os.PathLik
     With ``on_error="skip"``, what is left is judged over the whole set, as ``convert`` judges
     one file: nothing stored at all, or a class whose every file was refused (unless
     ``allow_empty``), is a ``SourceError``, and the shards this call wrote are removed."""
+    named(source, "source", errors.SourceError)
+    if destination is not None:
+        named(destination, "destination", errors.DestinationError)
     if num_shards < 1 or jobs < 1:
         raise ShardSpecError(f"num_shards and jobs must be >= 1, not {num_shards}, {jobs}")
     dst = (absolute_path(destination) if destination
@@ -55,6 +58,8 @@ def convert_shards(source: str | os.PathLike[str], destination: str | os.PathLik
     todo = [i for i in range(num_shards)
             if not (options.get("resume") and _complete(shard_path(dst, i, num_shards), i,
                                                         num_shards))]
+    for i in todo:  # all refused before the first is written, not at the third
+        check_destination(shard_path(dst, i, num_shards), bool(options.get("overwrite")))
     if jobs == 1 or len(todo) <= 1:
         judging = judged_by_set.set(True)
         try:
@@ -81,6 +86,11 @@ def convert_shards(source: str | os.PathLike[str], destination: str | os.PathLik
                       f"kept, the others resume from their .partial files next to {dst})",
                       file=sys.stderr)
                 raise
+            except concurrent.futures.BrokenExecutor:  # a worker process was killed
+                raise errors.ConversionProcessError(
+                    f"a process converting a shard of {dst!r} died (killed, out of memory?); "
+                    "run the same command with --resume (complete shards are kept, the others "
+                    "resume from their .partial files)") from None
         failed = [r for r in results if isinstance(r, tuple)]
         if failed:
             name, message = failed[0]

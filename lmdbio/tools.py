@@ -97,7 +97,8 @@ class VerifyReport:
             return f"{printable(self.path)}: OK, {self.checked} records verified"
         shown = self.problems[:20]
         more = len(self.problems) - len(shown)
-        return "\n".join([f"{printable(self.path)}: {len(self.problems)} problems in "
+        count = len(self.problems)
+        return "\n".join([f"{printable(self.path)}: {count} problem{'s' * (count != 1)} in "
                           f"{self.checked} records"] + [f"  {printable(p)}" for p in shown]
                          + ([f"  ... and {more} more"] if more else []))
 

@@ -23,7 +23,8 @@ from .database import Database
 from .envs import EnvOptions, options_for
 from .errors import DestinationError, DiskFullError, FormatError, LmdbioError
 from .format import stored_path_problems
-from .paths import absolute_path
+from .lmdbcheck import require_sound
+from .paths import absolute_path, named
 from .progress import Progress
 
 __all__ = ["extract", "staged"]
@@ -47,7 +48,9 @@ def extract(path: str | os.PathLike[str], outdir: str | os.PathLike[str], *,
     many were written. ``outdir`` itself may be a symlink (the caller chose it); nothing below
     it is followed.
     """
+    named(outdir, "output folder", DestinationError)
     outdir = absolute_path(outdir)
+    require_sound(os.path.expanduser(os.fspath(path)))  # every record is read through liblmdb
     with Database(path, options_for(os.fspath(path), EnvOptions(readahead=True))) as db:
         relative = db.relative_paths()
         problems = stored_path_problems(relative, limit=1)  # all checked before any I/O
@@ -182,8 +185,8 @@ def _write_new(folder: int, name: str, data: bytes, shown: str) -> None:
     """``data`` as ``name`` in the open folder: a new temporary file (O_EXCL, O_NOFOLLOW),
     then renamed over ``name`` (a link at ``name`` is replaced, never followed)."""
     tmp = f".lmdbio-{secrets.token_hex(8)}"
-    fd = os.open(tmp, _NEW_FILE, 0o644, dir_fd=folder)
-    try:
+    try:  # the open inside: Ctrl-C as it returns must not leave the file behind
+        fd = os.open(tmp, _NEW_FILE, 0o644, dir_fd=folder)
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(handle.fileno(), 0o644)  # whatever the umask, as the source files
             handle.write(data)
@@ -195,7 +198,7 @@ def _write_new(folder: int, name: str, data: bytes, shown: str) -> None:
     except BaseException:
         try:
             os.unlink(tmp, dir_fd=folder)
-        except FileNotFoundError:
+        except OSError:  # never created (the open failed): the first error is the one to say
             pass
         raise
 

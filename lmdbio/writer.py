@@ -16,7 +16,7 @@ from typing import Any
 
 import lmdb
 
-from .errors import DestinationError, DiskFullError
+from .errors import DestinationError, DiskFullError, ResumeError
 from .format import (KEY_COMPLETE, KEY_HEADER, KEY_HEADER_CRC, KEY_PATHS, KEY_PROGRESS,
                      KEY_TARGETS, META_DB, SAMPLES_DB, Metadata, encode_key, encode_paths,
                      encode_record, encode_targets, header_checksum)
@@ -61,6 +61,10 @@ class LmdbWriter:
                                  lock=False, readahead=False, meminit=False, sync=True,
                                  metasync=True)
         except lmdb.Error as exc:
+            if fd is not None and os.fstat(fd).st_size:  # kept to resume, and not LMDB's
+                raise ResumeError(f"{path!r} is not a partial conversion lmdbio can resume "
+                                  f"({exc}); delete it, or convert again without --resume"
+                                  ) from None
             raise DestinationError(f"cannot create {path!r} ({exc}); check that the folder "
                                    "exists and is writable") from None
         if fd is not None and target == path and not same_file(path, fd):

@@ -152,7 +152,7 @@ def test_one_flipped_bit_is_caught_everywhere(damaged_copy, where: str) -> None:
     assert "checksum" in report.problems[0]
     proc = run_cli("verify", db, "-q")
     assert proc.returncode == 1, proc.stdout
-    assert "1 problems in 6 records" in proc.stdout and f"record {index}" in proc.stdout
+    assert "1 problem in 6 records" in proc.stdout and f"record {index}" in proc.stdout
     assert "Traceback" not in proc.stderr
 
     dataset = ImageFolderLMDB(db)
