@@ -56,7 +56,7 @@ print(f"{info.num_samples} samples; classes: {info.class_counts}; skipped: {info
 parity = check_conversion(workspace.split_dir, workspace.lmdb_path, limit=parity_limit)
 
 # %%
-rows = measure_writers(workspace.split_dir, writers.split(","), lmdb_path=workspace.lmdb_path,
+rows = measure_writers(workspace.split_dir, writers, lmdb_path=workspace.lmdb_path,
                        backing_dir=backing_dir, data_dir=workspace.data_dir,
                        csv_path=writers_csv, storage=storage)
 print("measured writers:", [row["format"] for row in rows])

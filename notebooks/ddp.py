@@ -50,7 +50,8 @@ from lmdbio.study import report
 from lmdbio.study.ddp_launch import rank_check, run_torchrun
 from lmdbio.study.workspace import prepare
 
-workspace = prepare(data_dir, split=split, lmdb_path=lmdb_path, n_images=n_images, seed=seed)
+workspace = prepare(data_dir, split=split, lmdb_path=lmdb_path, n_images=n_images, seed=seed,
+                    formats=formats.split(","))
 info = lmdbio.info(workspace.lmdb_path)
 print(f"{info.num_samples} samples; {nproc} ranks x {num_workers} worker(s), batch "
       f"{batch_size} per rank")

@@ -8,7 +8,7 @@ import argparse
 from collections.abc import Sequence
 
 from lmdbio.cli import DefaultsHelpFormatter
-from lmdbio.study.conditions import MODES
+from lmdbio.study.conditions import MODES, checked
 
 __all__ = ["generate_main", "main"]
 
@@ -19,29 +19,63 @@ def _study(args: argparse.Namespace) -> int:
     from lmdbio.study.runner import StudyConfig, run_study
 
     targets = {"ssd": ""} if args.no_nfs else {"ssd": "", "nfs": ""}
-    for item in args.target:
-        name, _, path = item.partition("=")
-        targets[name] = path
+    targets.update(args.target)
     overrides = FULL if args.full else {}
     config = StudyConfig(
         images=overrides.get("images", args.images), epochs=overrides.get("epochs", args.epochs),
-        repeats=overrides.get("repeats", args.repeats), modes=tuple(args.modes.split(",")),
+        repeats=overrides.get("repeats", args.repeats), modes=args.modes,
         train_batches=overrides.get("train_batches", args.train_batches),
         batch_size=args.batch_size, num_workers=args.num_workers, step_ms=args.step_ms,
         seed=args.seed, ddp_procs=args.ddp_procs, ddp_mode=args.ddp_mode,
         targets=targets, work_dir=args.work_dir,
         results_dir=args.results_dir, notebooks=args.notebooks, force=args.force, peers=not args.no_peers,
-        peer_modes=tuple(args.peer_modes.split(",")))
+        peer_modes=args.peer_modes)
     return run_study(config)
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from lmdbio.errors import SourceError
     from lmdbio.study.synthetic import ensure_dataset
 
-    split_dir = ensure_dataset(args.data_dir, args.images, seed=args.seed, split=args.split,
-                               progress=not args.quiet)
+    try:
+        split_dir = ensure_dataset(args.data_dir, args.images, seed=args.seed,
+                                   split=args.split, progress=not args.quiet)
+    except ValueError as exc:  # a folder that is not for a synthetic set: one line, exit 1
+        raise SourceError(str(exc).replace("data_dir=", "DATA_DIR ").replace(
+            " and split=", " and --split ")) from None
     print(f"ImageFolder ready at {split_dir}")
     return 0
+
+
+def _modes(text: str) -> tuple[str, ...]:
+    try:
+        return tuple(checked("modes", text, MODES))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _target(text: str) -> tuple[str, str]:
+    name, _, path = text.partition("=")
+    if not name.strip() or not path.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=PATH (e.g. nfs=/mnt/nfs/data)")
+    return name.strip(), path
+
+
+def _ranks(text: str) -> int:
+    ranks = _count(text, 0)
+    if ranks == 1:
+        raise argparse.ArgumentTypeError("1 rank is no distributed run: 0 (no ddp cell) or >= 2")
+    return ranks
+
+
+def _count(text: str, least: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be >= {least}, not {value}")
+    return value
 
 
 def study_parser(prog: str) -> argparse.ArgumentParser:
@@ -51,27 +85,29 @@ def study_parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Run the storage study with papermill "
                                 "into results/ (see README, 'The study').",
                                 formatter_class=DefaultsHelpFormatter)
-    p.add_argument("--images", type=int, default=d.images, help="synthetic images to generate")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--repeats", type=int, default=d.repeats, help="repetitions per condition")
-    p.add_argument("--modes", default=",".join(d.modes), help="train,emulate,load")
+    p.add_argument("--images", type=lambda t: _count(t, 2), default=d.images,
+                   help="synthetic images to generate")
+    p.add_argument("--epochs", type=lambda t: _count(t, 1), default=d.epochs)
+    p.add_argument("--repeats", type=lambda t: _count(t, 1), default=d.repeats,
+                   help="repetitions per condition")
+    p.add_argument("--modes", type=_modes, default=",".join(d.modes), help="train,emulate,load")
     p.add_argument("--train-batches", type=int, default=d.train_batches,
                    help="batches per train-mode epoch (0: whole epochs)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--num-workers", type=int, default=d.num_workers)
     p.add_argument("--step-ms", type=float, default=d.step_ms, help="emulated step time")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--ddp-procs", type=int, default=d.ddp_procs,
+    p.add_argument("--ddp-procs", type=_ranks, default=d.ddp_procs,
                    help="torchrun ranks of the ddp cell per target (0: no ddp cell)")
     p.add_argument("--ddp-mode", default=d.ddp_mode, choices=MODES,
                    help="what each rank of the ddp cell runs")
-    p.add_argument("--target", action="append", default=[], metavar="NAME=PATH",
+    p.add_argument("--target", action="append", default=[], metavar="NAME=PATH", type=_target,
                    help="a storage target at a mounted path, e.g. nfs=/mnt/nfs/data")
     p.add_argument("--no-nfs", action="store_true", help="skip the sshfs network-FS stand-in")
     p.add_argument("--no-peers", action="store_true",
                    help="leave out the WebDataset and LitData strategies even when installed "
-                        "(they need pip install -e \".[peers]\")")
-    p.add_argument("--peer-modes", default=",".join(d.peer_modes),
+                        "(they need pip install 'lmdbio[peers]')")
+    p.add_argument("--peer-modes", type=_modes, default=",".join(d.peer_modes),
                    help="modes in which the peer strategies run too (e.g. train,emulate,load)")
     p.add_argument("--work-dir", default=d.work_dir, help="generated data goes here")
     p.add_argument("--results-dir", default=d.results_dir)
@@ -88,7 +124,7 @@ def generate_parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Generate the synthetic cats-vs-dogs "
                                 "ImageFolder.")
     p.add_argument("data_dir")
-    p.add_argument("--images", type=int, default=25_000)
+    p.add_argument("--images", type=lambda t: _count(t, 2), default=25_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="train")
     p.add_argument("-q", "--quiet", action="store_true")

@@ -48,6 +48,13 @@ def checked(what: str, values: object, allowed: tuple[str, ...]) -> list[str]:
     return names
 
 
+def at_least(name: str, value: float, least: float) -> None:
+    """A count or duration parameter below ``least`` (or NaN) fails before the first run,
+    not in the figure cell after them all."""
+    if not value >= least:
+        raise ValueError(f"{name} must be at least {least}, not {value!r}")
+
+
 def switch(name: str, value: bool | str) -> bool | str:
     """A True / False / "auto" option as a notebook parameter may spell it ("false", "True")."""
     spelled = str(value).strip().lower()

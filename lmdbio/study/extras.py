@@ -6,17 +6,21 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from lmdbio.errors import MissingDependencyError
+
 __all__ = ["EXTRAS", "pandas", "require"]
 
-EXTRAS = {"notebooks": "pip install 'lmdbio[notebooks]'", "peers": 'pip install -e ".[peers]"'}
+# (in a checkout: pip install -e ".[notebooks]", as make install does)
+EXTRAS = {"notebooks": "pip install 'lmdbio[notebooks]'", "peers": "pip install 'lmdbio[peers]'"}
 
 
 def require(module: str, extra: str, purpose: str) -> Any:
-    """Import ``module``, or raise ImportError: ``purpose`` needs the ``extra`` extra."""
+    """Import ``module``, or raise ``MissingDependencyError`` (an ImportError, one line on the
+    command line): ``purpose`` needs the ``extra`` extra."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ImportError(f"{purpose} needs {module}: {EXTRAS[extra]}") from None
+        raise MissingDependencyError(f"{purpose} needs {module}: {EXTRAS[extra]}") from None
 
 
 def pandas() -> Any:

@@ -33,7 +33,7 @@ from lmdbio.study import netfs, peers
 from lmdbio.study.conditions import BASE_FORMATS, MODES, PEER_FORMATS
 from lmdbio.study.contention import OWN_TREE_ENV
 from lmdbio.study.estimates import Estimator, units
-from lmdbio.study.extras import EXTRAS
+from lmdbio.study.extras import EXTRAS, require
 from lmdbio.study.provenance import reusable, run_identity, save_record
 
 __all__ = ["Job", "StudyConfig", "notebook_dir", "run_study"]
@@ -117,6 +117,16 @@ def _count(items: Sized, noun: str) -> str:
     return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
 
 
+def _reason(exc: Exception) -> str:
+    """One line on why a notebook failed: the cell's own error where papermill names it (its
+    message starts with a blank line and a banner), else the first line that says anything."""
+    name, value = getattr(exc, "ename", None), getattr(exc, "evalue", "")
+    if name:
+        return f"{name}: {str(value).strip()}"
+    said = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {said}" if said else type(exc).__name__
+
+
 def _minutes(seconds: float | None) -> str:
     return "no estimate yet" if seconds is None else (
         f"~{seconds:.0f} s" if seconds < 90 else f"~{seconds / 60:.0f} min")
@@ -127,8 +137,7 @@ def _execute(notebook: str, output: str, parameters: dict[str, object], force: b
     """Run ``outcome.notebooks``/``notebook`` into ``output`` via a temporary name, unless a
     result made on this machine by this code with these parameters is there (see
     ``provenance``); False if it failed."""
-    import papermill
-
+    papermill = require("papermill", "notebooks", "running the study's notebooks")
     source = os.path.join(outcome.notebooks, notebook)
     data_path = str(parameters.get("data_dir") or os.path.dirname(output))
     identity = run_identity(source, stable if stable is not None else parameters, data_path)
@@ -161,8 +170,7 @@ def _execute(notebook: str, output: str, parameters: dict[str, object], force: b
                     os.replace(scratch, failed)
                 raise
     except Exception as exc:  # papermill raises many types
-        outcome.failed.append(f"{failed}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
-                              if str(exc) else failed)
+        outcome.failed.append(f"{failed}: {_reason(exc)}")
         print(f"[study] FAILED {failed}", flush=True)
         return False
     seconds = time.perf_counter() - started

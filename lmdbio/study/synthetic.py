@@ -218,6 +218,12 @@ def _class_folders(split_dir: Path) -> list[str]:
     return [entry.name for entry in os.scandir(split_dir) if entry.is_dir()] if split_dir.is_dir() else []
 
 
+def _holds_only_folders(folder: Path) -> bool:
+    """A split (``train/`` of class folders), not a class (whose images are files)."""
+    entries = list(os.scandir(folder))
+    return bool(entries) and all(entry.is_dir() for entry in entries)
+
+
 def _refuse_a_foreign_folder(data_dir: Path, split: str) -> None:
     """Generate only into a folder that is new, empty (but for an empty ``split`` folder and
     the debris of a killed generation) or this module's own: a user's ImageFolder root passed
@@ -233,7 +239,10 @@ def _refuse_a_foreign_folder(data_dir: Path, split: str) -> None:
     if not foreign:
         return
     classes = sorted(_class_folders(data_dir))
-    hint = (f"if it is the ImageFolder itself (folders {', '.join(map(repr, classes[:3]))}"
+    splits = [name for name in classes if _holds_only_folders(data_dir / name)]
+    hint = (f"it holds the splits {', '.join(map(repr, splits[:3]))}"
+            f"{'...' if len(splits) > 3 else ''}: pass one of them as split" if splits else
+            f"if it is the ImageFolder itself (folders {', '.join(map(repr, classes[:3]))}"
             f"{'...' if len(classes) > 3 else ''}), pass data_dir={str(data_dir.parent)!r} and "
             f"split={data_dir.name!r}" if classes else "pass the folder that holds it")
     raise ValueError(f"{str(data_dir)!r} holds no {split!r} folder and is not empty "

@@ -120,7 +120,7 @@ def test_reader_yields_every_sample_once_per_epoch_with_two_workers(written, fmt
 
 def test_require_without_the_extra_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "webdataset", None)  # import webdataset now fails
-    with pytest.raises(ImportError, match=r'pip install -e "\.\[peers\]"') as info:
+    with pytest.raises(ImportError, match=r"pip install 'lmdbio\[peers\]'") as info:
         peers.require("webdataset")
     assert len(str(info.value).splitlines()) == 1
 
@@ -195,6 +195,15 @@ def test_conversion_table_measures_every_writer(tmp_path):
     assert not any(name.endswith((".measure", ".partial")) for name in os.listdir(tmp_path))
     assert csv_path.read_text().splitlines()[0].startswith("storage,format,images")
     assert json.loads((tmp_path / "train.litdata" / peers.MANIFEST).read_text())["num_samples"] == 6
+
+
+def test_the_writers_are_checked_before_the_first_is_written(tmp_path):
+    from lmdbio.study.peers.timing import measure_writers
+
+    tree = build_simple_tree(tmp_path / "train", per_class=1)
+    with pytest.raises(ValueError, match="writers 'tar': not one of lmdb, webdataset"):
+        measure_writers(os.fspath(tree), "lmdb, tar")
+    assert sorted(os.listdir(tmp_path)) == ["train"]
 
 
 @pytest.mark.peers

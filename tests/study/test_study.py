@@ -190,7 +190,11 @@ def test_run_bench_checks_its_conditions_before_the_first_run(tiny):
     for bad, match in ((dict(formats=["imagefolder", "lmbd"]), "formats 'lmbd'"),
                        (dict(caches=["cold", "hot"]), "cache 'hot'"),
                        (dict(mode="Load"), "mode 'Load'"),
-                       (dict(readahead="maybe"), "readahead must be")):
+                       (dict(readahead="maybe"), "readahead must be"),
+                       (dict(epochs=0), "epochs must be at least 1"),
+                       (dict(repeats=0), "repeats must be at least 1"),
+                       (dict(max_batches=-1), "max_batches must be at least 0"),
+                       (dict(step_ms=float("nan")), "step_ms must be at least 0")):
         options = dict(mode="load") | bad
         with pytest.raises(ValueError, match=match):
             run_bench(data_dir=tiny.data_dir, split_dir=tiny.split_dir,
@@ -255,12 +259,35 @@ def test_study_runs_both_targets_and_tears_down(tmp_path):
 
 @pytest.mark.slow
 def test_study_keeps_failed_notebook_and_exits_nonzero(tmp_path):
-    done = _study(tmp_path, "--modes", "bogus", "--no-nfs", "--ddp-procs", "0")
+    done = _study(tmp_path, "--modes", "emulate", "--step-ms", "-5", "--no-nfs",
+                  "--ddp-procs", "0", "--no-peers")
     assert done.returncode == 1
-    failed = tmp_path / "r" / "ssd" / "bench-bogus.failed.ipynb"
-    assert failed.exists() and "mode 'bogus': not one of" in failed.read_text()
-    assert not (tmp_path / "r" / "ssd" / "bench-bogus.ipynb").exists()
-    assert "failed:" in done.stderr
+    failed = tmp_path / "r" / "ssd" / "bench-emulate.failed.ipynb"
+    assert failed.exists() and "step_ms must be at least 0" in failed.read_text()
+    assert not (tmp_path / "r" / "ssd" / "bench-emulate.ipynb").exists()
+    # the summary says why, in one line (papermill's own message starts with a blank line)
+    assert "bench-emulate.failed.ipynb: ValueError: step_ms must be at least 0, not -5.0" \
+        in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--modes", "bogus"], "argument --modes: modes 'bogus': not one of"),
+    (["--modes", "load, emulate"], None),  # spaces are stripped, not made into folder names
+    (["--peer-modes", "load,"], "argument --peer-modes: modes ''"),
+    (["--target", "foo"], "argument --target: 'foo' is not NAME=PATH"),
+    (["--ddp-procs", "1"], "argument --ddp-procs: 1 rank is no distributed run"),
+    (["--repeats", "0"], "argument --repeats: must be >= 1"),
+])
+def test_study_options_are_checked_before_anything_runs(argv, message):
+    from lmdbio.study.cli import study_parser
+
+    parser = study_parser("lmdbio study")
+    if message is None:
+        assert parser.parse_args(argv).modes == ("load", "emulate")
+        return
+    done = subprocess.run([sys.executable, "-m", "lmdbio.study", *argv], capture_output=True,
+                          text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
 
 
 def _papermill(tmp_path, *params):

@@ -134,6 +134,15 @@ def test_ensure_dataset_fills_an_empty_split_and_refuses_non_imagefolders(tmp_pa
         generate_cats_dogs(tmp_path / "loose", 4)
 
 
+def test_a_folder_of_other_splits_is_named_as_such(tmp_path: Path) -> None:
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "train" / "cat" / "0.jpg").write_bytes(b"")
+    with pytest.raises(ValueError, match="it holds the splits 'train': pass one of them"):
+        ensure_dataset(tmp_path, 4, split="val")
+    with pytest.raises(ValueError, match=r"ImageFolder itself \(folders 'cat'\)"):
+        ensure_dataset(tmp_path / "train", 4, split="val")
+
+
 def test_crashed_generation_is_not_mistaken_for_complete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Debris of a run that was killed outright: a half-filled temp dir from another process.
     stale = tmp_path / ".train.partial-999999" / "cat"

@@ -91,7 +91,11 @@ def measure_writer(fmt: str, split_dir: str, target: str, *, backing_dir: str = 
 def measure_writers(split_dir: str, formats: Sequence[str], *, lmdb_path: str = "",
                     backing_dir: str = "", data_dir: str = "", csv_path: str = "",
                     storage: str = "") -> list[dict[str, Any]]:
-    """``measure_writer`` for each of ``formats``; the rows also go to ``csv_path`` if given."""
+    """``measure_writer`` for each of ``formats`` (names, or one comma-separated string);
+    the rows also go to ``csv_path`` if given."""
+    from lmdbio.study.conditions import PEER_FORMATS, checked
+
+    formats = checked("writers", formats, ("lmdb", *PEER_FORMATS))  # before any is written
     rows = [measure_writer(fmt, split_dir, destination(fmt, split_dir, lmdb_path),
                            backing_dir=backing_dir, data_dir=data_dir) | {"storage": storage}
             for fmt in formats]

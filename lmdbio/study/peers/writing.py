@@ -1,5 +1,5 @@
 """Writers for the peer storage strategies the study compares lmdbio with: WebDataset tar
-shards and a LitData optimized dataset (the ``peers`` extra: ``pip install -e ".[peers]"``).
+shards and a LitData optimized dataset (the ``peers`` extra: ``pip install 'lmdbio[peers]'``).
 
 Both take the sample order from ``lmdbio.folder`` (torchvision's ImageFolder order without
 importing it), so sample *i* carries ImageFolder's index *i* and label; both store the original

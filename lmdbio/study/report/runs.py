@@ -39,7 +39,12 @@ def results_location(results_dir: str) -> str:
     papermill, nbval and JupyterLab each set differently."""
     if results_dir:
         return results_dir
-    return str(Path(__file__).resolve().parents[3] / "results" / "reference")
+    checkout = Path(__file__).resolve().parents[3]
+    if not (checkout / "pyproject.toml").is_file():  # an installed wheel: no committed run
+        raise FileNotFoundError("results_dir is empty and lmdbio is installed, not imported "
+                                "from a checkout with its committed results: pass results_dir,"
+                                " the folder 'python -m lmdbio.study --results-dir DIR' wrote")
+    return str(checkout / "results" / "reference")
 
 
 def load_results(results_dir: str) -> tuple[Any, Any, list[dict[str, str]]]:
@@ -51,8 +56,9 @@ def load_results(results_dir: str) -> tuple[Any, Any, list[dict[str, str]]]:
                        if os.path.exists(os.path.join(os.path.dirname(f), "batches.parquet")))
     if not run_files:
         raise FileNotFoundError(f"no runs.parquet under {results_dir!r}; pass the folder of a "
-                                "study's results, or run 'make study' or the bench notebook "
-                                "with output_dir set")
+                                "study's results, or run the study ('make study' in a "
+                                "checkout, else 'python -m lmdbio.study') or the bench "
+                                "notebook with output_dir set")
     runs = pandas.concat([pandas.read_parquet(f) for f in run_files], ignore_index=True)
     batches = pandas.concat([pandas.read_parquet(os.path.join(os.path.dirname(f),
                                                               "batches.parquet"))
