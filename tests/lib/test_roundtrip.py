@@ -184,7 +184,7 @@ def test_verify_decode_catches_an_image_that_only_a_decode_rejects(tmp_path: Pat
     assert [p.split(":")[0] for p in report.problems] == ["record 3"]
     assert "broken data stream" in report.problems[0]
     assert report.path == str(db)  # the database, not the stored path of the damaged record
-    assert str(report).startswith(f"{db}: 1 problems")
+    assert str(report).startswith(f"{db}: 1 problem in")
 
 
 def test_copy_of_a_database_reads_the_same(odd_db, tmp_path: Path) -> None:

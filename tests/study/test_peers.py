@@ -132,7 +132,7 @@ def test_study_says_when_the_peers_are_left_out(monkeypatch, capsys):
     assert study._formats(study.StudyConfig()) == ("imagefolder", "lmdb")
     line = capsys.readouterr().out.strip()
     assert line == ('[study] peer strategies webdataset, litdata skipped: not installed; '
-                    'pip install -e ".[peers]" to include them')
+                    "pip install 'lmdbio[peers]' to include them")
 
 
 def test_study_runs_the_peers_in_their_modes_and_measures_their_writers(monkeypatch):
