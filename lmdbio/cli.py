@@ -43,7 +43,8 @@ def _convert(args: argparse.Namespace) -> int:
         reports = convert_shards(args.src, args.dst, args.num_shards, jobs=args.jobs, **options)
         report("\n".join(map(str, reports)) or "every shard was complete already")
         return 0
-    report(convert(args.src, args.dst, shard=shard, **options))
+    done = convert(args.src, args.dst, shard=shard, **options)
+    report(done, written=done.destination)
     return 0
 
 
@@ -86,7 +87,7 @@ def _extract(args: argparse.Namespace) -> int:
             f"extract interrupted; {outdir} holds the files written so far: extract again "
             "with --overwrite"):
         count = extract(args.db, args.outdir, overwrite=args.overwrite, progress=not args.quiet)
-    report(f"extracted {count} files to {outdir}")
+    report(f"extracted {count} files to {outdir}", written=args.outdir)
     return 0
 
 
@@ -352,7 +353,10 @@ def run_guarded(command: Callable[[], int]) -> int:
 
     with sigterm_as_interrupt():
         try:
-            return command()
+            status = command()
+            if sys.stdout is not None:  # what a plugin printed: a closed pipe shows here,
+                sys.stdout.flush()       # not in the interpreter's exit
+            return status
         except LmdbioError as exc:  # printable: one line, whatever a stored name holds
             print(f"lmdbio: error: {cli_wording(printable(exc))}", file=sys.stderr)
             return 1
@@ -368,11 +372,13 @@ def run_guarded(command: Callable[[], int]) -> int:
             return 1
 
 
-def report(what: object) -> None:
+def report(what: object, written: str | None = None) -> None:
     """Print a command's report on stdout when it is done. A closed pipe shows here as
     BrokenPipeError (``run_guarded``); stdout closed (``>&-``) drops the report; a full disk
-    under stdout is said as such, the work itself being done."""
-    from .errors import DestinationError
+    under stdout is an error where the report is the product (``info``), and where the
+    command ``written`` something (``convert``, ``extract``) a warning that it is in place:
+    running it again would refuse the existing output."""
+    from .errors import DestinationError, printable
 
     if sys.stdout is None:
         return
@@ -382,9 +388,12 @@ def report(what: object) -> None:
         raise
     except OSError as exc:
         _quiet_stdout()
-        raise DestinationError(f"the report could not be written to stdout ({exc.strerror}); "
-                               "the command itself finished: run it again with stdout "
-                               "somewhere writable to see it") from None
+        if written is None:
+            raise DestinationError(f"the report could not be written to stdout "
+                                   f"({exc.strerror}); run the command again with stdout "
+                                   "somewhere writable") from None
+        print(f"lmdbio: warning: the report could not be written to stdout ({exc.strerror});"
+              f" {printable(written)} is complete", file=sys.stderr)
 
 
 def _quiet_stdout() -> None:

@@ -182,7 +182,8 @@ def convert(
     writer = None
     try:
         if resume:  # liblmdb trusts the pages it resumes from (lmdbio.lmdbcheck)
-            require_sound(partial, remedy="delete it, or convert again without --resume")
+            require_sound(partial, remedy="delete it, or convert again without --resume",
+                          error=ResumeError)  # kept: the user decides
         writer = LmdbWriter(partial, fd=guard)  # the map grows with the data (writer.py)
         finished = writer.finished_metadata() if resume else None
         if finished is not None and finished.source_fingerprint == listing.fingerprint and (

@@ -31,9 +31,6 @@ _TRANSIENT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EINTR, e
 FETCH_FIRST = 256
 
 
-# An lmdbio file's main tree holds its two named databases (SAMPLES_DB, META_DB) and nothing else.
-MAIN_ENTRIES = 2
-
 class Database:
     """A complete lmdbio database, opened read-only.
 
@@ -143,7 +140,7 @@ class Database:
     def _read_header(self) -> Metadata:
         # liblmdb trusts its pages (lmdbio.lmdbcheck): what opening reads through it, the main
         # tree and the metadata's, is walked with plain reads first, a few pages
-        require_sound(self.path, skip=(SAMPLES_DB,), main_entries=MAIN_ENTRIES)
+        require_sound(self.path, skip=(SAMPLES_DB,), main_keys=(SAMPLES_DB, META_DB))
         try:
             return self._parse_header()
         except BaseException:

@@ -157,6 +157,7 @@ class ImageFolderLMDB(ImageFolder):
             self.root, EnvOptions(readahead=readahead, lock=lock, max_readers=max_readers),
             verify_checksums=verify_checksums, allow_pickle=allow_pickle)
         self._samples: list[tuple[str, int]] | None = None  # the database's, decoded on use
+        self._paths: list[str] | None = None  # record i's path, as ``samples`` spells it
         self._targets: list[int] | None = None
         # What the caller assigned, torchvision-style (None: the database's own). Only an
         # assigned ``samples`` changes what ``len``/``[i]`` return; a plain ``is None`` test
@@ -261,14 +262,25 @@ class ImageFolderLMDB(ImageFolder):
         return self._samples
 
     def _stored_paths(self) -> list[str]:
-        source = self.database.meta.samples_root
-        return [os.path.join(source, rel) for rel in self.database.relative_paths()]
+        if self._paths is None:
+            source = self.database.meta.samples_root
+            self._paths = [os.path.join(source, rel) for rel in self.database.relative_paths()]
+        return self._paths
+
+    def _record_at(self, position: int, path: str | os.PathLike[str], where: str) -> int:
+        """The record behind ``samples[position]``: the same position while the list holds
+        the database's path there (one comparison: reading ``samples`` costs ``[i]`` nothing),
+        else the record stored under ``path``."""
+        paths = self._paths
+        if paths is not None and 0 <= position < len(paths) and paths[position] == path:
+            return position
+        return self._record_of(path, where)
 
     def _record_of(self, path: str | os.PathLike[str], where: str) -> int:
         """The index of the record stored under ``path`` (a path as the database's own
         ``samples`` spell it); ``where`` names who asked, for the message."""
         if self._index_of is None:  # from the database, not from a list handed out
-            self._index_of = {p: i for i, p in enumerate(self._stored_paths())}
+            self._index_of = {p: i for i, p in enumerate(self._stored_paths())}  # its strings
         try:
             return self._index_of[os.fspath(path)]  # type: ignore[index]
         except (KeyError, TypeError):
@@ -319,8 +331,10 @@ class ImageFolderLMDB(ImageFolder):
             return self._path_loader(path), target
         if self._assigned_samples is not None:
             # as DatasetFolder: the path and target of the list, the image stored under it
-            path, target = self._assigned_samples[index]
-            record = self._record_of(path, f"samples[{index}] path")
+            assigned = self._assigned_samples
+            path, target = assigned[index]
+            record = self._record_at(index if index >= 0 else index + len(assigned), path,
+                                     f"samples[{index}] path")
             data = self._get(record)[1]
         else:
             if -len(self) <= index < 0:  # further down the read's IndexError names it as given
@@ -378,8 +392,9 @@ class ImageFolderLMDB(ImageFolder):
             if assigned is None:
                 count = len(self.database)
                 return [j + count if (j := operator.index(i)) < 0 else j for i in indices]
-            return [self._record_of(assigned[operator.index(i)][0], "samples path")
-                    for i in indices]
+            positions = [j + len(assigned) if (j := operator.index(i)) < 0 else j
+                         for i in indices]
+            return [self._record_at(p, assigned[p][0], "samples path") for p in positions]
         except (IndexError, TypeError, ValueError, SampleNotFoundError):
             return None
 

@@ -17,7 +17,7 @@ import stat
 import struct
 from collections.abc import Collection
 
-from .errors import FormatError
+from .errors import FormatError, LmdbioError
 from .format import data_file
 from .lmdb_layout import (DB_RECORD as _DB, F_BIGDATA, F_DUPDATA, F_SUBDATA,
                           HEADER_BYTES as _HEADER, INVALID_PAGE as _INVALID,
@@ -44,15 +44,21 @@ class _Walker:
                  skip: Collection[bytes] = ()) -> None:
         self.fd, self.psize, self.last = fd, psize, last_pgno
         self.skip = skip  # sub-databases whose trees are not walked
-        self.seen: set[int] = set()
+        self.seen = bytearray(last_pgno // 8 + 1)  # a bit per page: ~4 MB for 140 GB
         self.problems: list[str] = []
+
+    def mark(self, pgno: int) -> bool:
+        """Mark page ``pgno`` used; whether it was already."""
+        byte, bit = divmod(pgno, 8)
+        used = self.seen[byte] >> bit & 1
+        self.seen[byte] |= 1 << bit
+        return bool(used)
 
     def page(self, pgno: int, what: str) -> bytes:
         if not 2 <= pgno <= self.last:
             raise _Damaged(f"{what} points at page {pgno}, outside pages 2..{self.last}")
-        if pgno in self.seen:
+        if self.mark(pgno):
             raise _Damaged(f"{what} points at page {pgno}, which another reference uses")
-        self.seen.add(pgno)
         data = os.pread(self.fd, self.psize, pgno * self.psize)
         if len(data) != self.psize:
             raise _Damaged(f"page {pgno} lies beyond the end of the file")
@@ -60,8 +66,10 @@ class _Walker:
             raise _Damaged(f"page {pgno} is labelled page {_PAGE.unpack_from(data)[0]}")
         return data
 
-    def tree(self, name: str, db: tuple[int, ...]) -> None:
-        """Walk one database (``db`` = an unpacked MDB_db record) from its root."""
+    def tree(self, name: str, db: tuple[int, ...], keys: Collection[bytes] | None = None
+             ) -> None:
+        """Walk one database (``db`` = an unpacked MDB_db record) from its root; with
+        ``keys``, only the pages a lookup of each of them reads (its counts unchecked)."""
         _, flags, depth, branches, leaves, overflows, entries, root = db
         if root == _INVALID:
             if entries:
@@ -126,12 +134,17 @@ class _Walker:
                         continue
                     self.tree(key.decode("utf-8", "backslashreplace"),
                               _DB.unpack_from(page, key_end))
+            wanted = None if keys is None or not children else {
+                max(i for i, (_, key) in enumerate(children) if key is None or key <= k)
+                for k in keys}  # the child whose range holds k
             for i, (child, key) in enumerate(children):
+                if wanted is not None and i not in wanted:
+                    continue
                 bound_low = key if key is not None else low
                 bound_high = children[i + 1][1] if i + 1 < len(children) else high
                 stack.append((child, level + 1, bound_low, bound_high))
         expect = {"branch": branches, "leaf": leaves, "overflow": overflows, "entries": entries}
-        if counts != expect:
+        if keys is None and counts != expect:
             raise _Damaged(f"database {name}: found {counts}, its record says {expect}")
 
     def overflow(self, pgno: int, size: int, name: str) -> int:
@@ -142,9 +155,8 @@ class _Walker:
         if overflow_pages_for(size, self.psize) > pages:
             raise _Damaged(f"a value of {size} bytes does not fit its {pages} overflow pages")
         for extra in range(pgno + 1, pgno + pages):
-            if extra in self.seen:
+            if self.mark(extra):
                 raise _Damaged(f"overflow pages {pgno}+{pages} overlap page {extra}")
-            self.seen.add(extra)
         return pages
 
 
@@ -163,15 +175,14 @@ def _meta(fd: int, offset: int) -> tuple[int, int, tuple[int, ...], tuple[int, .
 
 
 def check_structure(path: str | os.PathLike[str], *, skip: Collection[bytes] = (),
-                    main_entries: int | None = None) -> list[str]:
+                    main_keys: Collection[bytes] | None = None) -> list[str]:
     """Problems in the B-tree of the LMDB file at ``path`` (empty: sound). A path that is not
     an LMDB file at all gives no problems here: opening it reports that, with its own message.
 
     ``skip``: named sub-databases whose trees are left out (their records in the main tree
-    are checked). ``main_entries``: check only a file whose main tree holds at most that many
-    entries (an lmdbio file's holds its two named databases; a larger one is not lmdbio's
-    and opening it says so): with ``skip=(SAMPLES_DB,)``, what opening a database reads
-    through liblmdb, a few pages whatever its size."""
+    are checked). ``main_keys``: of the main tree, only the pages a lookup of these keys
+    reads. ``skip=(SAMPLES_DB,), main_keys=(SAMPLES_DB, META_DB)`` is what opening a
+    database reads through liblmdb: a few pages whatever its size."""
     path = os.fspath(path)
     try:  # O_NONBLOCK: a FIFO must not block here (envs.check_database_path refuses it)
         fd = os.open(data_file(path), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -193,11 +204,9 @@ def check_structure(path: str | os.PathLike[str], *, skip: Collection[bytes] = (
         size = os.fstat(fd).st_size
         if (last + 1) * psize > size:
             return [f"the file is truncated: {size} bytes, its pages end at {(last + 1) * psize}"]
-        if main_entries is not None and main[6] > main_entries:
-            return []
         walker = _Walker(fd, psize, last, skip)
         try:
-            walker.tree("(main)", main)
+            walker.tree("(main)", main, main_keys)
         except _Damaged as exc:
             return [str(exc)]
         except _Unsupported:
@@ -210,11 +219,11 @@ def check_structure(path: str | os.PathLike[str], *, skip: Collection[bytes] = (
 
 
 def require_sound(path: str | os.PathLike[str], *, skip: Collection[bytes] = (),
-                  main_entries: int | None = None,
-                  remedy: str = "re-convert the source or restore a copy") -> None:
-    """``check_structure``'s first problem, if any, as the one-line error of a damaged file:
-    called before liblmdb reads what it would otherwise trust."""
-    problems = check_structure(path, skip=skip, main_entries=main_entries)
+                  main_keys: Collection[bytes] | None = None,
+                  remedy: str = "re-convert the source or restore a copy",
+                  error: type[LmdbioError] = FormatError) -> None:
+    """``check_structure``'s first problem, if any, as the one-line ``error`` of a damaged
+    file: called before liblmdb reads what it would otherwise trust."""
+    problems = check_structure(path, skip=skip, main_keys=main_keys)
     if problems:
-        raise FormatError(f"{os.fspath(path)!r} is damaged (LMDB structure: {problems[0]}); "
-                          f"{remedy}")
+        raise error(f"{os.fspath(path)!r} is damaged (LMDB structure: {problems[0]}); {remedy}")

@@ -61,7 +61,9 @@ class LmdbWriter:
                                  lock=False, readahead=False, meminit=False, sync=True,
                                  metasync=True)
         except lmdb.Error as exc:
-            if fd is not None and os.fstat(fd).st_size:  # kept to resume, and not LMDB's
+            not_lmdb = (lmdb.InvalidError, lmdb.VersionMismatchError, lmdb.CorruptedError)
+            if isinstance(exc, not_lmdb) and fd is not None and os.fstat(fd).st_size:
+                # kept to resume, and not LMDB's; ENOMEM, EACCES... are the machine's: below
                 raise ResumeError(f"{path!r} is not a partial conversion lmdbio can resume "
                                   f"({exc}); delete it, or convert again without --resume"
                                   ) from None

@@ -121,10 +121,14 @@ def _reason(exc: Exception) -> str:
     """One line on why a notebook failed: the cell's own error where papermill names it (its
     message starts with a blank line and a banner), else the first line that says anything."""
     name, value = getattr(exc, "ename", None), getattr(exc, "evalue", "")
-    if name:
-        return f"{name}: {str(value).strip()}"
-    said = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    if name:  # a DataLoader worker's error carries the worker's traceback after its line
+        return f"{name}: {_first_line(str(value))}"
+    said = _first_line(str(exc))
     return f"{type(exc).__name__}: {said}" if said else type(exc).__name__
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
 def _minutes(seconds: float | None) -> str:

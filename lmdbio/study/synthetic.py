@@ -219,9 +219,15 @@ def _class_folders(split_dir: Path) -> list[str]:
 
 
 def _holds_only_folders(folder: Path) -> bool:
-    """A split (``train/`` of class folders), not a class (whose images are files)."""
-    entries = list(os.scandir(folder))
-    return bool(entries) and all(entry.is_dir() for entry in entries)
+    """A split (``train/`` of class folders), not a class (whose images are files); stops at
+    the first file, so a class of a million images costs one entry."""
+    found = False
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if not entry.is_dir():
+                return False
+            found = True
+    return found
 
 
 def _refuse_a_foreign_folder(data_dir: Path, split: str) -> None:

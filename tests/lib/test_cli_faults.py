@@ -13,7 +13,7 @@ import pytest
 
 import lmdbio
 from lmdbio.format import KEY_HEADER
-from lmdbio.lmdb_layout import P_LEAF, PAGE
+from lmdbio.lmdb_layout import DB_RECORD, META_DBS, P_LEAF, PAGE
 
 from tests.helpers import REPO, assert_one_line_error, build_simple_tree, run_cli
 
@@ -60,6 +60,13 @@ def test_a_damaged_metadata_page_is_an_error_not_a_crash(db: Path, tmp_path: Pat
     assert not (tmp_path / "out").exists()
     with pytest.raises(lmdbio.FormatError, match="is damaged"):
         lmdbio.ImageFolderLMDB(bad)
+    # the main tree's entry count is read from the meta pages, which liblmdb checks no more
+    # than the rest: a larger one must not turn the walk off
+    entries = META_DBS + DB_RECORD.size + 32  # the main tree's MDB_db record, its entries
+    for meta in (0, 4096):
+        data[meta + entries:meta + entries + 8] = (3).to_bytes(8, "little")
+    bad.write_bytes(data)
+    assert_one_line_error(run_cli("info", bad), "is damaged", f"page {pgno}")
 
 
 def test_resuming_a_damaged_partial_file_says_what_to_do(tree: Path, db: Path,
@@ -68,10 +75,11 @@ def test_resuming_a_damaged_partial_file_says_what_to_do(tree: Path, db: Path,
     partial.write_bytes(db.read_bytes()[:3 * 4096])  # truncated: its pages end further on
     assert_one_line_error(run_cli("convert", tree, tmp_path / "new.lmdb", "--resume", "-q"),
                           "truncated", "delete it, or convert again without --resume")
+    assert partial.exists()  # said "delete it": not deleted behind the user's back
     partial.write_bytes(os.urandom(50_000))  # not LMDB at all
     assert_one_line_error(run_cli("convert", tree, tmp_path / "new.lmdb", "--resume", "-q"),
                           "not a partial conversion", "without --resume")
-    assert not (tmp_path / "new.lmdb").exists()
+    assert not (tmp_path / "new.lmdb").exists() and partial.exists()  # the user decides
 
 
 def test_closed_or_full_standard_streams(tree: Path, db: Path, tmp_path: Path) -> None:
@@ -82,7 +90,16 @@ def test_closed_or_full_standard_streams(tree: Path, db: Path, tmp_path: Path) -
     assert full.returncode == 0 and lmdbio.info(tmp_path / "b.lmdb").num_samples == 8
     assert shell(f"{cli} info db.lmdb >&-", tmp_path).returncode == 0
     assert_one_line_error(shell(f"{cli} info db.lmdb >/dev/full", tmp_path),
-                          "could not be written to stdout", "the command itself finished")
+                          "could not be written to stdout", "stdout somewhere writable")
+    # a conversion whose report cannot be printed is still done: rerunning it would refuse
+    done = shell(f"{cli} convert src c.lmdb >/dev/full", tmp_path)
+    assert done.returncode == 0 and "warning: the report could not be written" in done.stderr
+    assert "c.lmdb is complete" in done.stderr
+    assert lmdbio.info(tmp_path / "c.lmdb").num_samples == 8
+    # a plugin's plain print into a closed pipe: SIGPIPE's status, no "Exception ignored"
+    piped = shell(f"{cli} generate g --images 4 -q | true", tmp_path,
+                  PYTHONUNBUFFERED="")
+    assert "Exception ignored" not in piped.stderr and "Traceback" not in piped.stderr
 
 
 def test_a_c_locale_prints_non_ascii_class_names_escaped(db: Path, tmp_path: Path) -> None:

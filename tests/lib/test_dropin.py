@@ -339,6 +339,17 @@ def test_samples_edited_in_place_are_followed_as_imagefolder(kind, edit, tree, o
     assert np.array_equal(np.asarray(dataset.loader(path)), np.asarray(pil_loader(path)))
 
 
+def test_reading_samples_costs_an_item_no_index_of_every_path(tree, out) -> None:
+    """Only a list that no longer holds the database's path at a position needs the paths'
+    index (a dict of every path, built in each worker)."""
+    dataset = make("ImageFolderLMDB", tree, out)
+    assert len(dataset.samples) == len(dataset) > 3
+    dataset[1], dataset[-1], dataset.__getitems__([0, 2, -2])
+    assert dataset._index_of is None
+    dataset.samples.reverse()
+    assert dataset[0][1] == dataset.samples[0][1] and dataset._index_of is not None
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_listing_attributes_are_the_datasets_own_objects(kind, tree, out) -> None:
     """Edited in place, none changes another, an item, or the database; each read is the same

@@ -270,6 +270,18 @@ def test_study_keeps_failed_notebook_and_exits_nonzero(tmp_path):
         in done.stdout + done.stderr
 
 
+def test_a_failed_cells_error_is_one_line_in_the_summary():
+    from papermill.exceptions import PapermillExecutionError
+
+    from lmdbio.study.runner import _reason
+
+    worker = PapermillExecutionError(3, 4, "", "RuntimeError",
+                                     "Caught ValueError in DataLoader worker process 0.\n"
+                                     "Original Traceback (most recent call last):\n  ...", [])
+    assert _reason(worker) == "RuntimeError: Caught ValueError in DataLoader worker process 0."
+    assert _reason(OSError("\n\n  disk full\nmore")) == "OSError: disk full"
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--modes", "bogus"], "argument --modes: modes 'bogus': not one of"),
     (["--modes", "load, emulate"], None),  # spaces are stripped, not made into folder names
