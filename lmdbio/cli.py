@@ -149,7 +149,8 @@ def _milliseconds(text: str) -> float:
     return _number(text, zero=True)
 
 
-def _int_at_least(text: str, least: int) -> int:
+def int_at_least(text: str, least: int) -> int:
+    """An argparse ``type``: ``text`` as an int of at least ``least``."""
     try:
         value = int(text)
     except ValueError:
@@ -160,11 +161,11 @@ def _int_at_least(text: str, least: int) -> int:
 
 
 def _positive_int(text: str) -> int:
-    return _int_at_least(text, 1)
+    return int_at_least(text, 1)
 
 
 def _count(text: str) -> int:
-    return _int_at_least(text, 0)
+    return int_at_least(text, 0)
 
 
 def _quality(text: str) -> int:

@@ -159,9 +159,9 @@ class ImageFolderLMDB(ImageFolder):
         self._samples: list[tuple[str, int]] | None = None  # the database's, decoded on use
         self._paths: list[str] | None = None  # record i's path, as ``samples`` spells it
         self._targets: list[int] | None = None
-        # What the caller assigned, torchvision-style (None: the database's own). Only an
-        # assigned ``samples`` changes what ``len``/``[i]`` return; a plain ``is None`` test
-        # keeps the default path as fast as before.
+        # What the caller assigned or was handed, torchvision-style (None: the database's own,
+        # never handed out). Only then do ``len``/``[i]`` read the list; a plain ``is None``
+        # test keeps the default path as fast as before.
         self._assigned_samples: list[tuple[str, int]] | None = None
         self._assigned: dict[str, Any] = {}
         self._path_loader: Callable[[str], Any] | None = None  # an assigned ``loader``

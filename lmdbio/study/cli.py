@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from lmdbio.cli import DefaultsHelpFormatter
+from lmdbio.cli import DefaultsHelpFormatter, int_at_least
 from lmdbio.study.conditions import MODES, checked
 
 __all__ = ["generate_main", "main"]
@@ -62,20 +62,10 @@ def _target(text: str) -> tuple[str, str]:
 
 
 def _ranks(text: str) -> int:
-    ranks = _count(text, 0)
+    ranks = int_at_least(text, 0)
     if ranks == 1:
         raise argparse.ArgumentTypeError("1 rank is no distributed run: 0 (no ddp cell) or >= 2")
     return ranks
-
-
-def _count(text: str, least: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < least:
-        raise argparse.ArgumentTypeError(f"must be >= {least}, not {value}")
-    return value
 
 
 def study_parser(prog: str) -> argparse.ArgumentParser:
@@ -85,10 +75,10 @@ def study_parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Run the storage study with papermill "
                                 "into results/ (see README, 'The study').",
                                 formatter_class=DefaultsHelpFormatter)
-    p.add_argument("--images", type=lambda t: _count(t, 2), default=d.images,
+    p.add_argument("--images", type=lambda t: int_at_least(t, 2), default=d.images,
                    help="synthetic images to generate")
-    p.add_argument("--epochs", type=lambda t: _count(t, 1), default=d.epochs)
-    p.add_argument("--repeats", type=lambda t: _count(t, 1), default=d.repeats,
+    p.add_argument("--epochs", type=lambda t: int_at_least(t, 1), default=d.epochs)
+    p.add_argument("--repeats", type=lambda t: int_at_least(t, 1), default=d.repeats,
                    help="repetitions per condition")
     p.add_argument("--modes", type=_modes, default=",".join(d.modes), help="train,emulate,load")
     p.add_argument("--train-batches", type=int, default=d.train_batches,
@@ -124,7 +114,7 @@ def generate_parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Generate the synthetic cats-vs-dogs "
                                 "ImageFolder.")
     p.add_argument("data_dir")
-    p.add_argument("--images", type=lambda t: _count(t, 2), default=25_000)
+    p.add_argument("--images", type=lambda t: int_at_least(t, 2), default=25_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="train")
     p.add_argument("-q", "--quiet", action="store_true")
