@@ -28,12 +28,15 @@ def test_target_1_is_the_median_ratio_and_shows_the_readers_cpu_limit(tmp_path: 
     assert "warm, the readers' CPU limit: 0.40x with 2 workers, 0.22x in one" in target["detail"]
 
 
-def test_target_3a_shows_the_ceiling_slowed_by_the_storages_own_cpu(tmp_path: Path) -> None:
-    """3a stays the ratio to the in-memory ceiling; beside it the bound a cold loader can reach
-    on that storage: the ceiling's rate scaled by its CPU per image over that CPU plus what a
-    cold sequential read of the DB costs per image (1000 img/s at 2.0 ms, + 0.5 ms: 800)."""
-    measured = {"ceiling: in memory, PIL decode": [(990, 2.0), (1000, 2.0), (1010, 2.1)],
-                "lmdbio": [(760, 2.6), (780, 2.5), (790, 2.5)],
+def test_target_3a_is_paired_and_shows_the_ceiling_slowed_by_the_storages_own_cpu(
+        tmp_path: Path) -> None:
+    """3a is lmdbio over the in-memory ceiling within each repetition (the two run back to
+    back), median over repetitions: a repetition where the VM slowed both down counts as the
+    ratio it shows, not as a slow lmdbio. Beside it the bound a cold loader can reach on that
+    storage: the ceiling's rate scaled by its CPU per image over that CPU plus what a cold
+    sequential read of the DB costs per image (1000 img/s at 2.0 ms, + 0.5 ms: 800)."""
+    measured = {"ceiling: in memory, PIL decode": [(1000, 2.0), (600, 2.0), (1010, 2.1)],
+                "lmdbio": [(780, 2.6), (480, 2.5), (790, 2.5)],
                 "ImageFolder": [(400, 3.0), (410, 3.0), (420, 3.0)],
                 "storage: cold sequential read of the DB": [(9000, 0.4), (9500, 0.5),
                                                             (9900, 0.6)]}
@@ -42,6 +45,10 @@ def test_target_3a_shows_the_ceiling_slowed_by_the_storages_own_cpu(tmp_path: Pa
             for name, values in measured.items() for repeat, (rate, cpu) in enumerate(values)]
     pandas.DataFrame(rows).to_csv(tmp_path / "loader.csv", index=False)
     target = next(t for t in measured_targets(str(tmp_path)) if t["target"] == "3a")
-    assert target["measured"] == 0.78 and target["met"] is False
+    # per repetition 0.780, 0.800, 0.782: median 0.782 (the medians' ratio is 780/1000)
+    assert target["measured"] == 0.782 and target["met"] is False
+    assert "paired within each of 3 repetitions (ABBA, back to back), 0.78-0.80x" in target["detail"]
+    assert "medians' ratio 0.78x" in target["detail"]
     assert ("reading the DB once costs 0.500 ms CPU per image here (the ceiling 2.000), which "
-            "slows the ceiling to 800 img/s: lmdbio 0.97x of that") in target["detail"]
+            "slows the ceiling to 800 img/s: lmdbio 0.97x of that, spending 2.500 ms CPU per "
+            "image against the ceiling's plus the storage's 2.500") in target["detail"]

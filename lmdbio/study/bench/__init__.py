@@ -9,6 +9,8 @@
 - ``perf``: issue #4's suite, one module per section (``perf_reads``, ``perf_loader``,
   ``perf_convert``, ``perf_memory``), the shared data and storages (``perf_common``), the
   targets table and figures (``perf_report``, ``perf_plots``);
+- ``versions``: two versions of the library's ``lmdbio/`` (git commits) in alternating
+  processes, cold and warm epochs (``version_run.py`` is one such process);
 - ``converters``: the converters raced, each run as ``python -m lmdbio.study.bench.converters``
   so its peak RSS is its own.
 

@@ -11,6 +11,8 @@ COMMANDS = {  # name -> (module, what it measures)
     "shards": ("lmdbio.study.bench.shards",
                "sharded conversion and sharded reads (results/shards/)"),
     "perf": ("lmdbio.study.bench.perf", "the performance suite, issue #4 (results/perf/)"),
+    "versions": ("lmdbio.study.bench.versions",
+                 "two versions of the library side by side, cold and warm (regressions)"),
     "validate": ("lmdbio.study.bench.perf_validate", "what validating images at conversion costs, issue #12 (results/perf/convert_validation.csv)"),
 }
 

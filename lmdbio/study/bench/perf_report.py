@@ -52,6 +52,17 @@ def _ratios(frame: pandas.DataFrame, storage: str,
     return ratio
 
 
+def _paired(frame: pandas.DataFrame, storage: str, variant: str, base: str) -> list[float]:
+    """``variant``'s images/s over ``base``'s within each repetition on ``storage``: the
+    two ran in the same stretch of time, so the VM's slow drift cancels out of each ratio."""
+    part = frame[frame["storage"] == storage].set_index(["variant", "repeat"])["images_per_s"]
+    ratios = []
+    for repeat in sorted(frame.loc[frame["storage"] == storage, "repeat"].unique()):
+        if (variant, repeat) in part.index and (base, repeat) in part.index:
+            ratios.append(float(part[(variant, repeat)] / part[(base, repeat)]))
+    return ratios
+
+
 def _storage_bound_note(loader: pandas.DataFrame, storage: str, lmdbio: float) -> str:
     """Where the section measured CPU per image: the ceiling slowed by the storage's own CPU
     to read the DB once (``perf_common.storage_bound``), and lmdbio against it."""
@@ -65,7 +76,8 @@ def _storage_bound_note(loader: pandas.DataFrame, storage: str, lmdbio: float) -
                           cpu(CEILING), cpu(STORAGE_READ))
     return (f"; reading the DB once costs {cpu(STORAGE_READ):.3f} ms CPU per image here "
             f"(the ceiling {cpu(CEILING):.3f}), which slows the ceiling to {bound:.0f} img/s: "
-            f"lmdbio {lmdbio / bound:.2f}x of that")
+            f"lmdbio {lmdbio / bound:.2f}x of that, spending {cpu('lmdbio'):.3f} ms CPU per "
+            f"image against the ceiling's plus the storage's {cpu(CEILING) + cpu(STORAGE_READ):.3f}")
 
 
 def measured_targets(out: str) -> list[dict]:
@@ -105,7 +117,11 @@ def measured_targets(out: str) -> list[dict]:
         for storage in loader["storage"].unique():
             rate: Callable[[str], float] = lambda v, s=storage: _median(  # noqa: E731
                 loader, "images_per_s", storage=s, variant=v)
-            add("3a", storage, rate("lmdbio") / rate(CEILING),
+            paired = _paired(loader, storage, "lmdbio", CEILING)
+            add("3a", storage, statistics.median(paired) if paired else float("nan"),
+                f"paired within each of {len(paired)} repetitions (ABBA, back to back), "
+                f"{min(paired, default=float('nan')):.2f}-{max(paired, default=float('nan')):.2f}x;"
+                f" medians' ratio {rate('lmdbio') / rate(CEILING):.2f}x; "
                 f"ImageFolder {rate('ImageFolder') / rate(CEILING):.2f}x"
                 + _storage_bound_note(loader, storage, rate("lmdbio")))
             add("3b", storage, rate("lmdbio, DraftDecoder(64)") / rate("ImageFolder"),
