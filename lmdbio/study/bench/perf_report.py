@@ -77,7 +77,8 @@ def _storage_bound_note(loader: pandas.DataFrame, storage: str, lmdbio: float) -
     return (f"; reading the DB once costs {cpu(STORAGE_READ):.3f} ms CPU per image here "
             f"(the ceiling {cpu(CEILING):.3f}), which slows the ceiling to {bound:.0f} img/s: "
             f"lmdbio {lmdbio / bound:.2f}x of that, spending {cpu('lmdbio'):.3f} ms CPU per "
-            f"image against the ceiling's plus the storage's {cpu(CEILING) + cpu(STORAGE_READ):.3f}")
+            "image against the ceiling's plus the storage's "
+            f"{cpu(CEILING) + cpu(STORAGE_READ):.3f}")
 
 
 def measured_targets(out: str) -> list[dict]:

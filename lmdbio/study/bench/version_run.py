@@ -21,8 +21,8 @@ def epoch(dataset: object, seed: int) -> tuple[float, float]:
     import torch
     from torch.utils.data import DataLoader
 
-    loader = DataLoader(dataset, batch_size=128, shuffle=True, num_workers=2,  # type: ignore[arg-type]
-                        generator=torch.Generator().manual_seed(seed))
+    loader = DataLoader(dataset, batch_size=128, shuffle=True,  # type: ignore[arg-type]
+                        num_workers=2, generator=torch.Generator().manual_seed(seed))
     started, images, first = time.perf_counter(), 0, float("nan")
     for _, targets in loader:
         if not images:

@@ -6,8 +6,8 @@ Each version's ``lmdbio/`` is taken from git (``--new`` defaults to the working 
 in processes of its own (``version_run.py``: a cold epoch, then a warm one, of the seed
 transform through 2 DataLoader workers), the two alternating in ABBA order over ``--pairs``
 pairs, on the local disk and through sshfs, the DB evicted before each process. The same
-harness and data for both: only the library differs. Writes ``--out`` (tidy CSV) and prints
-each cell's medians (range) and the paired ratio new / old (median, range).
+harness and data for both: only the library differs. Writes ``--out`` (tidy CSV) and beside
+it the same name in ``.md``: each cell's medians (range) and the paired ratio new / old.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 
+from lmdbio.publish import create_exclusive, staged
 from lmdbio.study.bench.perf_common import Storage, jpeg_tree, storages, write_rows
 
 RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "version_run.py")
@@ -116,7 +117,14 @@ def main(argv: list[str] | None = None) -> int:
         rows = [row for storage in places
                 for row in compare(storage, db, {old: old_tree, new: new_tree}, args.pairs)]
     write_rows(rows, args.out)
-    print("\n" + "\n".join(summary(rows, old, new)), flush=True)
+    lines = summary(rows, old, new)
+    notes = os.path.splitext(args.out)[0] + ".md"
+    with staged(notes) as partial, create_exclusive(partial, "w") as handle:
+        handle.write(f"# {new} against {old}\n\n{len(rows) // 2} processes ({args.pairs} "
+                     "ABBA pairs per storage), each a cold then a warm epoch: images/s, "
+                     "median (range); paired ratio median [range]\n\n"
+                     + "".join(f"* {line}\n" for line in lines))
+    print("\n" + "\n".join(lines), flush=True)
     return 0
 
 
