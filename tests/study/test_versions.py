@@ -39,7 +39,7 @@ def test_library_tree_is_lmdbio_as_committed_not_as_edited(tmp_path: Path) -> No
     assert not Path(tree).exists()  # removed after
     with versions.library_tree(str(repo), None) as tree:
         assert (Path(tree) / "lmdbio" / "__init__.py").read_text() == "VERSION = 'edited'\n"
-    with pytest.raises(SystemExit, match="cannot take lmdbio/ at 'no-such-commit'"):
+    with pytest.raises(SystemExit, match="'no-such-commit' is not a commit of"):
         with versions.library_tree(str(repo), "no-such-commit"):
             pass
 

@@ -37,9 +37,23 @@ def library_tree(repo: str, commit: str | None) -> Iterator[str]:
         yield repo
         return
     with tempfile.TemporaryDirectory(prefix="lmdbio-version-") as tree:
-        archive = subprocess.Popen(["git", "-C", repo, "archive", commit, "lmdbio"],
-                                   stdout=subprocess.PIPE)
-        unpacked = subprocess.run(["tar", "-x", "-C", tree], stdin=archive.stdout)
+        archive = None
+        try:
+            known = subprocess.run(["git", "-C", repo, "rev-parse", "--verify", "--quiet",
+                                    f"{commit}^{{commit}}"], capture_output=True)
+            if known.returncode:
+                raise SystemExit(f"versions: {commit!r} is not a commit of {repo!r}; name one "
+                                 "that 'git log' there shows")
+            archive = subprocess.Popen(["git", "-C", repo, "archive", commit, "lmdbio"],
+                                       stdout=subprocess.PIPE)
+            unpacked = subprocess.run(["tar", "-x", "-C", tree], stdin=archive.stdout)
+            archive.stdout.close()  # type: ignore[union-attr]  # git sees a closed pipe, not a hang
+        except OSError as exc:  # no git or tar on PATH
+            if archive is not None:
+                archive.kill()
+                archive.wait()
+            raise SystemExit(f"versions: cannot run {exc.filename!r} ({exc.strerror}); "
+                             "install git and tar") from None
         if archive.wait() or unpacked.returncode:
             raise SystemExit(f"versions: cannot take lmdbio/ at {commit!r} from {repo!r} "
                              "(git archive failed); name a commit of this checkout")
