@@ -55,12 +55,13 @@ def _ratios(frame: pandas.DataFrame, storage: str,
 def _paired(frame: pandas.DataFrame, storage: str, variant: str, base: str) -> list[float]:
     """``variant``'s images/s over ``base``'s within each repetition on ``storage``: the
     two ran in the same stretch of time, so the VM's slow drift cancels out of each ratio."""
-    part = frame[frame["storage"] == storage].set_index(["variant", "repeat"])["images_per_s"]
-    ratios = []
-    for repeat in sorted(frame.loc[frame["storage"] == storage, "repeat"].unique()):
-        if (variant, repeat) in part.index and (base, repeat) in part.index:
-            ratios.append(float(part[(variant, repeat)] / part[(base, repeat)]))
-    return ratios
+    part = frame[(frame["storage"] == storage) & frame["variant"].isin([variant, base])]
+    rates = part.dropna(subset=["images_per_s"]).groupby(["repeat", "variant"])[
+        "images_per_s"].median().unstack()  # one rate per repetition and variant
+    if variant not in rates or base not in rates:
+        return []
+    both = rates[(rates[base] > 0) & rates[variant].notna()]
+    return [float(v) for v in both[variant] / both[base]]
 
 
 def _storage_bound_note(loader: pandas.DataFrame, storage: str, lmdbio: float) -> str:

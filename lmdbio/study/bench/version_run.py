@@ -15,6 +15,9 @@ import os
 import sys
 import time
 
+if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]  # run by path, this folder came first: its modules are not top-level ones
+
 
 def epoch(dataset: object, seed: int) -> tuple[float, float]:
     """(images/s, seconds to the first batch) of one pass."""

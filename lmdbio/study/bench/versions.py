@@ -27,6 +27,7 @@ from lmdbio.study.bench.perf_common import Storage, jpeg_tree, storages, write_r
 
 RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "version_run.py")
 CACHES = ("cold", "warm")
+RUN_TIMEOUT_S = 900  # one process: two epochs of a few thousand images, seconds when well
 
 
 @contextlib.contextmanager
@@ -63,8 +64,12 @@ def library_tree(repo: str, commit: str | None) -> Iterator[str]:
 def run_once(tree: str, db: str, seed: int) -> dict:
     """One process of ``version_run.py`` with ``tree``'s library; checks it imported that one."""
     env = dict(os.environ, PYTHONPATH=tree)
-    done = subprocess.run([sys.executable, RUNNER, db, str(seed)], env=env,
-                          capture_output=True, text=True)
+    try:
+        done = subprocess.run([sys.executable, RUNNER, db, str(seed)], env=env,
+                              capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"versions: the run with {tree} on {db} took over {RUN_TIMEOUT_S} s "
+                         "(two epochs take seconds): is the storage answering?") from None
     if done.returncode:
         raise SystemExit(f"versions: the run with {tree} failed: {done.stderr.strip()[-800:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -90,20 +95,26 @@ def compare(storage: Storage, db: str, trees: dict[str, str], pairs: int) -> lis
 
 
 def summary(rows: list[dict], old: str, new: str) -> list[str]:
-    """One line per storage and cache: medians (range) and the paired ratio new / old."""
+    """One line per storage and cache: medians (range) and the paired ratio new / old, each
+    pair's two runs matched by their pair number (a pair missing a run is left out)."""
     lines = []
     for storage in dict.fromkeys(r["storage"] for r in rows):
         for cache in CACHES:
-            def rates(version: str) -> list[float]:
-                return [r["images_per_s"] for r in sorted(rows, key=lambda r: r["pair"])
-                        if (r["storage"], r["cache"], r["version"]) == (storage, cache, version)]
+            def rates(version: str) -> dict[int, float]:
+                return {r["pair"]: r["images_per_s"] for r in rows
+                        if (r["storage"], r["cache"], r["version"]) == (storage, cache, version)
+                        and r["images_per_s"] > 0}
             before, after = rates(old), rates(new)
-            paired = [b / a for a, b in zip(before, after)]
+            paired = [after[p] / before[p] for p in sorted(before.keys() & after.keys())]
+            if not paired:
+                continue
             lines.append(
-                f"{storage} {cache}: {old} {statistics.median(before):.0f} "
-                f"({min(before):.0f}-{max(before):.0f}), {new} {statistics.median(after):.0f} "
-                f"({min(after):.0f}-{max(after):.0f}) img/s; paired {new} / {old} "
-                f"{statistics.median(paired):.3f}x [{min(paired):.3f}-{max(paired):.3f}]")
+                f"{storage} {cache}: {old} {statistics.median(before.values()):.0f} "
+                f"({min(before.values()):.0f}-{max(before.values()):.0f}), {new} "
+                f"{statistics.median(after.values()):.0f} ({min(after.values()):.0f}-"
+                f"{max(after.values()):.0f}) img/s; paired {new} / {old} "
+                f"{statistics.median(paired):.3f}x [{min(paired):.3f}-{max(paired):.3f}] "
+                f"over {len(paired)} pairs")
     return lines
 
 
