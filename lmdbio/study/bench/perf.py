@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loader-repeats", type=int, default=8,
                         help="the loader section's repetitions (target 3a is a ratio of a few "
                              "percent: 3 do not place it within this VM's drift)")
+    parser.add_argument("--pair-repeats", type=int, default=20,
+                        help="then the in-memory ceiling and lmdbio alone, back to back, this "
+                             "many times (target 3a)")
     parser.add_argument("--epochs", type=int, default=4, help="accuracy runs' epochs")
     parser.add_argument("--only", default=",".join(SECTIONS))
     parser.add_argument("--no-nfs", action="store_true", help="local disk only")
@@ -75,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             from lmdbio.study.bench.perf_loader import bench_accuracy, bench_loader, prepare
 
             files = prepare(args.work, jpeg)
-            write_rows(bench_loader(places, files, args.loader_repeats),
+            write_rows(bench_loader(places, files, args.loader_repeats,
+                                    args.pair_repeats),
                        os.path.join(args.out, "loader.csv"))
             write_rows(bench_accuracy(args.work, files, 1000, args.epochs),
                        os.path.join(args.out, "accuracy.csv"))

@@ -33,6 +33,7 @@ from lmdbio.study.synthetic import ensure_dataset
 MB = 1e6
 CEILING = "ceiling: in memory, PIL decode"              # target 3's variants (perf_loader)
 STORAGE_READ = "storage: cold sequential read of the DB"
+PAIRS = "ceiling and lmdbio alone"    # target 3a's own phase of the loader section
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,22 @@ def storage_bound(ceiling: float, ceiling_cpu_ms: float, storage_cpu_ms: float) 
 def median(rows: list[dict], key: str, **where: object) -> float:
     values = [r[key] for r in rows if all(r.get(k) == v for k, v in where.items())]
     return statistics.median(values) if values else float("nan")
+
+
+def paired_ratios(rows: list[dict], variant: str, base: str, key: str = "images_per_s",
+                  **where: object) -> list[float]:
+    """``variant``'s ``key`` over ``base``'s within each repetition (rows matching ``where``):
+    the two ran in the same stretch of time, so the VM's slow drift cancels out of each ratio.
+    A repetition missing either value (or holding NaN) is left out, not paired with another."""
+    by_repeat: dict[object, dict[str, list[float]]] = {}
+    for row in rows:
+        value = row.get(key)
+        if (row.get("variant") in (variant, base) and value is not None and value == value
+                and all(row.get(k) == v for k, v in where.items())):
+            by_repeat.setdefault(row["repeat"], {}).setdefault(row["variant"], []).append(value)
+    return [statistics.median(rates[variant]) / statistics.median(rates[base])
+            for _, rates in sorted(by_repeat.items(), key=lambda item: str(item[0]))
+            if variant in rates and base in rates and statistics.median(rates[base]) > 0]
 
 
 def write_rows(rows: list[dict], path: str) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import random
+import statistics
 from collections.abc import Callable
 from typing import Any
 
@@ -33,8 +34,9 @@ from lmdbio.dataset import ImageFolderLMDB
 from lmdbio.decode import DraftDecoder, decode_pil, decode_tensor
 from lmdbio.study.harness import IMAGENET_MEAN, IMAGENET_STD, RunSpec, measure, seed_transform
 from lmdbio.study.synthetic import ensure_dataset
-from lmdbio.study.bench.perf_common import (CEILING, STORAGE_READ, Storage, banner, median,
-                                            sequential_read, storage_bound, write_seed_db)
+from lmdbio.study.bench.perf_common import (CEILING, PAIRS, STORAGE_READ, Storage, banner,
+                                            median, paired_ratios, sequential_read,
+                                            storage_bound, write_seed_db)
 from lmdbio.study.profiling import machine_cpu_s
 
 MAX_SIZE = 160   # longer side kept by the --max-size DB: 2.5x the 64-pixel crop
@@ -143,41 +145,55 @@ def conditions(storage: Storage, files: dict[str, str]) -> list[tuple[str, str, 
 
 
 def bench_loader(storages: list[Storage], files: dict[str, str], repeats: int,
-                 workers: int = 2, batch_size: int = 128) -> list[dict]:
+                 pair_repeats: int = 20, workers: int = 2,
+                 batch_size: int = 128) -> list[dict]:
+    """Every condition ``repeats`` times in ABBA order, then the ceiling and lmdbio alone
+    ``pair_repeats`` times (target 3a: a gap of a few per cent, which 8 repetitions of a
+    VM that drifts by several per cent between them do not place)."""
     rows: list[dict] = []
     for storage in storages:
         variants = conditions(storage, files)
         rows += storage_read_rows(storage, files["lmdb"], repeats)
         # repeat -1: a discarded warm-up of every variant (the imports and first-use code of
         # each: a variant first run inside a timed repetition paid them there)
-        for repeat in range(-1, repeats):
-            for name, evict, factory in variants if repeat % 2 == 0 else variants[::-1]:
-                if evict:
-                    storage.evict(evict)
-                dataset = factory()
-                spec = RunSpec(fmt=name, mode="load", cache="cold", repeat=repeat,
-                               batch_size=batch_size, num_workers=workers)
-                busy = machine_cpu_s()[0]
-                try:
-                    _, summary = measure(dataset, spec, num_classes=2)
-                finally:
-                    if hasattr(dataset, "close"):
-                        dataset.close()
-                busy = machine_cpu_s()[0] - busy
-                if repeat < 0:
-                    continue
-                rows.append({"target": 3, "storage": storage.name, "variant": name,
-                             "repeat": repeat, "images_per_s": summary["images_per_s"],
-                             "cpu_ms_per_image": busy * 1e3 / summary["images_total"],
-                             "ttfb_s": summary["ttfb_s"], "workers": workers,
-                             "batch_size": batch_size})
+        for phase, chosen, count in (("every condition", variants, repeats),
+                                     (PAIRS, variants[:2], pair_repeats)):
+            for repeat in range(-1 if phase != PAIRS else 0, count):
+                for name, evict, factory in chosen if repeat % 2 == 0 else chosen[::-1]:
+                    row = _run_one(storage, name, evict, factory, repeat, workers, batch_size)
+                    if repeat >= 0:
+                        rows.append(row | {"phase": phase})
         _print_loader(rows, storage.name, [name for name, _, _ in variants], workers)
     return rows
 
 
+def _run_one(storage: Storage, name: str, evict: str, factory: Callable[[], Any], repeat: int,
+             workers: int, batch_size: int) -> dict:
+    """One cold epoch of one condition: its row of ``loader.csv``."""
+    if evict:
+        storage.evict(evict)
+    dataset = factory()
+    spec = RunSpec(fmt=name, mode="load", cache="cold", repeat=repeat,
+                   batch_size=batch_size, num_workers=workers)
+    busy = machine_cpu_s()[0]
+    try:
+        _, summary = measure(dataset, spec, num_classes=2)
+    finally:
+        if hasattr(dataset, "close"):
+            dataset.close()
+    busy = machine_cpu_s()[0] - busy
+    return {"target": 3, "storage": storage.name, "variant": name, "repeat": repeat,
+            "images_per_s": summary["images_per_s"],
+            "steady_images_per_s": summary["steady_images_per_s"],
+            "cpu_ms_per_image": busy * 1e3 / summary["images_total"],
+            "ttfb_s": summary["ttfb_s"], "workers": workers, "batch_size": batch_size}
+
+
 def _print_loader(rows: list[dict], storage: str, variants: list[str], workers: int) -> None:
+    every = [row for row in rows if row.get("phase") != PAIRS]
+
     def rate(variant: str, key: str = "images_per_s") -> float:
-        return median(rows, key, storage=storage, variant=variant)
+        return median(every, key, storage=storage, variant=variant)
 
     ceiling, folder = rate(CEILING), rate("ImageFolder")
     bound = storage_bound(ceiling, rate(CEILING, "cpu_ms_per_image"),
@@ -194,6 +210,12 @@ def _print_loader(rows: list[dict], storage: str, variants: list[str], workers: 
         print(f"   {name}: {value:.0f} img/s = {value / ceiling:.2f}x ceiling, "
               f"{value / bound:.2f}x the storage's bound, {value / folder:.2f}x ImageFolder, "
               f"{rate(name, 'cpu_ms_per_image'):.3f} ms CPU/image", flush=True)
+    for key, what in (("images_per_s", "epoch"), ("steady_images_per_s", "after the first batch")):
+        pairs = paired_ratios(rows, "lmdbio", CEILING, key, storage=storage, phase=PAIRS)
+        if pairs:
+            print(f"   target 3a, {PAIRS}, {len(pairs)} repetitions, {what}: lmdbio / ceiling "
+                  f"{statistics.median(pairs):.3f}x ({min(pairs):.3f}-{max(pairs):.3f})",
+                  flush=True)
 
 
 # -- accuracy: does the fast path hurt a short training run? -------------------------------
