@@ -5,6 +5,7 @@ full disk, a C locale, empty and special paths, shard destinations taken."""
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import lmdbio
-from lmdbio.format import KEY_HEADER
-from lmdbio.lmdb_layout import DB_RECORD, META_DBS, P_LEAF, PAGE
+from lmdbio.format import KEY_HEADER, META_DB
+from lmdbio.lmdb_layout import DB_RECORD, META_DBS, NODE, P_LEAF, PAGE
 
 from tests.helpers import REPO, assert_one_line_error, build_simple_tree, run_cli
 
@@ -37,13 +38,30 @@ def shell(command: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[st
 
 
 def metadata_leaf(path: Path) -> int:
-    """The leaf page of the metadata's tree (the one holding the header's key)."""
+    """The leaf page of the metadata's tree, followed from the newer meta page as liblmdb does:
+    each commit rewrites that leaf elsewhere (copy on write), so a freed earlier copy holding
+    the header's key may lie before it in the file, depending on how many commits the
+    conversion made."""
     data, size = path.read_bytes(), 4096
-    for pgno in range(2, len(data) // size):
-        page = data[pgno * size:(pgno + 1) * size]
-        if PAGE.unpack_from(page)[2] == P_LEAF and KEY_HEADER in page:
-            return pgno
-    raise AssertionError("no metadata leaf page")
+
+    def meta(offset: int) -> tuple[int, tuple[int, ...]]:
+        main = DB_RECORD.unpack_from(data, offset + META_DBS + DB_RECORD.size)
+        txnid = struct.unpack_from("<Q", data, offset + META_DBS + 2 * DB_RECORD.size + 8)[0]
+        return txnid, main
+
+    main_root = max(meta(0), meta(size))[1][-1]
+    page = data[main_root * size:(main_root + 1) * size]
+    _, _, kind, lower, _ = PAGE.unpack_from(page)
+    assert kind == P_LEAF  # a database this small: the main tree is one leaf
+    for offset in struct.unpack_from(f"<{(lower - PAGE.size) // 2}H", page, PAGE.size):
+        key_size = NODE.unpack_from(page, offset)[3]
+        key_end = offset + NODE.size + key_size
+        if page[offset + NODE.size:key_end] == META_DB:
+            leaf = DB_RECORD.unpack_from(page, key_end)[-1]  # the metadata tree's root
+            found = data[leaf * size:(leaf + 1) * size]
+            assert PAGE.unpack_from(found)[2] == P_LEAF and KEY_HEADER in found
+            return leaf
+    raise AssertionError("no metadata tree in the main tree")
 
 
 def test_a_damaged_metadata_page_is_an_error_not_a_crash(db: Path, tmp_path: Path) -> None:
