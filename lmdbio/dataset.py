@@ -389,11 +389,10 @@ class ImageFolderLMDB(ImageFolder):
         when one is not there, which is left to the read to report."""
         assigned = self._assigned_samples
         try:
+            count = len(self.database) if assigned is None else len(assigned)
+            positions = [j + count if (j := operator.index(i)) < 0 else j for i in indices]
             if assigned is None:
-                count = len(self.database)
-                return [j + count if (j := operator.index(i)) < 0 else j for i in indices]
-            positions = [j + len(assigned) if (j := operator.index(i)) < 0 else j
-                         for i in indices]
+                return positions
             return [self._record_at(p, assigned[p][0], "samples path") for p in positions]
         except (IndexError, TypeError, ValueError, SampleNotFoundError):
             return None
