@@ -161,20 +161,21 @@ def median(rows: list[dict], key: str, **where: object) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def paired_ratios(rows: list[dict], variant: str, base: str, key: str = "images_per_s",
-                  **where: object) -> list[float]:
-    """``variant``'s ``key`` over ``base``'s within each repetition (rows matching ``where``):
-    the two ran in the same stretch of time, so the VM's slow drift cancels out of each ratio.
-    A repetition missing either value (or holding NaN) is left out, not paired with another."""
-    by_repeat: dict[object, dict[str, list[float]]] = {}
+def paired_ratios(rows: list[dict], variant: str, base: str, key: str = "images_per_s", *,
+                  group: str = "repeat", label: str = "variant", **where: object) -> list[float]:
+    """``variant``'s ``key`` over ``base``'s (the two named by the ``label`` column) within
+    each repetition (the ``group`` column; rows matching ``where``): the two ran in the same
+    stretch of time, so the VM's slow drift cancels out of each ratio. A repetition missing
+    either rate (or holding NaN, or none above 0) is left out, not paired with another."""
+    by_group: dict[object, dict[str, list[float]]] = {}
     for row in rows:
         value = row.get(key)
-        if (row.get("variant") in (variant, base) and value is not None and value == value
-                and all(row.get(k) == v for k, v in where.items())):
-            by_repeat.setdefault(row["repeat"], {}).setdefault(row["variant"], []).append(value)
+        if (row.get(label) in (variant, base) and value is not None and value > 0
+                and all(row.get(k) == v for k, v in where.items())):  # NaN > 0 is False
+            by_group.setdefault(row[group], {}).setdefault(row[label], []).append(value)
     return [statistics.median(rates[variant]) / statistics.median(rates[base])
-            for _, rates in sorted(by_repeat.items(), key=lambda item: str(item[0]))
-            if variant in rates and base in rates and statistics.median(rates[base]) > 0]
+            for _, rates in sorted(by_group.items(), key=lambda item: str(item[0]))
+            if variant in rates and base in rates]
 
 
 def write_rows(rows: list[dict], path: str) -> None:

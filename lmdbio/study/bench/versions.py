@@ -23,7 +23,8 @@ import tempfile
 from collections.abc import Iterator
 
 from lmdbio.publish import create_exclusive, staged
-from lmdbio.study.bench.perf_common import Storage, jpeg_tree, storages, write_rows
+from lmdbio.study.bench.perf_common import (Storage, jpeg_tree, paired_ratios, storages,
+                                            write_rows)
 
 RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "version_run.py")
 CACHES = ("cold", "warm")
@@ -105,7 +106,8 @@ def summary(rows: list[dict], old: str, new: str) -> list[str]:
                         if (r["storage"], r["cache"], r["version"]) == (storage, cache, version)
                         and r["images_per_s"] > 0}
             before, after = rates(old), rates(new)
-            paired = [after[p] / before[p] for p in sorted(before.keys() & after.keys())]
+            paired = paired_ratios(rows, new, old, group="pair", label="version",
+                                   storage=storage, cache=cache)
             if not paired:
                 continue
             lines.append(
