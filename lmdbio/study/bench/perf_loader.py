@@ -155,10 +155,11 @@ def bench_loader(storages: list[Storage], files: dict[str, str], repeats: int,
         variants = conditions(storage, files)
         rows += storage_read_rows(storage, files["lmdb"], repeats)
         # repeat -1: a discarded warm-up of every variant (the imports and first-use code of
-        # each: a variant first run inside a timed repetition paid them there)
-        for phase, chosen, count in (("every condition", variants, repeats),
-                                     (PAIRS, variants[:2], pair_repeats)):
-            for repeat in range(-1 if phase != PAIRS else 0, count):
+        # each: a variant first run inside a timed repetition paid them there); the pairs
+        # phase comes after it, warm already
+        for phase, chosen, first, count in (("every condition", variants, -1, repeats),
+                                            (PAIRS, variants[:2], 0, pair_repeats)):
+            for repeat in range(first, count):
                 for name, evict, factory in chosen if repeat % 2 == 0 else chosen[::-1]:
                     row = _run_one(storage, name, evict, factory, repeat, workers, batch_size)
                     if repeat >= 0:
