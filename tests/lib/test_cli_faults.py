@@ -15,6 +15,7 @@ import pytest
 import lmdbio
 from lmdbio.format import KEY_HEADER, META_DB
 from lmdbio.lmdb_layout import DB_RECORD, META_DBS, NODE, P_LEAF, PAGE
+from lmdbio.lmdbcheck import _meta
 
 from tests.helpers import REPO, assert_one_line_error, build_simple_tree, run_cli
 
@@ -43,13 +44,11 @@ def metadata_leaf(path: Path) -> int:
     the header's key may lie before it in the file, depending on how many commits the
     conversion made."""
     data, size = path.read_bytes(), 4096
-
-    def meta(offset: int) -> tuple[int, tuple[int, ...]]:
-        main = DB_RECORD.unpack_from(data, offset + META_DBS + DB_RECORD.size)
-        txnid = struct.unpack_from("<Q", data, offset + META_DBS + 2 * DB_RECORD.size + 8)[0]
-        return txnid, main
-
-    main_root = max(meta(0), meta(size))[1][-1]
+    fd = os.open(path, os.O_RDONLY)
+    try:  # (txnid, last page, free tree, main tree) of each; liblmdb reads the newer one
+        main_root = max(_meta(fd, 0), _meta(fd, size))[3][-1]  # type: ignore[type-var]
+    finally:
+        os.close(fd)
     page = data[main_root * size:(main_root + 1) * size]
     _, _, kind, lower, _ = PAGE.unpack_from(page)
     assert kind == P_LEAF  # a database this small: the main tree is one leaf
