@@ -14,6 +14,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
 
+from .cli_args import (DefaultsHelpFormatter, milliseconds, non_negative_int, parse_extensions,
+                       positive_int, quality, seconds)
+
 __all__ = ["main", "run_guarded"]
 
 Handler = Callable[[argparse.Namespace], int]
@@ -116,65 +119,6 @@ def _advise(args: argparse.Namespace) -> int:
     return 0
 
 
-class DefaultsHelpFormatter(argparse.HelpFormatter):
-    """Each option's default after its help, unless the help says it already or there is
-    none to say (``None``, ``False``): argparse's own formatter printed "(default: SRC.lmdb
-    next to SRC) (default: None)"."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        if ("default" in text.lower() or action.default is None or action.default is False
-                or action.default == argparse.SUPPRESS
-                or not action.option_strings and action.nargs not in ("?", "*")):
-            return text
-        return f"{text} (default: %(default)s)"
-
-
-def _number(text: str, *, zero: bool) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
-    if not (value >= 0 if zero else value > 0) or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number {'>=' if zero else '>'} 0, not "
-                                         f"{text}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    return _number(text, zero=False)
-
-
-def _milliseconds(text: str) -> float:
-    return _number(text, zero=True)
-
-
-def int_at_least(text: str, least: int) -> int:
-    """An argparse ``type``: ``text`` as an int of at least ``least``."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < least:
-        raise argparse.ArgumentTypeError(f"must be >= {least}, not {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    return int_at_least(text, 1)
-
-
-def _count(text: str) -> int:
-    return int_at_least(text, 0)
-
-
-def _quality(text: str) -> int:
-    value = _positive_int(text)
-    if value > 100:
-        raise argparse.ArgumentTypeError(f"must be from 1 to 100, not {value}")
-    return value
-
-
 def register_convert(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("convert", help="convert an ImageFolder tree into one LMDB file",
                             formatter_class=DefaultsHelpFormatter)
@@ -197,22 +141,22 @@ def register_convert(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-empty", action="store_true",
                    help="keep class folders without images as empty classes, as "
                    "ImageFolder(allow_empty=True)")
-    p.add_argument("--workers", type=_positive_int, default=None,
+    p.add_argument("--workers", type=positive_int, default=None,
                    help="parallel file reads (default: 16 on a network FS, 4 on a local disk)")
-    p.add_argument("--commit-mb", type=_positive_int, default=32,
+    p.add_argument("--commit-mb", type=positive_int, default=32,
                    help="MB of images per transaction")
     p.add_argument("--shard", metavar="I/N",
                    help="write only shard I of N (0-based) as DST-0000I-of-0000N.lmdb; the "
                    "shards can be converted by different processes or nodes")
-    p.add_argument("--num-shards", type=_positive_int, metavar="N",
+    p.add_argument("--num-shards", type=positive_int, metavar="N",
                    help="write all N shards (with --resume: the unfinished ones)")
-    p.add_argument("--jobs", type=_positive_int, default=1,
+    p.add_argument("--jobs", type=positive_int, default=1,
                    help="with --num-shards: shards converted at once, in separate processes")
-    p.add_argument("--max-size", type=_positive_int, metavar="N",
+    p.add_argument("--max-size", type=positive_int, metavar="N",
                    help="downscale images whose longer side exceeds N px to N (aspect kept) "
                    "and re-encode them (JPEG stays JPEG, other formats become PNG); smaller "
                    "images keep their bytes. Recorded in the metadata")
-    p.add_argument("--quality", type=_quality, metavar="Q",
+    p.add_argument("--quality", type=quality, metavar="Q",
                    help="with --max-size: JPEG quality (1-100) of re-encoded images; None means 90")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bar; a failure is one line on stderr")
@@ -252,34 +196,24 @@ def register_advise(commands: argparse._SubParsersAction) -> None:
         "nothing. The model: docs/ADVISE.md.",
         formatter_class=DefaultsHelpFormatter)
     p.add_argument("dir", metavar="DIR", help="split folder holding one sub-folder per class")
-    p.add_argument("--workers", type=_count, default=None,
+    p.add_argument("--workers", type=non_negative_int, default=None,
                    help="DataLoader workers to predict for (default: one per available core)")
-    p.add_argument("--batch-size", type=_positive_int, default=128,
+    p.add_argument("--batch-size", type=positive_int, default=128,
                    help="DataLoader batch size (matters with --step-ms)")
-    p.add_argument("--step-ms", type=_milliseconds, default=0.0, metavar="MS",
+    p.add_argument("--step-ms", type=milliseconds, default=0.0, metavar="MS",
                    help="an accelerator step per batch, in ms (0: the loader alone)")
     p.add_argument("--transform", choices=("seed", "none"), default="seed",
                    help="what each image costs: 'seed' = decode + RandomResizedCrop(64), flip, "
                    "ToTensor, Normalize (imports torchvision); 'none' = decode only")
-    p.add_argument("--sample", type=_positive_int, default=300,
+    p.add_argument("--sample", type=positive_int, default=300,
                    help="files to measure at most")
-    p.add_argument("--budget", type=_seconds, default=60.0, metavar="S",
+    p.add_argument("--budget", type=seconds, default=60.0, metavar="S",
                    help="seconds to measure for at most (the listing included)")
     p.add_argument("--allow-empty", action="store_true",
                    help="accept class folders without images, as ImageFolder(allow_empty=True)")
     p.add_argument("--json", action="store_true", help="one JSON object: every input and "
                    "prediction")
     p.set_defaults(handler=_advise)
-
-
-def parse_extensions(text: str) -> tuple[str, ...]:
-    """``".jpg, .png"`` -> ``(".jpg", ".png")``; an empty item would match every file."""
-    items = tuple(item.strip() for item in text.split(","))
-    if not all(items):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} has an empty item, which would match every file; list them as "
-            "'.jpg,.png'")
-    return items
 
 
 def build_parser() -> argparse.ArgumentParser:

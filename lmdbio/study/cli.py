@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from lmdbio.cli import DefaultsHelpFormatter, int_at_least
+from lmdbio.cli_args import DefaultsHelpFormatter, int_at_least
 from lmdbio.study.conditions import MODES, checked
 
 __all__ = ["generate_main", "main"]
