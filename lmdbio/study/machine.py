@@ -35,15 +35,17 @@ def ram_gib() -> float:
         return float("nan")
 
 
-def git_commit() -> str:
-    """The checkout's short HEAD, ``-dirty`` if its tree has changes; ``unknown`` outside a
-    git checkout (e.g. an installed wheel)."""
-    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+def git_commit(root: str | None = None) -> str:
+    """The checkout's short HEAD, ``-dirty`` if anything but ``results/`` changed in its tree
+    (a run writes its own results there as it goes: they would mark every later row of it
+    dirty); ``unknown`` outside a git checkout (e.g. an installed wheel). ``root``: the
+    checkout (default: the one this package lives in)."""
+    here = root or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
         out = subprocess.run(["git", "-C", here, "rev-parse", "--show-toplevel", "--short",
                               "HEAD"], capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain"],
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--", ".",
+                                ":(exclude)results"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     lines = out.stdout.split()
