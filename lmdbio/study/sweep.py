@@ -28,7 +28,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lmdbio.study import pagecache
-from lmdbio.study.conditions import LOCALITY_FORMATS, installed_formats
+from lmdbio.cli_args import (DefaultsHelpFormatter, int_at_least, milliseconds, non_negative_int,
+                             number, positive_int)
+from lmdbio.study.conditions import LOCALITY_FORMATS, checked, installed_formats
 from lmdbio.study.extras import pandas as _pandas
 from lmdbio.study.latency_fs import LatencyMount, latency_available
 from lmdbio.study.netfs import NetFSError
@@ -265,13 +267,13 @@ def run_sweep(cfg: SweepConfig) -> str:
     rows: list[dict[str, Any]] = []
     advice: list[dict[str, Any]] = []
     started = time.monotonic()
-    for number, point in enumerate(points, 1):
+    for place, point in enumerate(points, 1):
         ok, why = _available(point)
         if not ok:
             skipped.append(f"{point.label}: {why}")
-            print(f"[{number}/{len(points)}] skipped {point.label}: {why}", flush=True)
+            print(f"[{place}/{len(points)}] skipped {point.label}: {why}", flush=True)
             continue
-        print(f"[{number}/{len(points)}] {point.label} ({time.monotonic() - started:.0f} s in)",
+        print(f"[{place}/{len(points)}] {point.label} ({time.monotonic() - started:.0f} s in)",
               flush=True)
         where = big if point.kind == "larger-than-cache" else (
             prepare(point.target, n_images=cfg.images, seed=cfg.seed, formats=formats)
@@ -327,51 +329,90 @@ def advise_sweep(cfg: SweepConfig) -> str:
     return path
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(x) for x in text.split(",") if x.strip())
+def _choices(what: str, allowed: tuple[str, ...]) -> Any:
+    def parse(text: str) -> tuple[str, ...]:
+        try:
+            return tuple(checked(what, text, allowed))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse
+
+
+def _milliseconds_list(text: str) -> tuple[float, ...]:
+    """``0,0.5,2``: round trips in ms (none at all: ``''``)."""
+    return tuple(milliseconds(x) for x in text.split(",") if x.strip())
+
+
+def _capped(text: str) -> tuple[float, float] | None:
+    if not text.strip():
+        return None
+    rtt, colon, mbps = text.partition(":")
+    if not colon:
+        raise argparse.ArgumentTypeError(f"{text!r} is not RTT_MS:MBPS (e.g. 0.5:1000)")
+    return milliseconds(rtt), number(mbps, zero=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     default = SweepConfig()
     parser = argparse.ArgumentParser(prog="python -m lmdbio.study.sweep",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=default.images)
-    parser.add_argument("--big-images", type=int, default=default.big_images,
-                        help="the larger-than-cache data set (default %(default)s)")
-    parser.add_argument("--max-images", type=int, default=default.max_images,
-                        help="images read per run (default %(default)s)")
-    parser.add_argument("--rtt", default=",".join(f"{x:g}" for x in default.rtts),
-                        help="added round trips, ms (default %(default)s)")
-    parser.add_argument("--capped", default="0.5:1000",
-                        help="RTT_MS:MBPS of the bandwidth-capped point; '' for none")
-    parser.add_argument("--warm-at", default=",".join(f"{x:g}" for x in default.warm_at))
-    parser.add_argument("--no-hdd", action="store_true")
-    parser.add_argument("--no-larger-than-cache", action="store_true")
-    parser.add_argument("--target", action="append", default=[],
+                                     description=__doc__.splitlines()[0],
+                                     formatter_class=DefaultsHelpFormatter)
+    at_least_two = lambda text: int_at_least(text, 2)  # noqa: E731 (two classes, an image each)
+    parser.add_argument("--images", type=at_least_two, default=default.images,
+                        help="images in the data set of the network and disk points")
+    parser.add_argument("--big-images", type=at_least_two, default=default.big_images,
+                        help="images in the larger-than-cache data set")
+    parser.add_argument("--max-images", type=positive_int, default=default.max_images,
+                        help="images read per run (a whole epoch when the set has fewer)")
+    parser.add_argument("--rtt", type=_milliseconds_list, metavar="MS,...",
+                        default=",".join(f"{x:g}" for x in default.rtts),
+                        help="round trips added to the SFTP mount, ms; '' for none")
+    parser.add_argument("--capped", type=_capped, metavar="RTT_MS:MBPS",
+                        default=":".join(f"{x:g}" for x in default.capped or ()),
+                        help="the bandwidth-capped point; '' for none")
+    parser.add_argument("--warm-at", type=_milliseconds_list, metavar="MS,...",
+                        help="round trips (of --rtt) also run warm; '' for none (default: "
+                             f"{','.join(f'{x:g}' for x in default.warm_at)}, those swept)")
+    parser.add_argument("--no-hdd", action="store_true", help="skip the HDD-like disk point")
+    parser.add_argument("--no-larger-than-cache", action="store_true",
+                        help="skip the point with data 4x the page cache")
+    parser.add_argument("--target", action="append", default=[], metavar="DIR",
                         help="a real mount to sweep too (its RTT is measured only)")
-    parser.add_argument("--modes", default=",".join(default.modes))
-    parser.add_argument("--formats", default=",".join(default.formats))
-    parser.add_argument("--repeats", type=int, default=default.repeats)
-    parser.add_argument("--batch-size", type=int, default=default.batch_size)
-    parser.add_argument("--workers", type=int, default=default.num_workers)
-    parser.add_argument("--step-ms", type=float, default=default.step_ms)
-    parser.add_argument("--no-relay-check", action="store_true")
-    parser.add_argument("--no-advise", action="store_true")
+    parser.add_argument("--modes", type=_choices("modes", MODES), default=",".join(default.modes))
+    parser.add_argument("--formats", type=_choices("formats", installed_formats()),
+                        default=",".join(default.formats),
+                        help="strategies (those installed here); lmdb-block joins lmdb at the "
+                             "larger-than-cache point")
+    parser.add_argument("--repeats", type=positive_int, default=default.repeats,
+                        help="repetitions of every run, in ABBA order")
+    parser.add_argument("--batch-size", type=positive_int, default=default.batch_size)
+    parser.add_argument("--workers", type=non_negative_int, default=default.num_workers,
+                        help="DataLoader workers")
+    parser.add_argument("--step-ms", type=milliseconds, default=default.step_ms,
+                        help="emulate: the accelerator's step per batch")
+    parser.add_argument("--no-relay-check", action="store_true",
+                        help="skip the mount with and without the relay (relay_check.csv)")
+    parser.add_argument("--no-advise", action="store_true",
+                        help="skip lmdbio advise at every point (advise.csv)")
     parser.add_argument("--profile", action="store_true",
                         help="also sample the Python processes' stacks with py-spy (where "
                              "their CPU seconds go: stage_*_s columns, profile.md)")
     parser.add_argument("--advise-only", action="store_true",
                         help="only lmdbio advise at every point, against OUT/runs.csv")
-    parser.add_argument("--work-dir", default=default.work_dir)
-    parser.add_argument("--out", default=default.out_dir)
+    parser.add_argument("--work-dir", default=default.work_dir, help="generated data go here")
+    parser.add_argument("--out", default=default.out_dir, help="results go here")
     args = parser.parse_args(argv)
-    capped = tuple(float(x) for x in args.capped.split(":")) if args.capped else None
+    if args.warm_at is None:  # the default levels that this sweep has
+        args.warm_at = tuple(x for x in default.warm_at if x in args.rtt)
+    unswept = sorted(set(args.warm_at) - set(args.rtt))
+    if unswept:
+        parser.error(f"--warm-at {','.join(f'{x:g}' for x in unswept)}: not a round trip of "
+                     f"--rtt; add it there or leave it out")
     cfg = replace(default, images=args.images, big_images=args.big_images,
-                  max_images=args.max_images, rtts=_floats(args.rtt),
-                  capped=capped, warm_at=_floats(args.warm_at),  # type: ignore[arg-type]
-                  hdd=not args.no_hdd, larger_than_cache=not args.no_larger_than_cache,
-                  targets=tuple(args.target), modes=tuple(args.modes.split(",")),
-                  formats=tuple(args.formats.split(",")), repeats=args.repeats,
+                  max_images=args.max_images, rtts=args.rtt, capped=args.capped,
+                  warm_at=args.warm_at, hdd=not args.no_hdd,
+                  larger_than_cache=not args.no_larger_than_cache, targets=tuple(args.target),
+                  modes=args.modes, formats=args.formats, repeats=args.repeats,
                   batch_size=args.batch_size, num_workers=args.workers, step_ms=args.step_ms,
                   relay_check=not args.no_relay_check, advise=not args.no_advise,
                   profile="stacks" if args.profile else "cpu",

@@ -200,3 +200,55 @@ def test_report_of_a_sweep_without_imagefolder(tmp_path: Path) -> None:
     assert lower.get_ylabel() == "lmdbio / peer (median of pairs)"
     (ratio,) = [bars for bars in lower.containers if bars.get_label() == "litdata"]
     assert list(ratio.lines[0].get_ydata()) == pytest.approx([700 / 600])  # the median pair
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--rtt", "0,x"], "invalid number: 'x'"),
+    (["--rtt", "-1"], "must be a number >= 0, not -1"),
+    (["--capped", "0.5"], "is not RTT_MS:MBPS"),
+    (["--capped", "0.5:0"], "must be a number > 0, not 0"),
+    (["--warm-at", "3"], "--warm-at 3: not a round trip of --rtt"),
+    (["--modes", "load,train"], "modes 'train': not one of load, emulate"),
+    (["--formats", "lmdb,tfrecord"], "formats 'tfrecord': not one of"),
+    (["--repeats", "0"], "must be >= 1, not 0"),
+    (["--images", "1"], "must be >= 2, not 1"),
+    (["--workers", "-1"], "must be >= 0, not -1"),
+    (["--step-ms", "nan"], "must be a number >= 0, not nan"),
+])
+def test_a_wrong_argument_stops_the_sweep_before_it_starts(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], says: str) -> None:
+    from lmdbio.study.sweep import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "out"), *args])
+    assert stopped.value.code == 2
+    assert says in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing generated, mounted or written
+
+
+def test_the_default_warm_levels_follow_the_round_trips_swept(monkeypatch: pytest.MonkeyPatch,
+                                                              tmp_path: Path) -> None:
+    from lmdbio.study import sweep
+
+    planned = []
+    monkeypatch.setattr(sweep, "run_sweep", planned.append)
+    out = ["--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
+    assert sweep.main([*out, "--rtt", "", "--capped", ""]) == 0   # README: a real mount alone
+    assert sweep.main([*out, "--rtt", "0.5,2"]) == 0
+    assert sweep.main([*out]) == 0
+    assert [(cfg.rtts, cfg.warm_at) for cfg in planned] == [
+        ((), ()), ((0.5, 2.0), (2.0,)), ((0.0, 0.2, 0.5, 1.0, 2.0), (0.0, 2.0))]
+
+
+def test_the_sweeps_help_says_every_default(capsys: pytest.CaptureFixture[str]) -> None:
+    from lmdbio.study.sweep import SweepConfig, main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    default = SweepConfig()
+    for option, value in (("--images", default.images), ("--repeats", default.repeats),
+                          ("--rtt", "0,0.2,0.5,1,2"), ("--capped", "0.5:1000"),
+                          ("--step-ms", default.step_ms), ("--workers", default.num_workers)):
+        described = text.split(f" {option} ", 1)[1].split(" --", 1)[0]
+        assert f"(default: {value})" in described, (option, described)
