@@ -7,6 +7,7 @@ CLI runs in real subprocesses. The builders and helpers themselves are in ``test
 from __future__ import annotations
 
 import collections
+import signal
 import subprocess
 from pathlib import Path
 
@@ -15,6 +16,12 @@ import pytest
 import lmdbio
 
 from tests.helpers import Converted, build_odd_tree, build_simple_tree, expected_digests
+
+# A suite started in the background of a non-interactive shell (``make test &``) inherits SIGINT
+# ignored, and so would every process it starts: the Ctrl-C tests would find nothing to
+# interrupt. Python's own handler here gives them the default back (exec resets a handler).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
