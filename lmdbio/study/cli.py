@@ -8,7 +8,7 @@ import argparse
 from collections.abc import Sequence
 
 from lmdbio.cli_args import DefaultsHelpFormatter, int_at_least
-from lmdbio.study.conditions import MODES, checked
+from lmdbio.study.conditions import MODES, checked_names
 
 __all__ = ["generate_main", "main"]
 
@@ -47,13 +47,6 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _modes(text: str) -> tuple[str, ...]:
-    try:
-        return tuple(checked("modes", text, MODES))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def _target(text: str) -> tuple[str, str]:
     name, _, path = text.partition("=")
     if not name.strip() or not path.strip():
@@ -72,6 +65,7 @@ def study_parser(prog: str) -> argparse.ArgumentParser:
     from lmdbio.study.runner import StudyConfig
 
     d = StudyConfig()
+    modes = checked_names("modes", MODES)
     p = argparse.ArgumentParser(prog=prog, description="Run the storage study with papermill "
                                 "into results/ (see README, 'The study').",
                                 formatter_class=DefaultsHelpFormatter)
@@ -80,7 +74,7 @@ def study_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=lambda t: int_at_least(t, 1), default=d.epochs)
     p.add_argument("--repeats", type=lambda t: int_at_least(t, 1), default=d.repeats,
                    help="repetitions per condition")
-    p.add_argument("--modes", type=_modes, default=",".join(d.modes), help="train,emulate,load")
+    p.add_argument("--modes", type=modes, default=",".join(d.modes), help="train,emulate,load")
     p.add_argument("--train-batches", type=int, default=d.train_batches,
                    help="batches per train-mode epoch (0: whole epochs)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -97,7 +91,7 @@ def study_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--no-peers", action="store_true",
                    help="leave out the WebDataset and LitData strategies even when installed "
                         "(they need pip install 'lmdbio[peers]')")
-    p.add_argument("--peer-modes", type=_modes, default=",".join(d.peer_modes),
+    p.add_argument("--peer-modes", type=modes, default=",".join(d.peer_modes),
                    help="modes in which the peer strategies run too (e.g. train,emulate,load)")
     p.add_argument("--work-dir", default=d.work_dir, help="generated data goes here")
     p.add_argument("--results-dir", default=d.results_dir)

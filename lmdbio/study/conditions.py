@@ -3,10 +3,12 @@ cache stands (cache). Everything that lists, checks or orders these takes them f
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
+from collections.abc import Callable
 
 __all__ = ["BASE_FORMATS", "CACHES", "FORMATS", "LOCALITY_FORMATS", "MODES", "PEER_FORMATS",
-           "checked", "installed_formats", "order", "switch"]
+           "checked", "checked_names", "installed_formats", "order", "switch"]
 
 # train: ResNet-18 on this machine; emulate: a sleep of an accelerator's step (MLPerf Storage
 # style); load: the loader alone, as fast as it goes. In this order in every table and figure.
@@ -46,6 +48,16 @@ def checked(what: str, values: object, allowed: tuple[str, ...]) -> list[str]:
         raise ValueError(f"{what} {', '.join(map(repr, wrong)) or '(none)'}: not one of "
                          f"{', '.join(allowed)}")
     return names
+
+
+def checked_names(what: str, allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
+    """``checked`` as an argparse ``type``: a wrong name is the parser's one-line error."""
+    def parse(text: str) -> tuple[str, ...]:
+        try:
+            return tuple(checked(what, text, allowed))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse
 
 
 def at_least(name: str, value: float, least: float) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 from lmdbio.study import pagecache
 from lmdbio.cli_args import (DefaultsHelpFormatter, int_at_least, milliseconds, non_negative_int,
                              number, positive_int)
-from lmdbio.study.conditions import LOCALITY_FORMATS, checked, installed_formats
+from lmdbio.study.conditions import LOCALITY_FORMATS, checked_names, installed_formats
 from lmdbio.study.extras import pandas as _pandas
 from lmdbio.study.latency_fs import LatencyMount, latency_available
 from lmdbio.study.netfs import NetFSError
@@ -329,15 +329,6 @@ def advise_sweep(cfg: SweepConfig) -> str:
     return path
 
 
-def _choices(what: str, allowed: tuple[str, ...]) -> Any:
-    def parse(text: str) -> tuple[str, ...]:
-        try:
-            return tuple(checked(what, text, allowed))
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-    return parse
-
-
 def _milliseconds_list(text: str) -> tuple[float, ...]:
     """``0,0.5,2``: round trips in ms (none at all: ``''``)."""
     return tuple(milliseconds(x) for x in text.split(",") if x.strip())
@@ -378,8 +369,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="skip the point with data 4x the page cache")
     parser.add_argument("--target", action="append", default=[], metavar="DIR",
                         help="a real mount to sweep too (its RTT is measured only)")
-    parser.add_argument("--modes", type=_choices("modes", MODES), default=",".join(default.modes))
-    parser.add_argument("--formats", type=_choices("formats", installed_formats()),
+    parser.add_argument("--modes", type=checked_names("modes", MODES),
+                        default=",".join(default.modes))
+    parser.add_argument("--formats", type=checked_names("formats", installed_formats()),
                         default=",".join(default.formats),
                         help="strategies (those installed here); lmdb-block joins lmdb at the "
                              "larger-than-cache point")
