@@ -18,19 +18,15 @@ that cannot be had here is skipped and said so.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lmdbio.study import pagecache
-from lmdbio.cli_args import (DefaultsHelpFormatter, int_at_least, milliseconds, non_negative_int,
-                             number, positive_int)
-from lmdbio.study.conditions import LOCALITY_FORMATS, checked_names, installed_formats
+from lmdbio.study.conditions import LOCALITY_FORMATS
 from lmdbio.study.extras import pandas as _pandas
 from lmdbio.study.latency_fs import LatencyMount, latency_available
 from lmdbio.study.netfs import NetFSError
@@ -38,39 +34,11 @@ from lmdbio.study.probe_fs import measure_files, measure_rtt, measure_seq
 from lmdbio.study.protocol import run_bench, schedule
 from lmdbio.study.report.runs import write_table
 from lmdbio.study.strategies import STRATEGIES, order_randomness
+from lmdbio.study.sweep_config import SweepConfig, parse
 from lmdbio.study.sweep_points import Point, Site, opened, relocated, residency_note
 from lmdbio.study.workspace import Workspace, prepare
 
 __all__ = ["SweepConfig", "main", "one_run", "open_point", "plan", "run_sweep"]
-
-MODES = ("load", "emulate")
-
-
-@dataclass(frozen=True)
-class SweepConfig:
-    images: int = 2000                 # the data set of the network and disk points
-    big_images: int = 8000             # the larger-than-cache data set
-    max_images: int = 2048             # images read per run (a whole epoch when fewer)
-    rtts: tuple[float, ...] = (0.0, 0.2, 0.5, 1.0, 2.0)
-    capped: tuple[float, float] | None = (0.5, 1000.0)   # (rtt_ms, Mb/s) of the capped point
-    warm_at: tuple[float, ...] = (0.0, 2.0)
-    hdd: bool = True
-    larger_than_cache: bool = True
-    targets: tuple[str, ...] = ()
-    modes: tuple[str, ...] = MODES
-    formats: tuple[str, ...] = field(default_factory=installed_formats)
-    repeats: int = 3
-    batch_size: int = 64
-    num_workers: int = 2
-    step_ms: float = 25.0              # emulate: an accelerator step per batch of 64
-    seed: int = 0
-    relay_check: bool = True
-    advise: bool = True
-    # every run's CPU seconds per process group ("cpu"); "stacks" adds py-spy's stages
-    profile: str = "cpu"
-    work_dir: str = "work/sweep"
-    out_dir: str = "results/sweep"
-
 
 def plan(cfg: SweepConfig) -> list[Point]:
     points = [Point("network", rtt, caches=("cold", "warm") if rtt in cfg.warm_at else ("cold",))
@@ -329,87 +297,9 @@ def advise_sweep(cfg: SweepConfig) -> str:
     return path
 
 
-def _milliseconds_list(text: str) -> tuple[float, ...]:
-    """``0,0.5,2``: round trips in ms (none at all: ``''``)."""
-    return tuple(milliseconds(x) for x in text.split(",") if x.strip())
-
-
-def _capped(text: str) -> tuple[float, float] | None:
-    if not text.strip():
-        return None
-    rtt, colon, mbps = text.partition(":")
-    if not colon:
-        raise argparse.ArgumentTypeError(f"{text!r} is not RTT_MS:MBPS (e.g. 0.5:1000)")
-    return milliseconds(rtt), number(mbps, zero=False)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    default = SweepConfig()
-    parser = argparse.ArgumentParser(prog="python -m lmdbio.study.sweep",
-                                     description=__doc__.splitlines()[0],
-                                     formatter_class=DefaultsHelpFormatter)
-    at_least_two = lambda text: int_at_least(text, 2)  # noqa: E731 (two classes, an image each)
-    parser.add_argument("--images", type=at_least_two, default=default.images,
-                        help="images in the data set of the network and disk points")
-    parser.add_argument("--big-images", type=at_least_two, default=default.big_images,
-                        help="images in the larger-than-cache data set")
-    parser.add_argument("--max-images", type=positive_int, default=default.max_images,
-                        help="images read per run (a whole epoch when the set has fewer)")
-    parser.add_argument("--rtt", type=_milliseconds_list, metavar="MS,...",
-                        default=",".join(f"{x:g}" for x in default.rtts),
-                        help="round trips added to the SFTP mount, ms; '' for none")
-    parser.add_argument("--capped", type=_capped, metavar="RTT_MS:MBPS",
-                        default=":".join(f"{x:g}" for x in default.capped or ()),
-                        help="the bandwidth-capped point; '' for none")
-    parser.add_argument("--warm-at", type=_milliseconds_list, metavar="MS,...",
-                        help="round trips (of --rtt) also run warm; '' for none (default: "
-                             f"{','.join(f'{x:g}' for x in default.warm_at)}, those swept)")
-    parser.add_argument("--no-hdd", action="store_true", help="skip the HDD-like disk point")
-    parser.add_argument("--no-larger-than-cache", action="store_true",
-                        help="skip the point with data 4x the page cache")
-    parser.add_argument("--target", action="append", default=[], metavar="DIR",
-                        help="a real mount to sweep too (its RTT is measured only)")
-    parser.add_argument("--modes", type=checked_names("modes", MODES),
-                        default=",".join(default.modes))
-    parser.add_argument("--formats", type=checked_names("formats", installed_formats()),
-                        default=",".join(default.formats),
-                        help="strategies (those installed here); lmdb-block joins lmdb at the "
-                             "larger-than-cache point")
-    parser.add_argument("--repeats", type=positive_int, default=default.repeats,
-                        help="repetitions of every run, in ABBA order")
-    parser.add_argument("--batch-size", type=positive_int, default=default.batch_size)
-    parser.add_argument("--workers", type=non_negative_int, default=default.num_workers,
-                        help="DataLoader workers")
-    parser.add_argument("--step-ms", type=milliseconds, default=default.step_ms,
-                        help="emulate: the accelerator's step per batch")
-    parser.add_argument("--no-relay-check", action="store_true",
-                        help="skip the mount with and without the relay (relay_check.csv)")
-    parser.add_argument("--no-advise", action="store_true",
-                        help="skip lmdbio advise at every point (advise.csv)")
-    parser.add_argument("--profile", action="store_true",
-                        help="also sample the Python processes' stacks with py-spy (where "
-                             "their CPU seconds go: stage_*_s columns, profile.md)")
-    parser.add_argument("--advise-only", action="store_true",
-                        help="only lmdbio advise at every point, against OUT/runs.csv")
-    parser.add_argument("--work-dir", default=default.work_dir, help="generated data go here")
-    parser.add_argument("--out", default=default.out_dir, help="results go here")
-    args = parser.parse_args(argv)
-    if args.warm_at is None:  # the default levels that this sweep has
-        args.warm_at = tuple(x for x in default.warm_at if x in args.rtt)
-    unswept = sorted(set(args.warm_at) - set(args.rtt))
-    if unswept:
-        parser.error(f"--warm-at {','.join(f'{x:g}' for x in unswept)}: not a round trip of "
-                     f"--rtt; add it there or leave it out")
-    cfg = replace(default, images=args.images, big_images=args.big_images,
-                  max_images=args.max_images, rtts=args.rtt, capped=args.capped,
-                  warm_at=args.warm_at, hdd=not args.no_hdd,
-                  larger_than_cache=not args.no_larger_than_cache, targets=tuple(args.target),
-                  modes=args.modes, formats=args.formats, repeats=args.repeats,
-                  batch_size=args.batch_size, num_workers=args.workers, step_ms=args.step_ms,
-                  relay_check=not args.no_relay_check, advise=not args.no_advise,
-                  profile="stacks" if args.profile else "cpu",
-                  work_dir=args.work_dir, out_dir=args.out)
-    if args.advise_only:
+    cfg, advise_only = parse(argv, __doc__.splitlines()[0])
+    if advise_only:
         print(advise_sweep(cfg))
     else:
         run_sweep(cfg)
