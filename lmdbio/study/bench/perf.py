@@ -7,6 +7,8 @@ Sections (each prints the limits it is measured against first):
   cgroup   target 2, DB 4x the page cache (v1 memory cgroup), block-shuffled vs random order
   iocost   issue #17, CPU per record of each way to read a DB 4x the page cache
   loader   target 3, end-to-end loader vs the in-memory ceiling; fast decode paths; accuracy
+  startup  issue #17, lmdbio's prefetch against reading on demand and LitData, cold, when the
+           loader sets an epoch's pace and when a slower step does
   convert  target 4, converter vs the seed and the source's sequential read; RSS 5k-100k
   memory   target 5, per-worker RSS/PSS at 10k and 1M records
 Storages: local disk ("ssd") and sshfs over sshd on 127.0.0.1 ("nfs-sshfs"). Ratios are taken
@@ -22,7 +24,7 @@ import time
 
 from lmdbio.study.bench.perf_common import jpeg_tree, raw_tree, storages, write_rows
 
-SECTIONS = ("reads", "cgroup", "iocost", "loader", "convert", "memory")
+SECTIONS = ("reads", "cgroup", "iocost", "loader", "startup", "convert", "memory")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pair-repeats", type=int, default=20,
                         help="then the in-memory ceiling and lmdbio alone, back to back, this "
                              "many times (target 3a)")
+    parser.add_argument("--startup-repeats", type=int, default=8,
+                        help="the startup section's repetitions of each strategy and mode")
     parser.add_argument("--epochs", type=int, default=4, help="accuracy runs' epochs")
     parser.add_argument("--only", default=",".join(SECTIONS))
     parser.add_argument("--no-nfs", action="store_true", help="local disk only")
@@ -83,6 +87,13 @@ def main(argv: list[str] | None = None) -> int:
                        os.path.join(args.out, "loader.csv"))
             write_rows(bench_accuracy(args.work, files, 1000, args.epochs),
                        os.path.join(args.out, "accuracy.csv"))
+        if "startup" in only:
+            from lmdbio.study.bench.perf_startup import bench_startup
+            from lmdbio.study.bench.perf_startup import prepare as prepare_startup
+
+            write_rows(bench_startup(places, prepare_startup(args.work, jpeg),
+                                     args.startup_repeats),
+                       os.path.join(args.out, "startup.csv"))
         if "convert" in only:
             from lmdbio.study.bench.perf_convert import bench_rss, bench_speed
 

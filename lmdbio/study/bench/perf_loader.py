@@ -171,23 +171,34 @@ def bench_loader(storages: list[Storage], files: dict[str, str], repeats: int,
 def _run_one(storage: Storage, name: str, evict: str, factory: Callable[[], Any], repeat: int,
              workers: int, batch_size: int) -> dict:
     """One cold epoch of one condition: its row of ``loader.csv``."""
+    spec = RunSpec(fmt=name, mode="load", cache="cold", repeat=repeat,
+                   batch_size=batch_size, num_workers=workers)
+    return {"target": 3, "storage": storage.name, "variant": name, "repeat": repeat,
+            "workers": workers, "batch_size": batch_size} | cold_epoch(storage, evict, factory,
+                                                                      spec)
+
+
+def cold_epoch(storage: Storage, evict: str, factory: Callable[[], Any],
+               spec: RunSpec) -> dict:
+    """One epoch of ``spec`` over ``factory()`` after evicting ``evict`` (both sides of a
+    network FS): images/s over the epoch and after its first batch, time to first batch, wall
+    time, and what the whole machine did meanwhile (CPU milliseconds per image; idle
+    core-seconds, which a cold loader leaves while it waits for storage)."""
     if evict:
         storage.evict(evict)
     dataset = factory()
-    spec = RunSpec(fmt=name, mode="load", cache="cold", repeat=repeat,
-                   batch_size=batch_size, num_workers=workers)
-    busy = machine_cpu_s()[0]
+    busy, idle = machine_cpu_s()
     try:
         _, summary = measure(dataset, spec, num_classes=2)
     finally:
         if hasattr(dataset, "close"):
             dataset.close()
-    busy = machine_cpu_s()[0] - busy
-    return {"target": 3, "storage": storage.name, "variant": name, "repeat": repeat,
-            "images_per_s": summary["images_per_s"],
+    busy_after, idle_after = machine_cpu_s()
+    return {"images_per_s": summary["images_per_s"],
             "steady_images_per_s": summary["steady_images_per_s"],
-            "cpu_ms_per_image": busy * 1e3 / summary["images_total"],
-            "ttfb_s": summary["ttfb_s"], "workers": workers, "batch_size": batch_size}
+            "cpu_ms_per_image": (busy_after - busy) * 1e3 / summary["images_total"],
+            "idle_core_s": idle_after - idle, "wall_s": summary["wall_s"],
+            "ttfb_s": summary["ttfb_s"]}
 
 
 def _print_loader(rows: list[dict], storage: str, variants: list[str], workers: int) -> None:

@@ -206,8 +206,44 @@ def io_cost_table(out: str) -> str | None:
     return text
 
 
+def startup_table(out: str) -> str | None:
+    """``startup.md`` from ``startup.csv`` (``perf_startup``): per storage, mode and strategy,
+    the median and range over the repeats of images/s, the medians of images/s after the first
+    batch, time to first batch, CPU per image and idle core-seconds, and lmdbio's images/s over
+    each other strategy's within each repetition; None without the CSV."""
+    runs = _load(out, "startup.csv")
+    if runs is None:
+        return None
+    first = runs.iloc[0]
+    lines = [f"Cold epochs of {first.batch_size}-image batches, {first.workers} workers, seed "
+             f"transform; `load`: the loader sets the pace, `emulate`: a "
+             f"{runs['step_ms'].max():.0f} ms step per batch does. {runs['repeat'].nunique()} "
+             "repeats in ABBA order: median (min-max); lmdbio / strategy paired within each "
+             "repeat.", "",
+             "| storage | mode | strategy | images/s | after the first batch | first batch (s) "
+             "| CPU ms per image | idle core-s | lmdbio / strategy |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = runs.to_dict("records")
+    for (storage, mode, variant), part in runs.groupby(["storage", "mode", "variant"],
+                                                       sort=False):
+        rate = part["images_per_s"]
+        pairs = (paired_ratios(rows, "lmdbio", variant, storage=storage, mode=mode)
+                 if variant != "lmdbio" else [])
+        versus = (f"{statistics.median(pairs):.2f}x ({min(pairs):.2f}-{max(pairs):.2f})"
+                  if pairs else "")
+        lines.append(f"| {storage} | {mode} | {variant} | {rate.median():.0f} "
+                     f"({rate.min():.0f}-{rate.max():.0f}) | "
+                     f"{part['steady_images_per_s'].median():.0f} | "
+                     f"{part['ttfb_s'].median():.2f} | {part['cpu_ms_per_image'].median():.3f} | "
+                     f"{part['idle_core_s'].median():.2f} | {versus} |")
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(out, "startup.md"), "w") as handle:
+        handle.write(text)
+    return text
+
+
 def report(out: str) -> pandas.DataFrame:
     io_cost_table(out)
+    startup_table(out)
     targets = pandas.DataFrame(measured_targets(out))
     if targets.empty:
         return targets
