@@ -88,7 +88,10 @@ class ImageFolderLMDB(ImageFolder):
             sequential bandwidth (see ``lmdbio.prefetch``). ``"auto"`` (default): only when the files take at most half
             of the memory this process can use (RAM, or its cgroup's limit); ``True`` always;
             ``False`` never. Started here, in the process that builds the dataset, so
-            DataLoader workers share the one read; stopped by ``close()``. Beside it, a batch
+            DataLoader workers share the one read; stopped by ``close()``. The stream takes
+            CPU (FUSE, ssh) or bandwidth from the first batches: where a training step slower
+            than the loader sets the pace, ``False`` starts a cold epoch sooner and costs ~7 %
+            where the loader sets it (README, "When a slower step sets the pace"). Beside it, a batch
             whose next record is not in the page cache yet decodes others of the batch that
             are, and transforms in batch order (``arrival_order``; the same batch).
         batch_hints: when a DataLoader asks for a batch (``__getitems__``), ask storage for
