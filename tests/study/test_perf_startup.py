@@ -62,3 +62,17 @@ def test_every_strategy_runs_cold_in_both_modes(tmp_path: Path) -> None:
         assert row["cpu_ms_per_image"] > 0 and row["idle_core_s"] >= 0
     emulated = [r["wall_s"] for r in rows if r["mode"] == "emulate"]
     assert min(emulated) >= 3 * 0.005  # three batches of 16, each followed by its 5 ms step
+
+
+@pytest.mark.parametrize("option", ["--startup-repeats", "--repeats", "--loader-repeats",
+                                    "--pair-repeats", "--images", "--epochs"])
+def test_the_suite_refuses_counts_below_one(option: str,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Zero repeats left a section without rows and its table without a header; a count is
+    checked as the command line is read, before any data are made."""
+    from lmdbio.study.bench import perf
+
+    with pytest.raises(SystemExit) as raised:
+        perf.main([option, "0"])
+    assert raised.value.code == 2
+    assert f"argument {option}: must be >= 1, not 0" in capsys.readouterr().err

@@ -22,6 +22,7 @@ import os
 import sys
 import time
 
+from lmdbio.cli_args import positive_int
 from lmdbio.study.bench.perf_common import jpeg_tree, raw_tree, storages, write_rows
 
 SECTIONS = ("reads", "cgroup", "iocost", "loader", "startup", "convert", "memory")
@@ -33,19 +34,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="/tmp/lmdbio-perf",
                         help="generated data (kept for later runs)")
     parser.add_argument("--out", default="results/perf")
-    parser.add_argument("--images", type=int, default=3000, help="JPEGs in the loader's tree")
-    parser.add_argument("--replicas", type=int, default=12,
+    parser.add_argument("--images", type=positive_int, default=3000, help="JPEGs in the loader's tree")
+    parser.add_argument("--replicas", type=positive_int, default=12,
                         help="copies of each JPEG in the raw-read tree")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--loader-repeats", type=int, default=8,
+    parser.add_argument("--repeats", type=positive_int, default=3)
+    parser.add_argument("--loader-repeats", type=positive_int, default=8,
                         help="the loader section's repetitions (target 3a is a ratio of a few "
                              "percent: 3 do not place it within this VM's drift)")
-    parser.add_argument("--pair-repeats", type=int, default=20,
+    parser.add_argument("--pair-repeats", type=positive_int, default=20,
                         help="then the in-memory ceiling and lmdbio alone, back to back, this "
                              "many times (target 3a)")
-    parser.add_argument("--startup-repeats", type=int, default=8,
+    parser.add_argument("--startup-repeats", type=positive_int, default=8,
                         help="the startup section's repetitions of each strategy and mode")
-    parser.add_argument("--epochs", type=int, default=4, help="accuracy runs' epochs")
+    parser.add_argument("--epochs", type=positive_int, default=4, help="accuracy runs' epochs")
     parser.add_argument("--only", default=",".join(SECTIONS))
     parser.add_argument("--no-nfs", action="store_true", help="local disk only")
     args = parser.parse_args(argv)
