@@ -18,7 +18,7 @@ import pickle
 import shutil
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import lmdb
@@ -176,6 +176,12 @@ def paired_ratios(rows: list[dict], variant: str, base: str, key: str = "images_
     return [statistics.median(rates[variant]) / statistics.median(rates[base])
             for _, rates in sorted(by_group.items(), key=lambda item: str(item[0]))
             if variant in rates and base in rates]
+
+
+def spread(values: Sequence[float], digits: int, unit: str = "") -> str:
+    """``median{unit} (min-max)`` of ``values``, each with ``digits`` decimals."""
+    return (f"{statistics.median(values):.{digits}f}{unit} "
+            f"({min(values):.{digits}f}-{max(values):.{digits}f})")
 
 
 def write_rows(rows: list[dict], path: str) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pandas
 
 from lmdbio.study.bench.perf_common import (CEILING, PAIRS, STORAGE_READ, paired_ratios,
-                                            storage_bound)
+                                            spread, storage_bound)
 
 GOALS = {  # target id -> (what, goal, comparison)
     "1": ("cold random raw reads, DB fits in RAM, 2 DataLoader workers: lmdbio / sequential "
@@ -185,6 +185,14 @@ def measured_targets(out: str) -> list[dict]:
     return rows
 
 
+def _write_table(out: str, name: str, lines: list[str]) -> str:
+    """``lines`` as the Markdown file ``name`` in ``out``; returns its text."""
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(out, name), "w") as handle:
+        handle.write(text)
+    return text
+
+
 def io_cost_table(out: str) -> str | None:
     """``iocost.md`` from ``iocost.csv`` (``perf_iocost``): per way of reading, the median and
     range over the repeats of the CPU and the wall time per record; None without the CSV."""
@@ -197,13 +205,10 @@ def io_cost_table(out: str) -> str | None:
              f"{costs['repeat'].nunique()} repeats in ABBA order: median (min-max).", "",
              "| storage | method | CPU us per record | wall us per record |", "|---|---|---|---|"]
     for (storage, method), part in costs.groupby(["storage", "method"], sort=False):
-        cpu, wall = part["cpu_us_per_record"], part["wall_us_per_record"]
-        spread = [f"{x.median():.1f} ({x.min():.1f}-{x.max():.1f})" for x in (cpu, wall)]
-        lines.append(f"| {storage} | {method} | {spread[0]} | {spread[1]} |")
-    text = "\n".join(lines) + "\n"
-    with open(os.path.join(out, "iocost.md"), "w") as handle:
-        handle.write(text)
-    return text
+        cpu, wall = (spread(list(part[key]), 1)
+                     for key in ("cpu_us_per_record", "wall_us_per_record"))
+        lines.append(f"| {storage} | {method} | {cpu} | {wall} |")
+    return _write_table(out, "iocost.md", lines)
 
 
 def startup_table(out: str) -> str | None:
@@ -225,20 +230,15 @@ def startup_table(out: str) -> str | None:
     rows = runs.to_dict("records")
     for (storage, mode, variant), part in runs.groupby(["storage", "mode", "variant"],
                                                        sort=False):
-        rate = part["images_per_s"]
         pairs = (paired_ratios(rows, "lmdbio", variant, storage=storage, mode=mode)
                  if variant != "lmdbio" else [])
-        versus = (f"{statistics.median(pairs):.2f}x ({min(pairs):.2f}-{max(pairs):.2f})"
-                  if pairs else "")
-        lines.append(f"| {storage} | {mode} | {variant} | {rate.median():.0f} "
-                     f"({rate.min():.0f}-{rate.max():.0f}) | "
+        versus = spread(pairs, 2, "x") if pairs else ""
+        lines.append(f"| {storage} | {mode} | {variant} | "
+                     f"{spread(list(part['images_per_s']), 0)} | "
                      f"{part['steady_images_per_s'].median():.0f} | "
                      f"{part['ttfb_s'].median():.2f} | {part['cpu_ms_per_image'].median():.3f} | "
                      f"{part['idle_core_s'].median():.2f} | {versus} |")
-    text = "\n".join(lines) + "\n"
-    with open(os.path.join(out, "startup.md"), "w") as handle:
-        handle.write(text)
-    return text
+    return _write_table(out, "startup.md", lines)
 
 
 def report(out: str) -> pandas.DataFrame:

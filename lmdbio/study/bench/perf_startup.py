@@ -23,12 +23,11 @@ slower step sets it, the late start is never made up.
 from __future__ import annotations
 
 import os
-import statistics
 from collections.abc import Callable
 from typing import Any
 
 from lmdbio.dataset import ImageFolderLMDB
-from lmdbio.study.bench.perf_common import Storage, median, paired_ratios
+from lmdbio.study.bench.perf_common import Storage, median, paired_ratios, spread
 from lmdbio.study.bench.perf_loader import cold_epoch
 from lmdbio.study.harness import RunSpec, seed_transform, shuffle_seed
 
@@ -105,8 +104,7 @@ def _print(rows: list[dict], storage: str, mode: str) -> None:
         if rate != rate:  # NaN: not run (no LitData)
             continue
         pairs = paired_ratios(rows, "lmdbio", name, **where) if name != "lmdbio" else []
-        versus = (f", lmdbio / this {statistics.median(pairs):.2f}x ({min(pairs):.2f}-"
-                  f"{max(pairs):.2f})" if pairs else "")
+        versus = f", lmdbio / this {spread(pairs, 2, 'x')}" if pairs else ""
         print(f"   {name}: {rate:.0f} img/s (after the first batch "
               f"{median(rows, 'steady_images_per_s', variant=name, **where):.0f}), first batch "
               f"{median(rows, 'ttfb_s', variant=name, **where):.2f} s{versus}", flush=True)
