@@ -8,7 +8,7 @@ Sections (each prints the limits it is measured against first):
   iocost   issue #17, CPU per record of each way to read a DB 4x the page cache
   loader   target 3, end-to-end loader vs the in-memory ceiling; fast decode paths; accuracy
   startup  issue #17, lmdbio's prefetch against reading on demand and LitData, cold, when the
-           loader sets an epoch's pace and when a slower step does
+           loader sets an epoch's pace and when a slower step does, beside the in-memory ceiling
   convert  target 4, converter vs the seed and the source's sequential read; RSS 5k-100k
   memory   target 5, per-worker RSS/PSS at 10k and 1M records
 Storages: local disk ("ssd") and sshfs over sshd on 127.0.0.1 ("nfs-sshfs"). Ratios are taken

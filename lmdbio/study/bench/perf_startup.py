@@ -9,7 +9,12 @@ terms (3 000 images, seed transform, batch 128, 2 workers, cold on both sides of
   file in (several streams on a network FS), so no later batch waits for storage;
 * ``lmdbio, prefetch=False``: each batch's records asked of storage when the batch is
   (``batch_hints``), so the first batch has the cores to itself and every batch waits a little;
-* ``LitData``: ``StreamingDataset(shuffle=True)`` reads a chunk at a time as it goes.
+* ``LitData``: ``StreamingDataset(shuffle=True)`` reads a chunk at a time as it goes;
+* the ceiling (``perf_common.CEILING``): every record's bytes read into the process before
+  the epoch (``perf_loader.InMemory``), the same decode and transform: what any loader could
+  reach with storage costing nothing. With a slower step it bounds what a lead over LitData
+  can be: the epoch is then its first batch plus the steps, and the first batch cannot come
+  sooner than a worker decodes it.
 
 each in two modes: ``load`` (the loader sets the pace) and ``emulate`` (a 100 ms step per
 batch sets it, as in the study: the loader could go faster). Per run: images/s, images/s
@@ -27,13 +32,14 @@ from collections.abc import Callable
 from typing import Any
 
 from lmdbio.dataset import ImageFolderLMDB
-from lmdbio.study.bench.perf_common import Storage, median, paired_ratios, spread
-from lmdbio.study.bench.perf_loader import cold_epoch
+from lmdbio.decode import decode_pil
+from lmdbio.study.bench.perf_common import CEILING, Storage, median, paired_ratios, spread
+from lmdbio.study.bench.perf_loader import InMemory, cold_epoch
 from lmdbio.study.harness import RunSpec, seed_transform, shuffle_seed
 
 __all__ = ["MODES", "STEP_MS", "STRATEGIES", "bench_startup", "prepare"]
 
-STRATEGIES = ("lmdbio", "lmdbio, prefetch=False", "LitData")
+STRATEGIES = ("lmdbio", "lmdbio, prefetch=False", "LitData", CEILING)
 MODES = ("load", "emulate")
 STEP_MS = 100.0  # the study's emulated accelerator step (batch 128)
 
@@ -69,6 +75,9 @@ def _conditions(storage: Storage, files: dict[str, str],
         chosen.append(("LitData", files["litdata"], lambda: open_peer(
             "litdata", storage.path(files["litdata"]), transform, seed=shuffle_seed(spec),
             batch_size=spec.batch_size)))
+    # read from the local copy: the records are in memory before the epoch on either storage
+    local = os.path.join(storage.local_root, files["lmdb"])
+    chosen.append((CEILING, "", lambda: InMemory(local, decode_pil, transform)))
     return chosen
 
 
@@ -105,6 +114,8 @@ def _print(rows: list[dict], storage: str, mode: str) -> None:
             continue
         pairs = paired_ratios(rows, "lmdbio", name, **where) if name != "lmdbio" else []
         versus = f", lmdbio / this {spread(pairs, 2, 'x')}" if pairs else ""
+        bound = paired_ratios(rows, name, CEILING, **where) if name != CEILING else []
+        versus += f", of the ceiling {spread(bound, 2, 'x')}" if bound else ""
         print(f"   {name}: {rate:.0f} img/s (after the first batch "
               f"{median(rows, 'steady_images_per_s', variant=name, **where):.0f}), first batch "
               f"{median(rows, 'ttfb_s', variant=name, **where):.2f} s{versus}", flush=True)
