@@ -86,13 +86,13 @@ def list_source(root: str | os.PathLike[str],
     runs = [paths[i:i + _STAT_RUN] for i in range(0, len(paths), _STAT_RUN)]
     with ThreadPoolExecutor(workers) as pool:  # stat is a round trip each on a network FS
         # runs of files per task: one future per file (~2 KB each) was 200 MB at 100k files
-        stats = [stat for run in pool.map(_stat_run, runs) for stat in run]
+        stats = [found for run in pool.map(_stat_run, runs) for found in run]
     digest = hashlib.sha256()
     digest.update("\0".join(classes).encode("utf-8", "surrogateescape") + b"\1")
     digest.update("\0".join(extensions).encode() + b"\1")
     sizes = []
-    for rel, stat in zip(relative, stats):
-        size, mtime = stat if stat else (-1, -1)
+    for rel, found in zip(relative, stats):
+        size, mtime = found if found else (-1, -1)
         sizes.append(max(size, 0))
         digest.update(os.fsencode(rel) + f"\0{size}\0{mtime}\1".encode())
     return Listing(root, classes, relative, targets, sizes, digest.hexdigest(), given)

@@ -233,7 +233,7 @@ def make_partial(tree: Path, dst: Path, count: int, resize: object) -> Path:
     ([N, 90], [], f"--max-size {N} --quality 90, not original images"),
     ([N, 90], ["--max-size", "32"], f"--max-size {N} --quality 90, not --max-size 32"),
     ([N, 90], ["--max-size", str(N), "--quality", "80"], "--quality 90, not --max-size"),
-    ([None, None], ["--max-size", str(N)], f"original images (no --max-size), not --max-size"),
+    ([None, None], ["--max-size", str(N)], "original images (no --max-size), not --max-size"),
     (None, ["--max-size", str(N)], "original images (no --max-size), not --max-size"),
     ("junk", [], "an unknown resize setting 'junk', not original images"),
 ])

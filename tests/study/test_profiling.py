@@ -68,7 +68,7 @@ def test_stages_leave_the_relay_out_of_the_workers(tmp_path: Path) -> None:
     workers, but its CPU is counted in its own group, not as the workers' stages."""
     me = os.getpid()
     raw = [(f'process {me}:"python -m lmdbio.study.sweep"', ["main (x.py:1)"], 3),
-           (f'process 11:"python /x/lmdbio/study/relay.py --upstream 127.0.0.1:1"',
+           ('process 11:"python /x/lmdbio/study/relay.py --upstream 127.0.0.1:1"',
             ["_pump (lmdbio/study/relay.py:250)"], 50),
            ('process 12:"python -m lmdbio.study.sweep"', ["decode_pil (lmdbio/decode.py:3)"], 7)]
     stages = Profiler(rate=10)._stages(raw)

@@ -29,7 +29,7 @@ import lmdbio
 
 from tests.helpers import build_numbered_tree
 
-from .common import REPO, Snapshot, cli_command, kill_tree, partial_state, snapshot
+from .common import REPO, cli_command, kill_tree, partial_state, snapshot
 
 ARGS = ["-q", "--commit-mb", "1", "--workers", "2", "--on-error", "skip"]
 # One cycle of trial kinds; a run of N trials walks it N times mod its length, so a short run
