@@ -36,7 +36,8 @@ _OPEN_FOLDERS = 64  # folder fds kept open (listing order visits one class folde
 
 def extract(path: str | os.PathLike[str], outdir: str | os.PathLike[str], *,
             overwrite: bool = False, progress: bool = False) -> int:
-    """Write the ImageFolder tree back to ``outdir``, byte for byte; returns the file count.
+    """Write the ImageFolder tree back to ``outdir``, byte for byte, with a folder for every
+    class (those without images too); returns the file count.
 
     Into a new or empty ``outdir`` the tree is written beside it (``.NAME.lmdbio-partial-*``,
     only its owner may enter it) and renamed into place when complete (into an empty folder:
@@ -53,8 +54,9 @@ def extract(path: str | os.PathLike[str], outdir: str | os.PathLike[str], *,
     require_sound(os.path.expanduser(os.fspath(path)))  # every record is read through liblmdb
     with Database(path, options_for(os.fspath(path), EnvOptions(readahead=True))) as db:
         relative = db.relative_paths()
-        problems = stored_path_problems(relative, limit=1)  # all checked before any I/O
-        if problems:
+        classes = db.meta.classes  # their folders too: a class without images is still one
+        problems = stored_path_problems(relative, limit=1) or _class_problems(classes)
+        if problems:  # all checked before any I/O
             raise FormatError(f"{db.path!r}: {problems[0][1]}; refusing to extract anything "
                               f"into {outdir!r} (the database is damaged or hostile)")
         with _io_errors(outdir, "extract"):
@@ -77,6 +79,8 @@ def extract(path: str | os.PathLike[str], outdir: str | os.PathLike[str], *,
                         _write_new(folder, name, data, os.path.join(outdir, rel))
                         written += 1
                         bar.update(len(data))
+                    for name in classes:  # ImageFolder finds its classes as folders
+                        folders.open([name])
                 finally:
                     folders.close()
             if stage is not None:
@@ -89,6 +93,17 @@ def extract(path: str | os.PathLike[str], outdir: str | os.PathLike[str], *,
                                 f"{outdir!r} before it stopped)") from None
             raise
     return len(relative)
+
+
+def _class_problems(classes: list[str]) -> list[tuple[int, str]]:
+    """Like ``stored_path_problems``, for the class names: each must be one folder name that
+    extract may write (a class is a folder directly under the root)."""
+    for index, name in enumerate(classes):
+        if any(sep and sep in name for sep in (os.sep, os.altsep)) or \
+                stored_path_problems([name], limit=1):
+            return [(index, f"class {index} {name!r} is not a folder name extract may write "
+                            "(empty, '.', '..', a separator, NUL or too long)")]
+    return []
 
 
 def staged(outdir: str) -> bool:

@@ -216,6 +216,39 @@ def test_extract_refuses_paths_that_escape(tmp_path: Path, hostile: str) -> None
     assert_one_line_error(proc, "refusing to extract")
 
 
+def test_extract_writes_the_folders_of_classes_without_images(tmp_path: Path) -> None:
+    """ImageFolder finds classes as folders: the extracted tree of a DB with an empty class
+    must hold that folder, or converting it again renumbers every class after it."""
+    tree = build_simple_tree(tmp_path / "tree", per_class=1)
+    (tree / "0 empty").mkdir()  # sorts first: each other class's index depends on it
+    db = lmdbio.convert(tree, tmp_path / "db.lmdb", allow_empty=True, progress=False)
+    out = tmp_path / "out"
+    assert lmdbio.extract(db.destination, out) == lmdbio.info(db.destination).num_samples > 0
+    assert (out / "0 empty").is_dir() and not list((out / "0 empty").iterdir())
+    again = lmdbio.convert(out, tmp_path / "again.lmdb", allow_empty=True, progress=False)
+    first, second = ImageFolderLMDB(db.destination), ImageFolderLMDB(again.destination)
+    assert second.class_to_idx == first.class_to_idx == lmdbio.find_classes(tree)[1]
+    assert second.targets == first.targets
+
+
+@pytest.mark.parametrize("hostile", ["..", "../escape", "a/b", "", "x\0y"])
+def test_extract_refuses_class_names_that_are_not_one_folder(tmp_path: Path,
+                                                             hostile: str) -> None:
+    from lmdbio.format import Metadata
+    from lmdbio.writer import LmdbWriter
+
+    path = tmp_path / "hostile.lmdb"
+    writer = LmdbWriter(str(path), 1 << 20)
+    writer.commit(0, [(0, b"fine")], {"written": 1})
+    writer.finish(Metadata(num_samples=1, classes=["a", hostile], source_root="/x",
+                           source_fingerprint="", extensions=[".jpg"], payload_bytes=4),
+                  ["a/ok.jpg"], [0])
+    out = tmp_path / "deep" / "out"
+    with pytest.raises(lmdbio.FormatError, match=r"class 1 .* refusing to extract"):
+        lmdbio.extract(path, out)
+    assert not out.exists() and not (tmp_path / "deep" / "escape").exists()
+
+
 def test_extract_refuses_to_write_through_a_symlink(tmp_path: Path) -> None:
     tree = build_simple_tree(tmp_path / "tree", per_class=1)
     db = lmdbio.convert(tree, tmp_path / "db.lmdb", progress=False).destination
