@@ -210,6 +210,8 @@ def _target(name: str, path: str, work_data: str) -> Iterator[tuple[str, str]]:
 
 def run_study(config: StudyConfig) -> int:
     """Run the matrix; returns the exit status (0: every notebook finished)."""
+    # before anything is written: without papermill the run would leave only empty folders
+    require("papermill", "notebooks", "running the study's notebooks")
     # what this process starts (kernels, ranks, the sshfs stand-in) is the study's own CPU
     os.environ.setdefault(OWN_TREE_ENV, str(os.getpid()))
     started = time.perf_counter()

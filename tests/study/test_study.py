@@ -302,6 +302,21 @@ def test_study_options_are_checked_before_anything_runs(argv, message):
     assert done.returncode == 2 and message in done.stderr, done.stderr
 
 
+def test_study_without_papermill_says_so_before_writing_anything(tmp_path):
+    """The study's notebooks need the notebooks extra: missing, the run stops in one line and
+    leaves no work or results folders behind in the directory it was started from."""
+    hide = ("import runpy, sys; sys.modules['papermill'] = None; sys.argv[1:] = ['--images', "
+            "'10', '--no-nfs', '--ddp-procs', '0']; runpy.run_module('lmdbio.study', "
+            "run_name='__main__')")  # python -m lmdbio.study, papermill not installed
+    done = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path, env=os.environ | {"PYTHONPATH": REPO})
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [
+        "lmdbio: error: running the study's notebooks needs papermill: "
+        "pip install 'lmdbio[notebooks]'"], done.stderr
+    assert not list(tmp_path.iterdir())
+
+
 def _papermill(tmp_path, *params):
     papermill = os.path.join(os.path.dirname(sys.executable), "papermill")
     out = tmp_path / "out.ipynb"
