@@ -19,9 +19,9 @@ from .converter import ConvertReport, convert, default_destination
 from .database import Database
 from .decode import DraftDecoder, decode_pil, decode_tensor
 from .envs import EnvOptions
-from .errors import (ConcurrentWriteError, ConversionProcessError, CorruptRecordError,
-                     DatabaseChangedError, DatabaseNotFoundError, DestinationError,
-                     DiskFullError, FormatError,
+from .errors import (ConcurrentWriteError, ConversionProcessError, ConvertOptionError,
+                     CorruptRecordError, DatabaseChangedError, DatabaseNotFoundError,
+                     DestinationError, DiskFullError, FormatError,
                      ImageDecodeError, LegacyFormatError, LmdbioError, MissingDependencyError,
                      OpenOptionsError, OutputExistsError, ResizeOptionError, ResumeError,
                      SampleNotFoundError, ShardSetError, ShardSpecError, SourceError,
@@ -40,6 +40,7 @@ __all__ = [
     "BlockShuffleSampler",
     "ConcurrentWriteError",
     "ConversionProcessError",
+    "ConvertOptionError",
     "ConvertReport",
     "CorruptRecordError",
     "Database",

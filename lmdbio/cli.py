@@ -157,7 +157,8 @@ def register_convert(commands: argparse._SubParsersAction) -> None:
                    "and re-encode them (JPEG stays JPEG, other formats become PNG); smaller "
                    "images keep their bytes. Recorded in the metadata")
     p.add_argument("--quality", type=quality, metavar="Q",
-                   help="with --max-size: JPEG quality (1-100) of re-encoded images; None means 90")
+                   help="with --max-size: JPEG quality (1-100) of re-encoded images "
+                   "(default: 90)")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bar; a failure is one line on stderr")
     p.set_defaults(handler=_convert)
@@ -348,19 +349,23 @@ _API_OPTION = None
 def cli_wording(text: str) -> str:
     """An error written for the Python API, in the command line's words: ``on_error="skip"``
     -> ``--on-error skip``, ``allow_empty=True`` -> ``--allow-empty``, ``resume=True`` ->
-    ``--resume``..."""
+    ``--resume``, ``max_size=N`` -> ``--max-size N``..."""
     import re
 
     global _API_OPTION
     if _API_OPTION is None:
-        _API_OPTION = re.compile(r'\b(on_error|check)=["\'](\w+)["\']|\b(allow_empty|resume|'
-                                 r'overwrite|verify_images)=True\b')
+        _API_OPTION = re.compile(r'\b(on_error|check|transform)=["\'](\w+)["\']|\b(allow_empty|'
+                                 r'resume|overwrite|verify_images)=True\b|'
+                                 r'\b(max_size|quality)=(\w+)\b')
 
     def spell(match: re.Match[str]) -> str:
         if match[1]:
             return f"--{match[1].replace('_', '-')} {match[2]}"
-        return f"--{match[3].replace('_', '-')}"
-    text = re.sub(r" \((?:overwrite|resume)=True\)", "", text)  # "--overwrite (overwrite=True)"
+        if match[3]:
+            return f"--{match[3].replace('_', '-')}"
+        return f"--{match[4].replace('_', '-')} {match[5]}"
+    # an API spelling in brackets beside the flag: "--overwrite (overwrite=True)"
+    text = re.sub(r" \((?:(?:overwrite|resume)=True|transform='\w+')\)", "", text)
     return _API_OPTION.sub(spell, text)
 
 

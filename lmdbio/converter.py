@@ -23,6 +23,7 @@ import lmdb
 
 from . import __version__
 from .errors import (
+    ConvertOptionError,
     DestinationError,
     OutputExistsError,
     ResumeError,
@@ -156,6 +157,9 @@ def convert(
         raise ValueError(f"on_error must be 'fail' or 'skip', not {on_error!r}")
     if check not in CHECKS:
         raise ValueError(f"check must be one of {', '.join(map(repr, CHECKS))}, not {check!r}")
+    if verify_images and check == "structure":
+        raise ConvertOptionError('verify_images=True asks for check="full", not '
+                                 'check="structure"; give one of them')
     check = "full" if verify_images else check
     extensions, is_valid_file = selection(extensions, is_valid_file)
     named(source, "source", SourceError)

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "ConcurrentWriteError",
     "ConversionProcessError",
+    "ConvertOptionError",
     "CorruptRecordError",
     "DatabaseChangedError",
     "DatabaseNotFoundError",
@@ -69,7 +70,12 @@ class ConversionProcessError(LmdbioError, RuntimeError):
     """A process converting a shard died (killed: out of memory?); ``--resume`` continues."""
 
 
-class ResizeOptionError(LmdbioError, ValueError):
+class ConvertOptionError(LmdbioError, ValueError):
+    """``convert`` options that contradict each other (``--verify-images`` with ``--check
+    structure``) or cannot work."""
+
+
+class ResizeOptionError(ConvertOptionError):
     """Resize options that cannot work (``--max-size 0``, ``--quality`` without
     ``--max-size``...)."""
 

@@ -116,8 +116,8 @@ def make_resizer(max_size: int | None, quality: int | None) -> Resizer | None:
                                     f"--{name.replace('_', '-')}")
     if max_size is None:
         if quality is not None:
-            raise ResizeOptionError(f"quality {quality} applies only to images resized with "
-                                    "max_size; add --max-size N or drop --quality")
+            raise ResizeOptionError(f"quality={quality} applies only to images resized with "
+                                    f"max_size=N; add max_size=N or drop quality={quality}")
         return None
     return Resizer(max_size, DEFAULT_QUALITY if quality is None else quality)
 

@@ -272,6 +272,29 @@ def test_bad_option_values_are_usage_errors(tree: Path, tmp_path: Path, argv) ->
     assert_no_output(dst)
 
 
+@pytest.mark.parametrize("argv, api, line", [
+    (["--verify-images", "--check", "structure"], dict(verify_images=True, check="structure"),
+     "--verify-images asks for --check full, not --check structure; give one of them"),
+    (["--check", "structure", "--verify-images"], dict(verify_images=True, check="structure"),
+     "--verify-images asks for --check full, not --check structure; give one of them"),
+    (["--quality", "50"], dict(quality=50),
+     "--quality 50 applies only to images resized with --max-size N; add --max-size N or "
+     "drop --quality 50"),
+])
+def test_options_that_contradict_each_other_are_refused_in_the_callers_words(
+        tree: Path, tmp_path: Path, argv, api, line) -> None:
+    """Before, --verify-images silently won over --check structure; each message names the
+    options as the caller wrote them: flags on the command line, keywords in Python."""
+    dst = tmp_path / "out.lmdb"
+    proc = run_cli("convert", tree, dst, "-q", *argv)
+    assert proc.returncode == 1 and proc.stderr.splitlines() == [f"lmdbio: error: {line}"]
+    assert_no_output(dst)
+    with pytest.raises(lmdbio.ConvertOptionError) as raised:
+        lmdbio.convert(tree, dst, progress=False, **api)
+    assert "--" not in str(raised.value) and "=" in str(raised.value)
+    assert_no_output(dst)
+
+
 # -- --on-error skip ------------------------------------------------------------------------------
 
 
@@ -434,3 +457,17 @@ def test_advise_without_torch_says_what_to_install_in_one_line(tree: Path) -> No
                           "--transform none")
     with pytest.raises(ModuleNotFoundError):  # MissingDependencyError is one
         raise lmdbio.MissingDependencyError("x")
+
+
+@pytest.mark.parametrize("api, cli", [
+    ("measure the decode alone: --transform none (transform='none')",
+     "measure the decode alone: --transform none"),
+    ("or pass on_error=\"skip\" or allow_empty=True", "or pass --on-error skip or --allow-empty"),
+    ("add max_size=N or drop quality=50", "add --max-size N or drop --quality 50"),
+    ("pass --overwrite (overwrite=True)", "pass --overwrite"),
+    ("the max_size of 256 px", "the max_size of 256 px"),  # no keyword: left as written
+])
+def test_api_wording_becomes_the_command_lines(api: str, cli: str) -> None:
+    from lmdbio.cli import cli_wording
+
+    assert cli_wording(api) == cli
