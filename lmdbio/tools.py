@@ -29,6 +29,15 @@ from .validate import JPEG_START, PNG_START, check_payload
 __all__ = ["DatabaseInfo", "VerifyReport", "extract", "info", "verify"]
 
 
+_CHECKED = {  # what info says each check of convert --check means for the stored files
+    "decode": "decode (each file loaded as ImageFolder's loader would)",
+    "full": "full (each file decoded at full size)",
+    "structure": "structure (headers and end markers only: 'lmdbio verify --decode' loads "
+                 "every image)",
+    "": "structure (before lmdbio recorded its check: 'lmdbio verify --decode' loads every "
+        "image)"}
+
+
 @dataclass(frozen=True)
 class DatabaseInfo:
     """Counts, classes, sizes and versions of a database."""
@@ -48,6 +57,10 @@ class DatabaseInfo:
     shard_count: int = 1
     max_size: int | None = None   # images downscaled at conversion to fit max_size px
     quality: int | None = None    # JPEG quality of those re-encoded
+    # what every stored file passed at conversion: "decode", "full" or "structure" ("" in
+    # files written before the check was recorded, which checked the structure)
+    check: str = ""
+    warnings: int = 0             # Pillow's warnings at conversion, kept in the metadata
 
     def __str__(self) -> str:
         shard = (f", shard {self.shard_index} of {self.shard_count}" if self.shard_count > 1
@@ -62,6 +75,9 @@ class DatabaseInfo:
                  "  images: the source files' bytes" if self.max_size is None else
                  f"  images: downscaled to fit {self.max_size} px at conversion (JPEG quality "
                  f"{self.quality}); smaller ones unchanged",
+                 f"  checked at conversion: {_CHECKED.get(self.check, text(self.check))}"
+                 + (f"; {self.warnings} warning{'s' * (self.warnings != 1)} (metadata)"
+                    if self.warnings else ""),
                  f"  classes ({len(self.class_counts)}):"]
         lines += [f"    {text(name)}: {count}" for name, count in self.class_counts.items()]
         return "\n".join(lines)
@@ -79,7 +95,8 @@ def info(path: str | os.PathLike[str]) -> DatabaseInfo:
             format_version=meta.format_version, lmdbio_version=meta.lmdbio_version,
             lmdb_version=meta.lmdb_version, created_utc=meta.created_utc,
             source_root=meta.source_root, shard_index=meta.shard_index,
-            shard_count=meta.shard_count, max_size=meta.max_size, quality=meta.quality)
+            shard_count=meta.shard_count, max_size=meta.max_size, quality=meta.quality,
+            check=meta.check, warnings=len(meta.warnings))
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,19 @@ def test_info_counts_classes(odd_db) -> None:
     assert "    sea lion: 3" in text.stdout.splitlines()
 
 
+@pytest.mark.parametrize("check", ["decode", "full", "structure"])
+def test_info_says_what_the_stored_files_were_checked_for(tmp_path: Path, check: str) -> None:
+    """A DB written with --check structure may hold images that do not decode: info says so,
+    and how to find out."""
+    tree = build_simple_tree(tmp_path / "tree", per_class=1)
+    db = lmdbio.convert(tree, tmp_path / "db.lmdb", check=check, progress=False).destination
+    assert lmdbio.info(db).check == check and lmdbio.info(db).warnings == 0
+    assert json.loads(run_cli("info", db, "--json").stdout)["check"] == check
+    line = next(x for x in run_cli("info", db).stdout.splitlines() if "checked at" in x)
+    assert line.startswith(f"  checked at conversion: {check} (")
+    assert ("lmdbio verify --decode" in line) == (check == "structure")
+
+
 def test_verify_ok(odd_db) -> None:
     report = lmdbio.verify(odd_db.db, decode=True)
     assert report.ok and report.checked == 23 and report.problems == []
