@@ -177,6 +177,7 @@ def convert(
     check_destination(dst, overwrite)
     listing = list_source(source, extensions, workers, is_valid_file=is_valid_file,
                           allow_empty=allow_empty)
+    _refuse_a_source_file(dst, listing)
     spec = plan(*shard, len(listing)) if shard else ShardSpec(0, 1, 0, len(listing), len(listing))
     whole = collections.Counter(listing.targets)  # files per class in the whole listing
     listing = dataclasses.replace(slice_listing(listing, spec),  # the fingerprint stays
@@ -255,6 +256,17 @@ def check_destination(dst: str, overwrite: bool) -> None:
         what = "is a symbolic link to nothing" if not os.path.exists(dst) else "already exists"
         raise OutputExistsError(f"destination {dst!r} {what}; pass --overwrite "
                                 "(overwrite=True) to replace it, or choose another DST")
+
+
+def _refuse_a_source_file(dst: str, listing: Listing) -> None:
+    """``overwrite`` must not replace one of the images being converted with the database."""
+    if not os.path.exists(dst):
+        return
+    root, real = os.path.realpath(listing.root), os.path.realpath(dst)
+    inside = real.startswith(root + os.sep)
+    if inside and os.path.relpath(real, root) in set(listing.relative_paths):
+        raise DestinationError(f"destination {dst!r} is one of the images of "
+                               f"{listing.root!r}; choose a file outside the source's classes")
 
 
 def _start_state(writer: LmdbWriter, listing: Listing, resume: bool, partial: str,

@@ -233,6 +233,23 @@ def test_overwrite_replaces_an_older_database(tree: Path, tmp_path: Path) -> Non
     assert lmdbio.info(dst).num_samples == 7
 
 
+@pytest.mark.parametrize("spelled", ["direct", "through a link to the source"])
+def test_overwrite_never_replaces_one_of_the_source_images(tree: Path, tmp_path: Path,
+                                                           spelled: str) -> None:
+    victim = next((tree / "cat").iterdir())
+    before = victim.read_bytes()
+    dst = victim
+    if spelled != "direct":
+        (tmp_path / "link").symlink_to(tree, target_is_directory=True)
+        dst = tmp_path / "link" / "cat" / victim.name
+    assert_one_line_error(run_cli("convert", tree, dst, "-q", "--overwrite"),
+                          f"{str(dst)!r} is one of the images of", "choose a file outside")
+    assert victim.read_bytes() == before
+    assert not list((tree / "cat").glob("*.partial"))  # refused before anything is written
+    # a new database beside the classes, inside the source's folder, is fine
+    assert run_cli("convert", tree, tree / "train.lmdb", "-q").returncode == 0
+
+
 def test_destination_folder_missing(tree: Path, tmp_path: Path) -> None:
     dst = tmp_path / "no" / "such" / "out.lmdb"
     assert_one_line_error(run_cli("convert", tree, dst), str(dst.parent), "does not exist")
