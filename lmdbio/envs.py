@@ -68,8 +68,10 @@ def check_database_path(path: str) -> os.stat_result:
         else:
             where = path
     except FileNotFoundError:
-        raise DatabaseNotFoundError(f"database {path!r} does not exist; create it with "
-                                    "'lmdbio convert SRC DST'") from None
+        remedy = ("its conversion stopped before the end: finish it with 'lmdbio convert SRC "
+                  "DST --resume'" if os.path.lexists(path + ".partial") else
+                  "create it with 'lmdbio convert SRC DST'")
+        raise DatabaseNotFoundError(f"database {path!r} does not exist; {remedy}") from None
     except OSError as exc:  # ELOOP, EACCES, ENAMETOOLONG...
         raise FormatError(f"cannot open {path!r} ({exc.strerror}); check the path and its "
                           "permissions") from None

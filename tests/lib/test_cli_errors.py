@@ -454,6 +454,16 @@ def test_failed_overwrite_keeps_the_old_database(tree: Path, tmp_path: Path) -> 
     assert lmdbio.verify(dst).ok
 
 
+def test_a_database_whose_conversion_stopped_says_how_to_finish_it(tree: Path,
+                                                                   tmp_path: Path) -> None:
+    dst = tmp_path / "out.lmdb"
+    write(tmp_path / "out.lmdb.partial", b"")  # what an interrupted convert leaves
+    assert_one_line_error(run_cli("info", dst), str(dst), "does not exist",
+                          "stopped before the end", "--resume")
+    with pytest.raises(lmdbio.DatabaseNotFoundError, match="--resume"):
+        lmdbio.open_database(dst)
+
+
 @pytest.mark.parametrize("command", ["info", "verify", "extract"])
 def test_reading_commands_given_the_image_folder_itself(tree: Path, tmp_path: Path,
                                                         command: str) -> None:
