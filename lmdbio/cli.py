@@ -60,6 +60,10 @@ def _info(args: argparse.Namespace) -> int:
     if len(args.db) == 1 and not is_glob(args.db[0]):  # one file, even one shard of several
         report(json.dumps(asdict(results[0]), indent=2) if args.json else results[0])
         return 0
+    if all(r.shard_count == 1 for r in results):  # whole databases, not a shard set: each
+        report(json.dumps([asdict(r) for r in results], indent=2) if args.json
+               else "\n".join(map(str, results)))
+        return 0
     with ShardedDatabase([r.path for r in results]) as shards:  # checks the set
         summary = (f"shard set: {len(results)} files, {len(shards)} samples of "
                    f"{len(shards.meta.classes)} classes, complete")
@@ -166,7 +170,8 @@ def register_convert(commands: argparse._SubParsersAction) -> None:
 
 def register_info(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("info", help="counts, classes, sizes and versions of a database")
-    p.add_argument("db", nargs="+", help="a database, or the shards of one (files or a glob)")
+    p.add_argument("db", nargs="+", help="a database, several, or the shards of one (files "
+                   "or a glob: a shard set is checked whole)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=_info)
 

@@ -454,6 +454,20 @@ def test_failed_overwrite_keeps_the_old_database(tree: Path, tmp_path: Path) -> 
     assert lmdbio.verify(dst).ok
 
 
+def test_info_on_several_whole_databases_describes_each(tree: Path, tmp_path: Path) -> None:
+    """Not a shard set (each is shard 0 of 1): no set to check, each described."""
+    first, second = tmp_path / "a.lmdb", tmp_path / "b.lmdb"
+    lmdbio.convert(tree, first, progress=False)
+    lmdbio.convert(tree / "..", second, allow_empty=True, progress=False)  # other classes
+    shown = run_cli("info", first, second)
+    assert shown.returncode == 0, shown.stderr
+    headers = [line for line in shown.stdout.splitlines() if ": lmdbio format v" in line]
+    assert [line.split(": lmdbio format v")[0] for line in headers] == [str(first), str(second)]
+    body = json.loads(run_cli("info", first, second, "--json").stdout)
+    assert [b["path"] for b in body] == [str(first), str(second)]
+    assert "shard set" not in shown.stdout
+
+
 def test_a_database_whose_conversion_stopped_says_how_to_finish_it(tree: Path,
                                                                    tmp_path: Path) -> None:
     dst = tmp_path / "out.lmdb"
