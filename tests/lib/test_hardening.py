@@ -504,7 +504,7 @@ def test_terminal_escapes_in_stored_names_never_reach_the_terminal(tmp_path: Pat
         assert "\x1b" not in proc.stdout and "\r" not in proc.stdout
         assert "\u202e" not in proc.stdout and "fake: 999\n" not in proc.stdout
     text = cli("info", db).stdout
-    assert text.count("\n") == 5 + len(classes)  # no line faked by a stored newline
+    assert text.count("\n") == 6 + len(classes)  # no line faked by a stored newline
     assert "\\x1b[2J" in text and "\\n" in text
     # and an error that quotes stored text stays one line, escapes included
     dup = craft(tmp_path / "dup.lmdb", good_records(2), ["a", "b"],
