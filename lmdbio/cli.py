@@ -73,12 +73,16 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from .shard_set import expand_paths
     from .tools import verify
 
-    with _saying_when_interrupted("verify interrupted; nothing was changed"):
-        result = verify(args.db, decode=args.decode, progress=not args.quiet)
-    report(result)
-    return 0 if result.ok else 1
+    damaged = 0
+    for path in expand_paths(args.db):  # each file on its own: shards, or unrelated DBs
+        with _saying_when_interrupted("verify interrupted; nothing was changed"):
+            result = verify(path, decode=args.decode, progress=not args.quiet)
+        report(result)
+        damaged += not result.ok
+    return 1 if damaged else 0
 
 
 def _extract(args: argparse.Namespace) -> int:
@@ -178,7 +182,8 @@ def register_info(commands: argparse._SubParsersAction) -> None:
 
 def register_verify(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("verify", help="check every record's checksum (exit 1 on damage)")
-    p.add_argument("db")
+    p.add_argument("db", nargs="+", help="a database, several, or the shards of one (files or "
+                   "a glob), each verified on its own")
     p.add_argument("--decode", action="store_true", help="also decode every image")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_verify)

@@ -145,6 +145,26 @@ def flip_bit(path: Path, offset: int, bit: int = 0) -> None:
         handle.write(bytes([byte ^ (1 << bit)]))
 
 
+def test_verify_takes_several_databases_or_a_glob_and_fails_if_any_is_damaged(
+        damaged_copy, tmp_path: Path) -> None:
+    tree, db = damaged_copy
+    whole = run_cli("convert", tree, tmp_path / "shards.lmdb", "--num-shards", "2", "-q")
+    assert whole.returncode == 0, whole.stderr
+    shards = sorted(str(p) for p in tmp_path.glob("shards*.lmdb"))
+    assert len(shards) == 2
+    proc = run_cli("verify", "-q", str(tmp_path / "shards*.lmdb"), db)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [f"{p}: OK, {n} records verified"
+                                        for p, n in zip(shards + [str(db)], (3, 3, 6))]
+    with lmdbio.open_database(db) as handle:
+        payload = handle.get(2)[1]
+    flip_bit(db, locate(db, payload) + len(payload) // 2)
+    proc = run_cli("verify", "-q", db, *shards)  # the damaged one first: the rest still run
+    assert proc.returncode == 1
+    assert "1 problem in 6 records" in proc.stdout
+    assert proc.stdout.count("OK, 3 records verified") == 2
+
+
 @pytest.mark.parametrize("where", ["payload", "label"])
 def test_one_flipped_bit_is_caught_everywhere(damaged_copy, where: str) -> None:
     tree, db = damaged_copy
