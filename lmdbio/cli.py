@@ -86,11 +86,16 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _extract(args: argparse.Namespace) -> int:
-    from .errors import printable
+    from .errors import DatabaseNotFoundError, printable
     from .paths import absolute_path
+    from .shard_plan import is_glob
     from .tools import extract
     from .unpack import staged
 
+    if is_glob(args.db) and not os.path.lexists(os.path.expanduser(args.db)):
+        raise DatabaseNotFoundError(
+            f"extract takes one database, not the pattern {args.db!r}; extract each shard "
+            "into the same OUTDIR in turn (their files differ: no --overwrite needed)")
     outdir = printable(args.outdir)
     whole = staged(absolute_path(args.outdir))
     with _saying_when_interrupted(

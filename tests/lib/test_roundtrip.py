@@ -165,6 +165,20 @@ def test_verify_takes_several_databases_or_a_glob_and_fails_if_any_is_damaged(
     assert proc.stdout.count("OK, 3 records verified") == 2
 
 
+def test_extract_of_shards_one_at_a_time_into_one_folder(damaged_copy, tmp_path: Path) -> None:
+    """A glob is refused with the remedy, and the remedy gives the whole tree back."""
+    tree, _ = damaged_copy
+    run_cli("convert", tree, tmp_path / "shards.lmdb", "--num-shards", "2", "-q")
+    out = tmp_path / "out"
+    assert_one_line_error(run_cli("extract", str(tmp_path / "shards*.lmdb"), out),
+                          "extract takes one database", "each shard into the same OUTDIR")
+    assert not out.exists()
+    for shard in sorted(tmp_path.glob("shards*.lmdb")):
+        proc = run_cli("extract", shard, out, "-q")
+        assert proc.returncode == 0, proc.stderr
+    assert tree_files(out) == image_files(tree)
+
+
 @pytest.mark.parametrize("where", ["payload", "label"])
 def test_one_flipped_bit_is_caught_everywhere(damaged_copy, where: str) -> None:
     tree, db = damaged_copy
