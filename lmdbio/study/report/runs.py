@@ -27,6 +27,8 @@ __all__ = ["KEYS", "METRICS", "PROTOCOL", "cache_check", "describe", "format_par
 METRICS = ("images_per_s", "steady_images_per_s", "ttfb_s", "data_mean_s", "data_median_s",
            "data_p95_s", "data_share", "utilisation", "batch_mean_s", "batch_median_s")
 KEYS = ["storage", "fs_type", "mode", "cache", "format"]
+SPEEDUP_COLUMNS = ["imagefolder_images_per_s", "lmdb_images_per_s", "speedup", "speedup_min",
+                   "speedup_max", "pairs"]
 # What a run was measured with: runs of one condition (KEYS) that differ here are not
 # repetitions of one measurement
 PROTOCOL = ("epochs", "batch_size", "num_workers", "step_ms", "max_batches", "n_samples",
@@ -165,8 +167,8 @@ def speedups(runs: Any) -> Any:
     pandas = _pandas()
     wide = per_run(runs[~runs["warmup"]]).pivot_table(
         index=KEYS[:-1] + ["repeat"], columns="format", values="images_per_s")
-    if not {"lmdb", "imagefolder"} <= set(wide.columns):
-        return pandas.DataFrame()
+    if not {"lmdb", "imagefolder"} <= set(wide.columns):  # its columns, no rows: a CSV
+        return pandas.DataFrame(columns=KEYS[:-1] + SPEEDUP_COLUMNS)  # with its header
     wide = wide[["imagefolder", "lmdb"]].dropna()  # a peer absent from a cell (ddp) drops nothing
     wide["ratio"] = wide["lmdb"] / wide["imagefolder"]
     grouped = wide.groupby(level=KEYS[:-1])
@@ -195,8 +197,12 @@ def cache_check(runs: Any, cold_max: float = 0.05, warm_min: float = 0.95) -> st
     """Whether every cold run started evicted and every warm run started cached."""
     cold = runs[runs["cache"] == "cold"]["resident_fraction"]
     warm = runs[runs["cache"] == "warm"]["resident_fraction"]
-    return (f"cold runs evicted (residency <= {cold_max:.0%}): {bool((cold <= cold_max).all())};"
-            f" warm runs cached (residency >= {warm_min:.0%}): {bool((warm >= warm_min).all())}")
+
+    def held(values: Any, ok: Any, cache: str) -> str:  # all() of nothing is True: say so
+        return str(bool(ok.all())) if len(values) else f"n/a (no {cache} runs)"
+    return (f"cold runs evicted (residency <= {cold_max:.0%}): "
+            f"{held(cold, cold <= cold_max, 'cold')}; warm runs cached (residency >= "
+            f"{warm_min:.0%}): {held(warm, warm >= warm_min, 'warm')}")
 
 
 def format_parity(runs: Any) -> str:

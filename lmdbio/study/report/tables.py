@@ -29,8 +29,11 @@ def ratios(runs: Any) -> Any:
     pandas = _pandas()
     wide = per_run(runs[~runs["warmup"]]).pivot_table(
         index=KEYS[:-1] + ["repeat"], columns="format", values="images_per_s")
+    empty = pandas.DataFrame(columns=KEYS[:-1] + ["format", "images_per_s",
+                                                  "imagefolder_images_per_s", "ratio",
+                                                  "ratio_min", "ratio_max", "pairs"])
     if "imagefolder" not in wide.columns:
-        return pandas.DataFrame()
+        return empty  # no rows, but a CSV with its header
     tables = []
     for fmt in order(wide.columns):
         if fmt == "imagefolder":
@@ -49,7 +52,7 @@ def ratios(runs: Any) -> Any:
             "ratio_max": grouped["ratio"].max(),
             "pairs": grouped.size(),
         }).reset_index())
-    return pandas.concat(tables, ignore_index=True) if tables else pandas.DataFrame()
+    return pandas.concat(tables, ignore_index=True) if tables else empty
 
 
 def writers(results_dir: str) -> Any:

@@ -28,6 +28,11 @@ def verdict(first: str, a: Any, b: Any) -> str:
     return NO_CLEAR_DIFFERENCE
 
 
+COMPARISON_COLUMNS = ["comparison", "lmdb_images_per_s", "lmdb_min", "lmdb_max",
+                      "other_images_per_s", "other_min", "other_max", "ratio", "ratio_min",
+                      "ratio_max", "runs", "ranges_separate", "verdict", "disturbed_runs"]
+
+
 def comparisons(runs: Any) -> Any:
     """LMDB against ImageFolder and against each peer, per storage x mode x cache: both
     formats' median images/s and ranges, the median of the per-repetition ratios (ABBA pairs),
@@ -55,7 +60,7 @@ def comparisons(runs: Any) -> Any:
                 "runs": len(pair), "ranges_separate": bool(a.min() > b.max() or a.max() < b.min()),
                 "verdict": verdict("lmdb", a, b),
                 "disturbed_runs": int(flagged.astype(bool).sum()) if len(flagged) else -1})
-    return pandas.DataFrame(rows)
+    return pandas.DataFrame(rows, columns=KEYS[:-1] + COMPARISON_COLUMNS)  # header if no rows
 
 
 def disturbed_runs(runs: Any) -> str:
