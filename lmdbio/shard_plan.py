@@ -68,7 +68,8 @@ def slice_listing(listing: Listing, spec: ShardSpec) -> Listing:
     """The part of ``listing`` in shard ``spec``; the fingerprint stays the whole listing's."""
     cut = slice(spec.start, spec.stop)
     return Listing(listing.root, listing.classes, listing.relative_paths[cut],
-                   listing.targets[cut], listing.sizes[cut], listing.fingerprint)
+                   listing.targets[cut], listing.sizes[cut], listing.fingerprint,
+                   newest_mtime_ns=listing.newest_mtime_ns)
 
 
 def shard_path(destination: str, index: int, count: int) -> str:

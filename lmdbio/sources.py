@@ -38,6 +38,7 @@ class Listing:
     sizes: list[int]
     fingerprint: str               # sha256 of classes, paths, sizes and mtimes
     given: str = ""                # the root as the caller spelled it ("~" expanded)
+    newest_mtime_ns: int = 0       # of the listed files (0: none could be stat'ed)
 
     def __len__(self) -> int:
         return len(self.relative_paths)
@@ -91,11 +92,13 @@ def list_source(root: str | os.PathLike[str],
     digest.update("\0".join(classes).encode("utf-8", "surrogateescape") + b"\1")
     digest.update("\0".join(extensions).encode() + b"\1")
     sizes = []
+    newest = 0
     for rel, found in zip(relative, stats):
         size, mtime = found if found else (-1, -1)
         sizes.append(max(size, 0))
+        newest = max(newest, mtime)
         digest.update(os.fsencode(rel) + f"\0{size}\0{mtime}\1".encode())
-    return Listing(root, classes, relative, targets, sizes, digest.hexdigest(), given)
+    return Listing(root, classes, relative, targets, sizes, digest.hexdigest(), given, newest)
 
 
 _STAT_RUN = 256

@@ -5,9 +5,11 @@ group ``lmdbio.commands``; each ``main(argv, prog)`` parses its own options."""
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 
-from lmdbio.cli_args import DefaultsHelpFormatter, int_at_least
+from lmdbio.cli_args import (DefaultsHelpFormatter, int_at_least, milliseconds, non_negative_int,
+                             positive_int)
 from lmdbio.study.conditions import MODES, checked_names
 
 __all__ = ["generate_main", "main"]
@@ -51,6 +53,9 @@ def _target(text: str) -> tuple[str, str]:
     name, _, path = text.partition("=")
     if not name.strip() or not path.strip():
         raise argparse.ArgumentTypeError(f"{text!r} is not NAME=PATH (e.g. nfs=/mnt/nfs/data)")
+    if not os.path.isdir(os.path.expanduser(path)):  # not after the targets before it
+        raise argparse.ArgumentTypeError(f"{path!r} is not a folder; mount the storage first "
+                                         "or pass an existing folder on it")
     return name.strip(), path
 
 
@@ -71,16 +76,20 @@ def study_parser(prog: str) -> argparse.ArgumentParser:
                                 formatter_class=DefaultsHelpFormatter)
     p.add_argument("--images", type=lambda t: int_at_least(t, 2), default=d.images,
                    help="synthetic images to generate")
-    p.add_argument("--epochs", type=lambda t: int_at_least(t, 1), default=d.epochs)
+    p.add_argument("--epochs", type=positive_int, default=d.epochs, help="epochs per run")
     p.add_argument("--repeats", type=lambda t: int_at_least(t, 1), default=d.repeats,
                    help="repetitions per condition")
     p.add_argument("--modes", type=modes, default=",".join(d.modes), help="train,emulate,load")
-    p.add_argument("--train-batches", type=int, default=d.train_batches,
+    p.add_argument("--train-batches", type=non_negative_int, default=d.train_batches,
                    help="batches per train-mode epoch (0: whole epochs)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--num-workers", type=int, default=d.num_workers)
-    p.add_argument("--step-ms", type=float, default=d.step_ms, help="emulated step time")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size,
+                   help="images per batch")
+    p.add_argument("--num-workers", type=non_negative_int, default=d.num_workers,
+                   help="DataLoader worker processes")
+    p.add_argument("--step-ms", type=milliseconds, default=d.step_ms,
+                   help="emulated accelerator step per batch (mode emulate)")
+    p.add_argument("--seed", type=non_negative_int, default=d.seed,
+                   help="synthetic data, model and shuffle seed")
     p.add_argument("--ddp-procs", type=_ranks, default=d.ddp_procs,
                    help="torchrun ranks of the ddp cell per target (0: no ddp cell)")
     p.add_argument("--ddp-mode", default=d.ddp_mode, choices=MODES,
@@ -94,7 +103,8 @@ def study_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--peer-modes", type=modes, default=",".join(d.peer_modes),
                    help="modes in which the peer strategies run too (e.g. train,emulate,load)")
     p.add_argument("--work-dir", default=d.work_dir, help="generated data goes here")
-    p.add_argument("--results-dir", default=d.results_dir)
+    p.add_argument("--results-dir", default=d.results_dir,
+                   help="executed notebooks, tables and figures go here")
     p.add_argument("--notebooks", default=d.notebooks, metavar="DIR",
                    help="the study's notebooks (default: this checkout's notebooks/, else the "
                         "copy installed with lmdbio)")

@@ -7,8 +7,9 @@ import argparse
 import importlib.util
 from collections.abc import Callable
 
-__all__ = ["BASE_FORMATS", "CACHES", "FORMATS", "LOCALITY_FORMATS", "MODES", "PEER_FORMATS",
-           "checked", "checked_names", "installed_formats", "order", "switch"]
+__all__ = ["BASE_FORMATS", "CACHES", "COUNT_LEAST", "FORMATS", "LOCALITY_FORMATS", "MODES",
+           "PEER_FORMATS", "at_least", "checked", "checked_counts", "checked_names",
+           "installed_formats", "order", "switch"]
 
 # train: ResNet-18 on this machine; emulate: a sleep of an accelerator's step (MLPerf Storage
 # style); load: the loader alone, as fast as it goes. In this order in every table and figure.
@@ -47,6 +48,9 @@ def checked(what: str, values: object, allowed: tuple[str, ...]) -> list[str]:
     if wrong or not names:
         raise ValueError(f"{what} {', '.join(map(repr, wrong)) or '(none)'}: not one of "
                          f"{', '.join(allowed)}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # each condition would run twice, as if a repetition
+        raise ValueError(f"{what} {', '.join(map(repr, twice))} given more than once")
     return names
 
 
@@ -60,16 +64,35 @@ def checked_names(what: str, allowed: tuple[str, ...]) -> Callable[[str], tuple[
     return parse
 
 
-def at_least(name: str, value: float, least: float) -> None:
-    """A count or duration parameter below ``least`` (or NaN) fails before the first run,
-    not in the figure cell after them all."""
+def at_least(name: str, value: object, least: float, whole: bool = True) -> None:
+    """A count (``whole``) or duration parameter of another type, below ``least`` or NaN
+    fails before the first run, naming it, not in torch or the figure cell after them all
+    (papermill passes ``-p epochs two`` as the string "two")."""
+    kinds = (int,) if whole else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise ValueError(f"{name} must be {'an int' if whole else 'a number'}, not {value!r}")
     if not value >= least:
         raise ValueError(f"{name} must be at least {least}, not {value!r}")
 
 
-def switch(name: str, value: bool | str) -> bool | str:
-    """A True / False / "auto" option as a notebook parameter may spell it ("false", "True")."""
+# the least value of each count a notebook or the study takes (a run's or a rank's)
+COUNT_LEAST = {"epochs": 1, "repeats": 1, "max_batches": 0, "batch_size": 1, "num_workers": 0,
+               "threads": 0, "seed": 0, "nproc": 1, "n_images": 2}
+
+
+def checked_counts(step_ms: object = 0.0, **counts: object) -> None:
+    """Each count in ``counts`` (named as in ``COUNT_LEAST``) an int at or above its least
+    value, and ``step_ms`` a number >= 0, before anything runs (see ``at_least``)."""
+    for name, value in counts.items():
+        at_least(name, value, COUNT_LEAST[name])
+    at_least("step_ms", step_ms, 0, whole=False)
+
+
+def switch(name: str, value: bool | str, auto: bool = True) -> bool | str:
+    """A True / False (/ "auto" where ``auto``) option as a notebook parameter may spell it:
+    papermill's ``-p overwrite false`` passes the string "false", which Python takes as true."""
     spelled = str(value).strip().lower()
-    if spelled in ("true", "false", "auto"):
+    if spelled in ("true", "false") or auto and spelled == "auto":
         return {"true": True, "false": False}.get(spelled, "auto")
-    raise ValueError(f"{name} must be True, False or 'auto', not {value!r}")
+    allowed = "True, False or 'auto'" if auto else "True or False"
+    raise ValueError(f"{name} must be {allowed}, not {value!r}")

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from typing import TYPE_CHECKING, Any
 
-from lmdbio.study.conditions import CACHES, FORMATS, MODES, checked
+from lmdbio.study.conditions import CACHES, FORMATS, MODES, checked, checked_counts
 from lmdbio.study.contention import OWN_TREE_ENV
 from lmdbio.study.extras import pandas as _pandas
 
@@ -40,8 +40,11 @@ def torchrun_command(output_dir: str, *, nproc: int = 2, data_dir: str = "",
                      max_batches: int = 0) -> list[str]:
     """The command line: this interpreter's ``torch.distributed.run`` (torchrun) running
     ``nproc`` ranks of ``lmdbio.study.ddp_bench`` with these options (its flags, as keywords).
-    Mode, formats and cache are checked here: a mistyped one would otherwise be a usage error
-    deep in torchrun's output."""
+    Mode, formats, cache and the counts are checked here: a mistyped one would otherwise be a
+    usage error deep in torchrun's output (``nproc 0``: its bare AssertionError)."""
+    checked_counts(nproc=nproc, epochs=epochs, batch_size=batch_size, num_workers=num_workers,
+                   repeats=repeats, n_images=n_images, seed=seed, max_batches=max_batches,
+                   step_ms=step_ms)
     checked("mode", [mode], MODES)
     formats = ",".join(checked("formats", formats, FORMATS))
     cache = ",".join(checked("cache", cache, CACHES))

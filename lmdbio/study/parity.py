@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from lmdbio.study.conditions import at_least
+
 __all__ = ["ParityError", "ParityReport", "check_conversion", "compare_with_imagefolder"]
 
 
@@ -40,6 +42,7 @@ def compare_with_imagefolder(split_dir: str | os.PathLike[str], lmdb_path: str |
 
     from lmdbio.dataset import ImageFolderLMDB
 
+    at_least("parity_limit", limit, 0)  # -1 compared nothing and said all were identical
     reference = ImageFolder(os.fspath(split_dir))
     candidate = ImageFolderLMDB(lmdb_path)
     try:

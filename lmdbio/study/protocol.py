@@ -25,7 +25,7 @@ from typing import Any
 
 from lmdbio.study import pagecache, peers
 from lmdbio.study.conditions import (BASE_FORMATS, CACHES, FORMATS, LOCALITY_FORMATS, MODES,
-                                     PEER_FORMATS, at_least, checked, switch)
+                                     PEER_FORMATS, checked, checked_counts, switch)
 from lmdbio.study.contention import contention, sample
 from lmdbio.study.distributed import DistContext, setup
 from lmdbio.study.extras import pandas as _pandas
@@ -163,9 +163,9 @@ def run_bench(*, data_dir: str, split_dir: str, lmdb_path: str, storage: str, mo
 
     mode = checked("mode", [mode], MODES)[0]
     formats, caches = checked("formats", formats, FORMATS), checked("cache", caches, CACHES)
-    for name, value, least in (("epochs", epochs, 1), ("repeats", repeats, 1),
-                               ("max_batches", max_batches, 0), ("step_ms", step_ms, 0)):
-        at_least(name, value, least)
+    checked_counts(epochs=epochs, repeats=repeats, max_batches=max_batches,
+                   batch_size=batch_size, num_workers=num_workers, threads=threads, seed=seed,
+                   step_ms=step_ms)
     readahead = switch("readahead", readahead)
     pandas = _pandas()
     ctx = setup()

@@ -5,7 +5,8 @@ synthetic cats-vs-dogs set is generated) and for an existing ImageFolder (``DIR/
 used as is); the LMDB file is converted next to the split folder when missing, and so are the
 peer formats named in ``formats`` (``train.wds``, ``train.litdata``; the ``peers`` extra).
 What is there already is used only if it was written from the split as it is now (the same
-classes and files, in the same order): a benchmark must not compare
+classes and files, in the same order, none modified after the database was written): a
+benchmark must not compare
 ImageFolder over today's files with a database of last week's.
 """
 
@@ -13,15 +14,16 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from lmdbio.converter import convert, default_destination
 from lmdbio.database import Database
 from lmdbio.envs import EnvOptions, options_for
-from lmdbio.folder import find_classes, make_dataset
+from lmdbio.sources import list_source
 from lmdbio.study import peers
-from lmdbio.study.conditions import FORMATS, PEER_FORMATS, checked
+from lmdbio.study.conditions import FORMATS, PEER_FORMATS, checked, checked_counts, switch
 from lmdbio.study.synthetic import ensure_dataset
 
 __all__ = ["StaleDataError", "Workspace", "default_data_dir", "prepare"]
@@ -55,6 +57,8 @@ def prepare(data_dir: str = "", *, split: str = "train", lmdb_path: str = "",
     empty folder gets the synthetic set: a mistyped path must not). An existing database or
     peer dataset written from another state of the split is a ``StaleDataError``;
     ``overwrite=True`` converts the database again whatever it holds."""
+    overwrite = bool(switch("overwrite", overwrite, auto=False))  # papermill's "false" too
+    checked_counts(n_images=n_images, seed=seed)
     if data_dir and not os.path.isdir(os.path.expanduser(data_dir)):
         raise FileNotFoundError(f"data_dir {data_dir!r} is not a folder; pass the folder that "
                                 f"holds {split}/ (an empty folder you made: a synthetic set)")
@@ -81,7 +85,7 @@ def prepare(data_dir: str = "", *, split: str = "train", lmdb_path: str = "",
 
 def _stale(path: str, split_dir: str, remedy: str) -> StaleDataError:
     return StaleDataError(f"{path!r} was written from another state of {split_dir!r} (classes "
-                          f"or files added, removed or renamed since); {remedy}")
+                          f"or files added, removed, renamed or changed since); {remedy}")
 
 
 def _check_database(lmdb_path: str, split_dir: str) -> None:
@@ -93,15 +97,27 @@ def _check_database(lmdb_path: str, split_dir: str) -> None:
         meta, stored = db.meta, db.relative_paths()
     if not meta.extensions:
         return
-    now, class_to_idx = find_classes(split_dir)
-    listed = [os.path.relpath(path, split_dir) for path, _ in
-              make_dataset(split_dir, class_to_idx, tuple(meta.extensions), allow_empty=True)]
+    listing = list_source(split_dir, tuple(meta.extensions), allow_empty=True)
+    listed = listing.relative_paths
     skipped = {path for path, _ in meta.skipped}  # listed, refused at conversion
     kept = [path for path in listed if path not in skipped]
-    if now != meta.classes or kept != stored or len(kept) + len(skipped) != len(listed):
-        raise _stale(lmdb_path, split_dir, "convert it again (the convert notebook with "
-                     f"overwrite=True, or 'lmdbio convert {split_dir} {lmdb_path} --overwrite') "
-                     "or delete it")
+    # a file rewritten under its name since the conversion: modified after the database was
+    # last written (both times from the same file system: the fingerprint's nanoseconds are
+    # not, through sshfs, which reports whole seconds)
+    # (a time in the future, from a clock that is ahead, cannot tell: converting again would
+    # not change it)
+    changed = os.stat(lmdb_path).st_mtime_ns < listing.newest_mtime_ns <= time.time_ns()
+    if listing.classes == meta.classes and kept == stored and \
+            len(kept) + len(skipped) == len(listed) and not changed:
+        return
+    if os.path.basename(os.path.realpath(meta.source_root)) != \
+            os.path.basename(os.path.realpath(split_dir)):  # e.g. lmdb_path of another split:
+        raise StaleDataError(  # converting it again would replace that split's database
+            f"{lmdb_path!r} was converted from {meta.source_root!r}, not from {split_dir!r}; "
+            "pass the lmdb_path of this split (or none: <data_dir>/<split>.lmdb)")
+    raise _stale(lmdb_path, split_dir, "convert it again (the convert notebook with "
+                 f"overwrite=True, or 'lmdbio convert {split_dir} {lmdb_path} --overwrite') "
+                 "or delete it")
 
 
 def _check_peer(path: str, split_dir: str) -> None:

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -84,6 +85,60 @@ def test_prepare_refuses_a_database_of_another_state_of_the_split(tmp_path):
     again = prepare(first.data_dir, n_images=12, seed=1, overwrite=True)
     assert again.converted and lmdbio.info(again.lmdb_path).num_samples == 11
     assert not prepare(first.data_dir, n_images=12, seed=1).converted  # current now
+
+
+def test_prepare_sees_an_image_rewritten_under_its_name(tmp_path):
+    """Same classes and file names, one image's bytes changed since the conversion: the
+    database's fingerprint (size and modification time of every file) tells."""
+    from lmdbio.study.workspace import StaleDataError
+
+    (tmp_path / "data").mkdir()
+    first = prepare(os.fspath(tmp_path / "data"), n_images=12, seed=1)
+    victim = os.path.join(first.split_dir, "cat", sorted(os.listdir(
+        os.path.join(first.split_dir, "cat")))[0])
+    with open(victim, "ab") as handle:
+        handle.write(b"\0")  # a JPEG still, one byte longer
+    earlier = time.time_ns() - 10**10  # the conversion 10 s ago: not within a clock tick
+    os.utime(first.lmdb_path, ns=(earlier, earlier))
+    with pytest.raises(StaleDataError, match="another state of.*changed since"):
+        prepare(first.data_dir, n_images=12, seed=1)
+    ahead = time.time_ns() + 86_400 * 10**9  # a clock ahead: cannot tell, and converting
+    os.utime(victim, ns=(ahead, ahead))      # again would not change that: used as it is
+    assert not prepare(first.data_dir, n_images=12, seed=1).converted
+
+
+def test_prepare_names_the_split_a_database_of_another_split_came_from(tmp_path):
+    """lmdb_path pointing at the val split's database: converting it again from train (the
+    general remedy) would replace that database, so the error says to pass this split's."""
+    from lmdbio.study.workspace import StaleDataError
+
+    (tmp_path / "data").mkdir()
+    train = prepare(os.fspath(tmp_path / "data"), n_images=12, seed=1)
+    shutil.copytree(train.split_dir, tmp_path / "data" / "val")
+    os.remove(next((tmp_path / "data" / "val" / "cat").iterdir()))
+    val = prepare(train.data_dir, split="val", n_images=12, seed=1)
+    with pytest.raises(StaleDataError, match="was converted from .*val.*, not from .*train.*; "
+                                             "pass the lmdb_path of this split") as raised:
+        prepare(train.data_dir, lmdb_path=val.lmdb_path, n_images=12, seed=1)
+    assert "--overwrite" not in str(raised.value)
+
+
+@pytest.mark.parametrize("spelled", ["false", "False", False, " FALSE "])
+def test_prepare_takes_overwrite_false_as_papermill_passes_it(tmp_path, spelled):
+    (tmp_path / "data").mkdir()
+    first = prepare(os.fspath(tmp_path / "data"), n_images=12, seed=1)
+    inode = os.stat(first.lmdb_path).st_ino
+    again = prepare(first.data_dir, n_images=12, seed=1, overwrite=spelled)
+    assert not again.converted and os.stat(first.lmdb_path).st_ino == inode
+    with pytest.raises(ValueError, match="overwrite must be True or False, not 'auto'"):
+        prepare(first.data_dir, n_images=12, seed=1, overwrite="auto")
+
+
+def test_a_negative_parity_limit_is_refused(tiny):
+    from lmdbio.study.parity import compare_with_imagefolder
+
+    with pytest.raises(ValueError, match="parity_limit must be at least 0, not -1"):
+        compare_with_imagefolder(tiny.split_dir, tiny.lmdb_path, limit=-1)
 
 
 def test_check_conversion_stops_at_a_database_of_other_images(tiny, tmp_path, capsys):
@@ -186,6 +241,25 @@ def test_report_tables_and_figures(tiny, tmp_path):
     assert report.results_location("") == os.fspath(REPO / "results" / "reference")
 
 
+def test_report_tables_without_an_imagefolder_baseline_keep_their_headers(tiny, tmp_path):
+    """Results of lmdbio alone: the tables comparing it with ImageFolder have no rows, but
+    their CSVs still hold their header (a 1-byte CSV is pandas' EmptyDataError)."""
+    from lmdbio.study import report
+
+    run_bench(data_dir=tiny.data_dir, split_dir=tiny.split_dir, lmdb_path=tiny.lmdb_path,
+              storage="ssd", mode="load", formats=["lmdb"], caches=["warm"], batch_size=8,
+              num_workers=0, max_batches=1, output_dir=os.fspath(tmp_path / "ssd" / "load"))
+    runs, _, _ = report.load_results(os.fspath(tmp_path))
+    tables = report.write_tables(runs, os.fspath(tmp_path / "tables"))
+    for name, column in (("speedups.csv", "speedup"), ("ratios.csv", "ratio"),
+                         ("comparisons.csv", "verdict")):
+        read = pandas.read_csv(tables[name])
+        assert read.empty and column in read.columns and "storage" in read.columns, name
+    # warm runs alone: the cold check has nothing to hold for (all() of none was True)
+    assert report.cache_check(runs) == ("cold runs evicted (residency <= 5%): n/a (no cold "
+                                         "runs); warm runs cached (residency >= 95%): True")
+
+
 def test_run_bench_checks_its_conditions_before_the_first_run(tiny):
     for bad, match in ((dict(formats=["imagefolder", "lmbd"]), "formats 'lmbd'"),
                        (dict(caches=["cold", "hot"]), "cache 'hot'"),
@@ -194,7 +268,16 @@ def test_run_bench_checks_its_conditions_before_the_first_run(tiny):
                        (dict(epochs=0), "epochs must be at least 1"),
                        (dict(repeats=0), "repeats must be at least 1"),
                        (dict(max_batches=-1), "max_batches must be at least 0"),
-                       (dict(step_ms=float("nan")), "step_ms must be at least 0")):
+                       (dict(step_ms=float("nan")), "step_ms must be at least 0"),
+                       # as papermill passes -p epochs two, -p repeats 1.5
+                       (dict(epochs="two"), "epochs must be an int, not 'two'"),
+                       (dict(repeats=1.5), "repeats must be an int, not 1.5"),
+                       (dict(step_ms="fast"), "step_ms must be a number, not 'fast'"),
+                       (dict(batch_size=0), "batch_size must be at least 1"),
+                       (dict(num_workers=-1), "num_workers must be at least 0"),
+                       (dict(threads=-2), "threads must be at least 0"),
+                       (dict(caches=["cold", "cold"]), "cache 'cold' given more than once"),
+                       (dict(formats="lmdb,lmdb"), "formats 'lmdb' given more than once")):
         options = dict(mode="load") | bad
         with pytest.raises(ValueError, match=match):
             run_bench(data_dir=tiny.data_dir, split_dir=tiny.split_dir,
@@ -204,6 +287,20 @@ def test_run_bench_checks_its_conditions_before_the_first_run(tiny):
                        formats=[" lmdb"], caches=["warm "], readahead="false", batch_size=8,
                        num_workers=0, warmup=False, max_batches=1)  # as papermill passes them
     assert list(result.runs["format"]) == ["lmdb"] and list(result.runs["readahead"]) == [False]
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(nproc=0), "nproc must be at least 1, not 0"),
+    (dict(batch_size=0), "batch_size must be at least 1, not 0"),
+    (dict(epochs="two"), "epochs must be an int, not 'two'"),
+])
+def test_the_ddp_notebooks_counts_are_checked_before_torchrun_starts(tmp_path, bad, match):
+    """torchrun's own answer to --nproc_per_node 0 is a bare AssertionError in its traceback."""
+    from lmdbio.study.ddp_launch import torchrun_command
+
+    with pytest.raises(ValueError, match=match):
+        torchrun_command(os.fspath(tmp_path), **bad)
+    assert "--nproc_per_node" in torchrun_command(os.fspath(tmp_path))
 
 
 def _study(tmp_path, *extra):
@@ -259,15 +356,22 @@ def test_study_runs_both_targets_and_tears_down(tmp_path):
 
 @pytest.mark.slow
 def test_study_keeps_failed_notebook_and_exits_nonzero(tmp_path):
-    done = _study(tmp_path, "--modes", "emulate", "--step-ms", "-5", "--no-nfs",
-                  "--ddp-procs", "0", "--no-peers")
+    # the study's data folder holds a split already (used as it is), one file not an image:
+    # the convert notebook fails (its options are all checked before anything runs)
+    split = tmp_path / "w" / "data" / "synthetic-16-s0" / "train"
+    for name in ("cat", "dog"):
+        (split / name).mkdir(parents=True)
+        (split / name / "0.jpg").write_bytes(b"not a JPEG")
+    done = _study(tmp_path, "--modes", "emulate", "--no-nfs", "--ddp-procs", "0",
+                  "--no-peers")
     assert done.returncode == 1
-    failed = tmp_path / "r" / "ssd" / "bench-emulate.failed.ipynb"
-    assert failed.exists() and "step_ms must be at least 0" in failed.read_text()
-    assert not (tmp_path / "r" / "ssd" / "bench-emulate.ipynb").exists()
+    failed = tmp_path / "r" / "ssd" / "convert.failed.ipynb"
+    assert failed.exists() and "not a readable image" in failed.read_text()
+    assert not (tmp_path / "r" / "ssd" / "convert.ipynb").exists()
     # the summary says why, in one line (papermill's own message starts with a blank line)
-    assert "bench-emulate.failed.ipynb: ValueError: step_ms must be at least 0, not -5.0" \
-        in done.stdout + done.stderr
+    line = next(x for x in (done.stdout + done.stderr).splitlines()
+                if "convert.failed.ipynb: " in x and "[study] failed:" in x)
+    assert "SourceFileError: " in line and "cat/0.jpg" in line and "not a readable image" in line
 
 
 def test_a_failed_cells_error_is_one_line_in_the_summary():
@@ -289,6 +393,13 @@ def test_a_failed_cells_error_is_one_line_in_the_summary():
     (["--target", "foo"], "argument --target: 'foo' is not NAME=PATH"),
     (["--ddp-procs", "1"], "argument --ddp-procs: 1 rank is no distributed run"),
     (["--repeats", "0"], "argument --repeats: must be >= 1"),
+    (["--batch-size", "0"], "argument --batch-size: must be >= 1"),
+    (["--num-workers", "-1"], "argument --num-workers: must be >= 0"),
+    (["--train-batches", "-1"], "argument --train-batches: must be >= 0"),
+    (["--step-ms", "-1"], "argument --step-ms: must be a number >= 0"),
+    (["--seed", "x"], "argument --seed: invalid int value: 'x'"),
+    (["--target", "nfs=/nonexistent/dir"], "argument --target: '/nonexistent/dir' is not a "
+                                           "folder; mount the storage first"),
 ])
 def test_study_options_are_checked_before_anything_runs(argv, message):
     from lmdbio.study.cli import study_parser
