@@ -5,8 +5,10 @@ one-line usage error, naming the option and the value) and its help formatter; s
 from __future__ import annotations
 
 import argparse
+import os
 
-__all__ = ["DefaultsHelpFormatter", "int_at_least", "milliseconds", "non_negative_int",
+__all__ = ["DefaultsHelpFormatter", "int_at_least", "milliseconds", "mounted_folder",
+           "non_negative_int",
            "number", "parse_extensions", "positive_int", "quality", "seconds"]
 
 
@@ -61,6 +63,15 @@ def positive_int(text: str) -> int:
 
 def non_negative_int(text: str) -> int:
     return int_at_least(text, 0)
+
+
+def mounted_folder(text: str) -> str:
+    """An argparse ``type``: a folder that exists (a storage target: checked before a long
+    run, not when its turn comes)."""
+    if not os.path.isdir(os.path.expanduser(text)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a folder; mount the storage first "
+                                         "or pass an existing folder on it")
+    return text
 
 
 def quality(text: str) -> int:

@@ -5,11 +5,10 @@ group ``lmdbio.commands``; each ``main(argv, prog)`` parses its own options."""
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Sequence
 
-from lmdbio.cli_args import (DefaultsHelpFormatter, int_at_least, milliseconds, non_negative_int,
-                             positive_int)
+from lmdbio.cli_args import (DefaultsHelpFormatter, int_at_least, milliseconds, mounted_folder,
+                             non_negative_int, positive_int)
 from lmdbio.study.conditions import MODES, checked_names
 
 __all__ = ["generate_main", "main"]
@@ -53,10 +52,7 @@ def _target(text: str) -> tuple[str, str]:
     name, _, path = text.partition("=")
     if not name.strip() or not path.strip():
         raise argparse.ArgumentTypeError(f"{text!r} is not NAME=PATH (e.g. nfs=/mnt/nfs/data)")
-    if not os.path.isdir(os.path.expanduser(path)):  # not after the targets before it
-        raise argparse.ArgumentTypeError(f"{path!r} is not a folder; mount the storage first "
-                                         "or pass an existing folder on it")
-    return name.strip(), path
+    return name.strip(), mounted_folder(path)  # not after the targets before it
 
 
 def _ranks(text: str) -> int:

@@ -167,6 +167,9 @@ def run_bench(*, data_dir: str, split_dir: str, lmdb_path: str, storage: str, mo
                    batch_size=batch_size, num_workers=num_workers, threads=threads, seed=seed,
                    step_ms=step_ms)
     readahead = switch("readahead", readahead)
+    if backing_dir and not os.path.isdir(os.path.expanduser(backing_dir)):
+        raise ValueError(f"backing_dir {backing_dir!r} is not a folder; pass the server-side "
+                         "copy of data_dir, or leave it empty")
     pandas = _pandas()
     ctx = setup()
     cores = max(1, (os.cpu_count() or 1) // ctx.local_world_size)

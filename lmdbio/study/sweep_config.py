@@ -8,8 +8,8 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from lmdbio.cli_args import (DefaultsHelpFormatter, int_at_least, milliseconds, non_negative_int,
-                             number, positive_int)
+from lmdbio.cli_args import (DefaultsHelpFormatter, int_at_least, milliseconds, mounted_folder,
+                             non_negative_int, number, positive_int)
 from lmdbio.study.conditions import checked_names, installed_formats
 
 __all__ = ["MODES", "SweepConfig", "parse"]
@@ -83,6 +83,7 @@ def parse(argv: Sequence[str] | None, description: str) -> tuple[SweepConfig, bo
     parser.add_argument("--no-larger-than-cache", action="store_true",
                         help="skip the point with data 4x the page cache")
     parser.add_argument("--target", action="append", default=[], metavar="DIR",
+                        type=mounted_folder,
                         help="a real mount to sweep too (its RTT is measured only)")
     parser.add_argument("--modes", type=checked_names("modes", MODES),
                         default=",".join(default.modes))

@@ -59,6 +59,7 @@ def prepare(data_dir: str = "", *, split: str = "train", lmdb_path: str = "",
     ``overwrite=True`` converts the database again whatever it holds."""
     overwrite = bool(switch("overwrite", overwrite, auto=False))  # papermill's "false" too
     checked_counts(n_images=n_images, seed=seed)
+    formats = checked("formats", formats, FORMATS) if formats else []  # before any conversion
     if data_dir and not os.path.isdir(os.path.expanduser(data_dir)):
         raise FileNotFoundError(f"data_dir {data_dir!r} is not a folder; pass the folder that "
                                 f"holds {split}/ (an empty folder you made: a synthetic set)")
@@ -73,8 +74,7 @@ def prepare(data_dir: str = "", *, split: str = "train", lmdb_path: str = "",
     else:
         _check_database(lmdb_path, split_dir)
     peer_paths = {}
-    for fmt in (f for f in (checked("formats", formats, FORMATS) if formats else [])
-                if f in PEER_FORMATS):
+    for fmt in (f for f in formats if f in PEER_FORMATS):
         peer_paths[fmt] = peers.default_destination(split_dir, fmt)
         if not os.path.exists(peer_paths[fmt]):
             peers.write(fmt, split_dir, peer_paths[fmt])

@@ -123,6 +123,15 @@ def test_prepare_names_the_split_a_database_of_another_split_came_from(tmp_path)
     assert "--overwrite" not in str(raised.value)
 
 
+@pytest.mark.parametrize("bad, match", [(dict(formats=["lmdb", "lmbd"]), "formats 'lmbd'"),
+                                        (dict(n_images="many"), "n_images must be an int"),
+                                        (dict(overwrite="yes"), "overwrite must be True or")])
+def test_prepare_checks_its_parameters_before_generating_or_converting(tmp_path, bad, match):
+    with pytest.raises(ValueError, match=match):
+        prepare(os.fspath(tmp_path), **bad)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("spelled", ["false", "False", False, " FALSE "])
 def test_prepare_takes_overwrite_false_as_papermill_passes_it(tmp_path, spelled):
     (tmp_path / "data").mkdir()
@@ -277,7 +286,9 @@ def test_run_bench_checks_its_conditions_before_the_first_run(tiny):
                        (dict(num_workers=-1), "num_workers must be at least 0"),
                        (dict(threads=-2), "threads must be at least 0"),
                        (dict(caches=["cold", "cold"]), "cache 'cold' given more than once"),
-                       (dict(formats="lmdb,lmdb"), "formats 'lmdb' given more than once")):
+                       (dict(formats="lmdb,lmdb"), "formats 'lmdb' given more than once"),
+                       (dict(backing_dir="/nonexistent-backing"), "backing_dir "
+                        "'/nonexistent-backing' is not a folder")):
         options = dict(mode="load") | bad
         with pytest.raises(ValueError, match=match):
             run_bench(data_dir=tiny.data_dir, split_dir=tiny.split_dir,

@@ -214,6 +214,7 @@ def test_report_of_a_sweep_without_imagefolder(tmp_path: Path) -> None:
     (["--images", "1"], "must be >= 2, not 1"),
     (["--workers", "-1"], "must be >= 0, not -1"),
     (["--step-ms", "nan"], "must be a number >= 0, not nan"),
+    (["--target", "/nonexistent-lmdbio-mount"], "'/nonexistent-lmdbio-mount' is not a folder"),
 ])
 def test_a_wrong_argument_stops_the_sweep_before_it_starts(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], says: str) -> None:
