@@ -72,8 +72,9 @@ def batch_times(runs: Any, batches: Any, *, save_dir: str = "", dpi: int = 72) -
                   ncol=len(formats), fontsize=8, frameon=False)
     counts = sorted(set(measured.groupby(["format", "cache"]).size()))
     boxes = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    plural = "" if counts[-1] == 1 else "es"
     figure.suptitle(f"{first['storage']} ({first['fs_type']}), mode {first['mode']}: per-batch "
-                    f"times, {boxes} batches per box (whiskers 5th-95th percentile)",
+                    f"times, {boxes} batch{plural} per box (whiskers 5th-95th percentile)",
                     fontsize=10)
     figure.tight_layout(rect=(0, 0, 1, 0.82))
     buffer = io.BytesIO()
