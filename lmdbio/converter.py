@@ -263,8 +263,7 @@ def _refuse_a_source_file(dst: str, listing: Listing) -> None:
     if not os.path.exists(dst):
         return
     root, real = os.path.realpath(listing.root), os.path.realpath(dst)
-    inside = real.startswith(root + os.sep)
-    if inside and os.path.relpath(real, root) in set(listing.relative_paths):
+    if real.startswith(root + os.sep) and os.path.relpath(real, root) in listing.relative_paths:
         raise DestinationError(f"destination {dst!r} is one of the images of "
                                f"{listing.root!r}; choose a file outside the source's classes")
 

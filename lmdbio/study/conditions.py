@@ -80,12 +80,13 @@ COUNT_LEAST = {"epochs": 1, "repeats": 1, "max_batches": 0, "batch_size": 1, "nu
                "threads": 0, "seed": 0, "nproc": 1, "n_images": 2}
 
 
-def checked_counts(step_ms: object = 0.0, **counts: object) -> None:
+def checked_counts(step_ms: object = None, **counts: object) -> None:
     """Each count in ``counts`` (named as in ``COUNT_LEAST``) an int at or above its least
-    value, and ``step_ms`` a number >= 0, before anything runs (see ``at_least``)."""
+    value, and ``step_ms`` (where given) a number >= 0, before anything runs (``at_least``)."""
     for name, value in counts.items():
         at_least(name, value, COUNT_LEAST[name])
-    at_least("step_ms", step_ms, 0, whole=False)
+    if step_ms is not None:
+        at_least("step_ms", step_ms, 0, whole=False)
 
 
 def switch(name: str, value: bool | str, auto: bool = True) -> bool | str:

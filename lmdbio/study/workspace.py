@@ -102,10 +102,9 @@ def _check_database(lmdb_path: str, split_dir: str) -> None:
     skipped = {path for path, _ in meta.skipped}  # listed, refused at conversion
     kept = [path for path in listed if path not in skipped]
     # a file rewritten under its name since the conversion: modified after the database was
-    # last written (both times from the same file system: the fingerprint's nanoseconds are
-    # not, through sshfs, which reports whole seconds)
-    # (a time in the future, from a clock that is ahead, cannot tell: converting again would
-    # not change it)
+    # last written (both times from the same file system, unlike the fingerprint's
+    # nanoseconds through sshfs, which reports whole seconds); a time in the future, from a
+    # clock that is ahead, cannot tell, and converting again would not change it
     changed = os.stat(lmdb_path).st_mtime_ns < listing.newest_mtime_ns <= time.time_ns()
     if listing.classes == meta.classes and kept == stored and \
             len(kept) + len(skipped) == len(listed) and not changed:
