@@ -154,6 +154,9 @@ class Prediction:
     lmdb_warm_images_per_s: float
     speedup_warm: float
     fits_in_memory: bool                     # lmdbio would prefetch the DB (half the budget)
+    # False: open the DB with prefetch=False. Where a step, not the loader, sets the pace of a
+    # DB that fits on a network FS, the prefetch's stream would only delay each cold first batch
+    open_with_prefetch: bool
     db_bytes: int
     block_shuffle_images_per_s: float | None  # when it does not fit: BlockShuffleSampler
     convert_s: float
@@ -285,6 +288,17 @@ def predict(measured: Measured, *, workers: int, batch_size: int = 128, step_s: 
                    "sequential rate was timed on small files (each still a request of its "
                    f"own), and one stream of large reads is usually faster; decoding caps it "
                    f"at {upper:.0f} ({upper / imagefolder[0]:.2f}x)")
+    # The prefetch's stream pays off where the loader sets the pace (no later batch waits for
+    # storage); where a slower step does, the loader is ahead anyway and a network FS's reads
+    # cost CPU on the same cores, taken from the first batch, which the step never makes up
+    # (README, "When a slower step sets the pace"). Only the caller knows the step: ask it.
+    open_with_prefetch = not (fits and m.network_fs and lmdb_default[1] == "accelerator step")
+    if recommendation == CONVERT and not open_with_prefetch:
+        reason += ("; the accelerator step sets the pace, and on this network FS lmdbio's "
+                   "prefetch (on by default for a DB that fits in memory) would take the cores "
+                   "from each cold epoch's first batch: open it with "
+                   "ImageFolderLMDB(path, prefetch=False), whose batches ask storage for their "
+                   "records together")
     return Prediction(
         workers=workers, batch_size=batch_size, step_s=step_s,
         imagefolder_images_per_s=imagefolder[0], imagefolder_bound=imagefolder[1],
@@ -293,7 +307,8 @@ def predict(measured: Measured, *, workers: int, batch_size: int = 128, step_s: 
         speedup=speedup, draft_speedup=draft_speedup,
         lmdb_upper_images_per_s=upper, speedup_upper=upper / imagefolder[0],
         imagefolder_warm_images_per_s=if_warm, lmdb_warm_images_per_s=lmdb_warm,
-        speedup_warm=lmdb_warm / if_warm, fits_in_memory=fits, db_bytes=db_bytes,
+        speedup_warm=lmdb_warm / if_warm, fits_in_memory=fits,
+        open_with_prefetch=open_with_prefetch, db_bytes=db_bytes,
         block_shuffle_images_per_s=block[0] if block else None,
         convert_s=convert_s, convert_images_per_s=convert_rate[0],
         convert_bound=convert_rate[1], threshold=threshold,
