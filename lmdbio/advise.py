@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .advise_model import (CONVERT, DECODE_BOUND, DOES_NOT_FIT, NOT_WORTH_IT, WORTH_IT, Measured,
-                           Prediction, predict, seconds)
+                           Prediction, check_options, predict, seconds)
 from .advise_probe import TRANSFORMS, Progress, measure
 from .errors import printable
 
@@ -67,8 +67,7 @@ def advise(root: str | os.PathLike[str], *, workers: int | None = None,
     (default: one per available core) and ``batch_size`` (``predict``). Never writes
     anything; raises lmdbio's typed errors (``SourceError``, ``SourceFileError``) for what is
     not a readable ImageFolder tree, and ``ValueError`` for impossible options."""
-    if workers is not None and workers < 0:
-        raise ValueError(f"workers must be >= 0, not {workers}")
+    check_options(0 if workers is None else workers, batch_size, step_s)  # before measuring
     measured = measure(root, sample=sample, budget_s=budget_s, transform=transform,
                        evict=evict, allow_empty=allow_empty, progress=progress)
     chosen = default_workers(measured.cores) if workers is None else workers

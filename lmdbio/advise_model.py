@@ -49,6 +49,9 @@ NOT_WORTH_IT = "not worth it"
 DOES_NOT_FIT = "the DB will not fit in memory: use lmdbio.BlockShuffleSampler"
 DECODE_BOUND = "decode-bound: more workers, DraftDecoder, convert --max-size"
 
+MOST_WORKERS = 4096     # DataLoader workers and batch sizes predicted for at most
+MOST_BATCH = 1 << 24
+
 
 def record_bytes(file_bytes: float) -> float:
     """Bytes one image of ``file_bytes`` takes in an lmdbio file: the value (16-byte header +
@@ -201,14 +204,23 @@ def _stepped(rate: tuple[float, str], batch_size: int, step_s: float,
     return _bounded({rate[1]: rate[0], "accelerator step": batch_size / step_s})
 
 
+def check_options(workers: int, batch_size: int, step_s: float,
+                  threshold: float = WORTH_IT) -> None:
+    """``ValueError`` for options no DataLoader has (the bounds keep the arithmetic in floats:
+    a 400-digit worker count overflowed it)."""
+    if not (0 <= workers <= MOST_WORKERS and 1 <= batch_size <= MOST_BATCH and step_s >= 0
+            and threshold > 0):
+        raise ValueError(f"need 0 <= workers <= {MOST_WORKERS}, 1 <= batch_size <= {MOST_BATCH}"
+                         f", step_s >= 0 and threshold > 0, not {workers}, {batch_size}, "
+                         f"{step_s}, {threshold}")
+
+
 def predict(measured: Measured, *, workers: int, batch_size: int = 128, step_s: float = 0.0,
             threshold: float = WORTH_IT) -> Prediction:
     """Predict images/s of a DataLoader(``workers``, ``batch_size``) over ``measured``'s tree
     as ImageFolder and as lmdbio (defaults, and with ``DraftDecoder``), the conversion time and
     a recommendation. ``step_s``: an accelerator step per batch (0: loading alone)."""
-    if workers < 0 or batch_size < 1 or step_s < 0 or threshold <= 0:
-        raise ValueError(f"need workers >= 0, batch_size >= 1, step_s >= 0 and threshold > 0, "
-                         f"not {workers}, {batch_size}, {step_s}, {threshold}")
+    check_options(workers, batch_size, step_s, threshold)
     m = measured
     for name in ("mean_file_bytes", "file_latency_ms", "seq_mb_s", "decode_per_core_images_per_s",
                  "cores"):
@@ -293,12 +305,13 @@ def predict(measured: Measured, *, workers: int, batch_size: int = 128, step_s: 
     # cost CPU on the same cores, taken from the first batch, which the step never makes up
     # (README, "When a slower step sets the pace"). Only the caller knows the step: ask it.
     open_with_prefetch = not (fits and m.network_fs and lmdb_default[1] == "accelerator step")
-    if recommendation == CONVERT and not open_with_prefetch:
+    if not open_with_prefetch:
         reason += ("; the accelerator step sets the pace, and on this network FS lmdbio's "
                    "prefetch (on by default for a DB that fits in memory) would take the cores "
-                   "from each cold epoch's first batch: open it with "
-                   "ImageFolderLMDB(path, prefetch=False), whose batches ask storage for their "
-                   "records together")
+                   "from each cold epoch's first batch: "
+                   f"{'open' if recommendation == CONVERT else 'converted anyway, open'} it "
+                   "with ImageFolderLMDB(path, prefetch=False), whose batches ask storage for "
+                   "their records together")
     return Prediction(
         workers=workers, batch_size=batch_size, step_s=step_s,
         imagefolder_images_per_s=imagefolder[0], imagefolder_bound=imagefolder[1],

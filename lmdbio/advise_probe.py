@@ -210,13 +210,11 @@ def measure(root: str | os.PathLike[str], *, sample: int = 300, budget_s: float 
     if bandwidth_set:
         say(f"reading {len(bandwidth_set)} other sampled files with {read_workers} threads")
         deadline = clock.phase(0.25)
-        seconds, streamed = threaded_reads(bandwidth_set, read_workers, deadline, cache,
-                                            max(0, KEEP_FOR_DECODE - kept)
-                                            // len(bandwidth_set))
+        rate, streamed = threaded_reads(bandwidth_set, read_workers, deadline, cache,
+                                        max(0, KEEP_FOR_DECODE - kept) // len(bandwidth_set))
         clock.over("threaded reads", len(streamed), len(bandwidth_set))
         sizes.update((item.path, item.size) for item in streamed)
-        got = sum(item.size for item in streamed)
-        threaded_mb_s = got / seconds / 1e6 if seconds > 0 else 0.0
+        threaded_mb_s = rate / 1e6
 
     # (iii) random reads, then (ii) one sequential stream, where the sample has a large file
     large = max(sizes, key=lambda path: sizes[path])

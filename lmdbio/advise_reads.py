@@ -8,6 +8,7 @@ Nothing is written: files are opened read-only, and the only state changed is th
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import random
@@ -88,8 +89,16 @@ def _dontneed(fd: int) -> bool:
     return True
 
 
-def _unreadable(path: str, why: str) -> SourceFileError:
-    return SourceFileError(f"{path!r}: cannot read: {why}; fix its permissions or remove it "
+def _unreadable(path: str, problem: OSError | str) -> SourceFileError:
+    """The error for a sampled file that cannot be read; its remedy follows the cause (a link
+    to nothing, or a file gone since the listing, has no permissions to fix)."""
+    if isinstance(problem, str):  # e.g. a FIFO or a device named like an image
+        why, remedy = problem, "replace it with the image or remove it"
+    else:
+        why = problem.strerror or str(problem)
+        remedy = ("restore what it names or remove it" if problem.errno == errno.ENOENT
+                  else "fix its permissions or remove it")
+    return SourceFileError(f"{path!r}: cannot read: {why}; {remedy} "
                            "(ImageFolder's loader and lmdbio convert stop at it too)", path)
 
 
@@ -100,7 +109,7 @@ def _open_regular(path: str) -> tuple[int, int]:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise _unreadable(path, exc.strerror or str(exc)) from None
+        raise _unreadable(path, exc) from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -163,7 +172,7 @@ def timed_read(path: str, cache: Eviction | None, keep: int) -> Timed:
         os.close(fd)
         t4 = time.perf_counter()
     except OSError as exc:
-        raise _unreadable(path, exc.strerror or str(exc)) from None
+        raise _unreadable(path, exc) from None
     finally:
         if open_fd is not None:
             os.close(open_fd)
@@ -192,16 +201,20 @@ def read_stream(path: str, deadline: float, limit: int) -> int:
 
 
 def threaded_reads(paths: Sequence[str], threads: int, deadline: float, cache: Eviction,
-                    keep: int) -> tuple[float, list[Timed]]:
-    """``(seconds, reads)`` of ``paths`` read cold by ``threads`` threads at once, each file
-    front to back in READ_BYTES reads: the converter's reading pattern on this FS. Files not
-    started by ``deadline`` are left out."""
+                   keep: int) -> tuple[float, list[Timed]]:
+    """``(bytes per second, reads)`` of ``paths`` read cold by ``threads`` threads at once,
+    each file front to back in READ_BYTES reads: the converter's reading pattern on this FS.
+    Files not started by ``deadline`` are left out. The rate is the reads' bytes over their
+    open + read + close times, times the threads reading at once: the wall clock would also
+    count starting the threads and dropping each file's pages between its open and its read
+    (a freshly written file's fdatasync), which on a small tree is most of it."""
     def one(path: str) -> Timed | None:
         return None if time.perf_counter() > deadline else timed_read(path, cache, keep)
 
-    start = time.perf_counter()
     done = [item for item in _in_threads(one, paths, threads) if item is not None]
-    return time.perf_counter() - start, done
+    busy = sum(item.total_s for item in done)
+    rate = sum(item.size for item in done) / busy * min(threads, len(done)) if busy > 0 else 0.0
+    return rate, done
 
 
 def random_reads(path: str, size: int, request: int, deadline: float,

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from .cli_args import (DefaultsHelpFormatter, milliseconds, non_negative_int, parse_extensions,
+from .cli_args import (DefaultsHelpFormatter, int_at_least, milliseconds, parse_extensions,
                        positive_int, quality, seconds)
 
 __all__ = ["main", "run_guarded"]
@@ -203,6 +203,18 @@ def register_extract(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_extract)
 
 
+def _advised_workers(text: str) -> int:
+    from .advise_model import MOST_WORKERS  # imported when advise is what runs
+
+    return int_at_least(text, 0, MOST_WORKERS)
+
+
+def _advised_batch(text: str) -> int:
+    from .advise_model import MOST_BATCH
+
+    return int_at_least(text, 1, MOST_BATCH)
+
+
 def register_advise(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "advise", help="measure whether converting an ImageFolder tree pays off here",
@@ -212,9 +224,9 @@ def register_advise(commands: argparse._SubParsersAction) -> None:
         "nothing. The model: docs/ADVISE.md.",
         formatter_class=DefaultsHelpFormatter)
     p.add_argument("dir", metavar="DIR", help="split folder holding one sub-folder per class")
-    p.add_argument("--workers", type=non_negative_int, default=None,
+    p.add_argument("--workers", type=_advised_workers, default=None, metavar="N",
                    help="DataLoader workers to predict for (default: one per available core)")
-    p.add_argument("--batch-size", type=positive_int, default=128,
+    p.add_argument("--batch-size", type=_advised_batch, default=128, metavar="B",
                    help="DataLoader batch size (matters with --step-ms)")
     p.add_argument("--step-ms", type=milliseconds, default=0.0, metavar="MS",
                    help="an accelerator step per batch, in ms (0: the loader alone)")

@@ -46,14 +46,15 @@ def milliseconds(text: str) -> float:
     return number(text, zero=True)
 
 
-def int_at_least(text: str, least: int) -> int:
-    """An argparse ``type``: ``text`` as an int of at least ``least``."""
+def int_at_least(text: str, least: int, most: int | None = None) -> int:
+    """An argparse ``type``: ``text`` as an int of at least ``least`` (and at most ``most``)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
-    if value < least:
-        raise argparse.ArgumentTypeError(f"must be >= {least}, not {value}")
+    if value < least or (most is not None and value > most):
+        bounds = f"from {least} to {most}" if most is not None else f">= {least}"
+        raise argparse.ArgumentTypeError(f"must be {bounds}, not {value}")
     return value
 
 

@@ -425,12 +425,13 @@ def test_unreadable_files(tmp_path: Path, kind: str) -> None:
     bad = root / "b" / "bad.jpg"
     if kind == "fifo":
         os.mkfifo(bad)  # would block an open() without O_NONBLOCK
-        reason = "not a regular file"
+        reason, remedy = "not a regular file", "replace it with the image or remove it"
     else:
         bad.symlink_to(tmp_path / "gone.jpg")
-        reason = "No such file or directory"
-    assert_one_line_error(run_cli("advise", root, *FAST, timeout=60), str(bad), reason,
-                          "remove it")
+        reason, remedy = "No such file or directory", "restore what it names or remove it"
+    line = assert_one_line_error(run_cli("advise", root, *FAST, timeout=60), str(bad), reason,
+                                 remedy)
+    assert "permissions" not in line  # no permission is wrong with either
     with pytest.raises(SourceFileError):
         measure(root, sample=10, budget_s=10, transform="none")
 
@@ -444,13 +445,17 @@ def test_a_bad_file_among_good_ones_is_noted(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("argv", [["--sample", "0"], ["--budget", "0"], ["--workers", "-1"],
-                                  ["--step-ms", "-5"], ["--transform", "fancy"]])
+                                  ["--step-ms", "-5"], ["--transform", "fancy"],
+                                  ["--workers", "9" * 400], ["--batch-size", "9" * 30]])
 def test_bad_options_are_argparse_errors(tree: Path, argv: list[str]) -> None:
     proc = run_cli("advise", tree, *argv)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
 
 
 def test_api_refuses_bad_options(tree: Path) -> None:
+    for options in (dict(workers=10**400), dict(batch_size=10**30), dict(step_s=-1.0)):
+        with pytest.raises(ValueError, match="workers <= 4096"):  # before measuring anything
+            advise_api.advise(tree / "no such folder", transform="none", **options)
     with pytest.raises(ValueError, match="transform"):
         measure(tree, transform="fancy")
     with pytest.raises(ValueError, match="workers"):
@@ -529,8 +534,34 @@ def test_a_step_setting_the_pace_on_a_network_fs_advises_opening_without_the_pre
     assert not stepped.open_with_prefetch
     assert "prefetch=False" in stepped.reason
     # the loader setting the pace, a local disk, or a DB that does not fit: the default
+    # a step that caps ImageFolder too: not worth converting, and said how to open it anyway
+    capped = predict(network, workers=2, batch_size=128, step_s=1.0)
+    assert capped.recommendation == NOT_WORTH_IT and not capped.open_with_prefetch
+    assert "converted anyway, open it with ImageFolderLMDB(path, prefetch=False)" in capped.reason
     for p in (predict(network, workers=2, batch_size=128),
               predict(base(), workers=2, batch_size=128, step_s=0.1),
               predict(base(network_fs=True, mem_available_bytes=10**8), workers=2,
                       batch_size=128, step_s=0.1)):
         assert p.open_with_prefetch and "prefetch=False" not in p.reason
+
+
+def test_the_threaded_read_rate_leaves_out_dropping_pages_between_open_and_read(
+        tmp_path: Path) -> None:
+    # dropping a freshly written file's pages (its fdatasync) is no part of reading it: here
+    # each drop takes 50 ms, far longer than reading 1 MB from the page cache
+    from lmdbio.advise_reads import Eviction, threaded_reads
+
+    class SlowDrop(Eviction):
+        def drop(self, fd: int, size: int) -> None:
+            time.sleep(0.05)
+
+    paths = []
+    for i in range(8):
+        (tmp_path / f"{i}.bin").write_bytes(os.urandom(1 << 20))
+        paths.append(os.fspath(tmp_path / f"{i}.bin"))
+    started = time.perf_counter()
+    rate, reads = threaded_reads(paths, 4, time.perf_counter() + 60, SlowDrop(False), 0)
+    wall = time.perf_counter() - started
+    assert len(reads) == 8 and sum(r.size for r in reads) == 8 << 20
+    assert wall >= 0.1  # two rounds of 4 drops
+    assert rate > 10 * (8 << 20) / wall
