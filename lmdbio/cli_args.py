@@ -7,9 +7,9 @@ from __future__ import annotations
 import argparse
 import os
 
-__all__ = ["DefaultsHelpFormatter", "int_at_least", "milliseconds", "mounted_folder",
-           "non_negative_int",
-           "number", "parse_extensions", "positive_int", "quality", "seconds"]
+__all__ = ["DefaultsHelpFormatter", "image_count", "int_at_least", "milliseconds",
+           "mounted_folder", "non_negative_int", "number", "parse_extensions", "positive_int",
+           "quality", "seconds"]
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):
@@ -64,6 +64,11 @@ def positive_int(text: str) -> int:
 
 def non_negative_int(text: str) -> int:
     return int_at_least(text, 0)
+
+
+def image_count(text: str) -> int:
+    """Images of a synthetic set: at least two (two classes, an image each)."""
+    return int_at_least(text, 2)
 
 
 def mounted_folder(text: str) -> str:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from lmdbio.cli_args import (DefaultsHelpFormatter, int_at_least, milliseconds, mounted_folder,
-                             non_negative_int, positive_int)
+from lmdbio.cli_args import (DefaultsHelpFormatter, image_count, int_at_least, milliseconds,
+                             mounted_folder, non_negative_int, positive_int)
 from lmdbio.study.conditions import MODES, checked_names
 
 __all__ = ["generate_main", "main"]
@@ -70,10 +70,10 @@ def study_parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Run the storage study with papermill "
                                 "into results/ (see README, 'The study').",
                                 formatter_class=DefaultsHelpFormatter)
-    p.add_argument("--images", type=lambda t: int_at_least(t, 2), default=d.images,
+    p.add_argument("--images", type=image_count, default=d.images,
                    help="synthetic images to generate")
     p.add_argument("--epochs", type=positive_int, default=d.epochs, help="epochs per run")
-    p.add_argument("--repeats", type=lambda t: int_at_least(t, 1), default=d.repeats,
+    p.add_argument("--repeats", type=positive_int, default=d.repeats,
                    help="repetitions per condition")
     p.add_argument("--modes", type=modes, default=",".join(d.modes), help="train,emulate,load")
     p.add_argument("--train-batches", type=non_negative_int, default=d.train_batches,
@@ -114,7 +114,7 @@ def generate_parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Generate the synthetic cats-vs-dogs "
                                 "ImageFolder.")
     p.add_argument("data_dir")
-    p.add_argument("--images", type=lambda t: int_at_least(t, 2), default=25_000)
+    p.add_argument("--images", type=image_count, default=25_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="train")
     p.add_argument("-q", "--quiet", action="store_true")

@@ -8,7 +8,7 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from lmdbio.cli_args import (DefaultsHelpFormatter, int_at_least, milliseconds, mounted_folder,
+from lmdbio.cli_args import (DefaultsHelpFormatter, image_count, milliseconds, mounted_folder,
                              non_negative_int, number, positive_int)
 from lmdbio.study.conditions import checked_names, installed_formats
 
@@ -63,10 +63,9 @@ def parse(argv: Sequence[str] | None, description: str) -> tuple[SweepConfig, bo
     parser = argparse.ArgumentParser(prog="python -m lmdbio.study.sweep",
                                      description=description,
                                      formatter_class=DefaultsHelpFormatter)
-    at_least_two = lambda text: int_at_least(text, 2)  # noqa: E731 (two classes, an image each)
-    parser.add_argument("--images", type=at_least_two, default=default.images,
+    parser.add_argument("--images", type=image_count, default=default.images,
                         help="images in the data set of the network and disk points")
-    parser.add_argument("--big-images", type=at_least_two, default=default.big_images,
+    parser.add_argument("--big-images", type=image_count, default=default.big_images,
                         help="images in the larger-than-cache data set")
     parser.add_argument("--max-images", type=positive_int, default=default.max_images,
                         help="images read per run (a whole epoch when the set has fewer)")
