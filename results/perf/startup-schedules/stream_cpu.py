@@ -1,39 +1,26 @@
-"""Where the CPU of lmdbio's prefetch goes through the sshfs stand-in: 8 cold reads of the startup
-section's 99 MB database by a Prefetcher with 4 streams (lmdbio's on a FUSE mount), the CPU
-each process used meanwhile (/proc/PID/stat, by command name) and the machine's (/proc/stat).
-Run from the checkout after `make bench-perf` made /tmp/lmdbio-perf; output: stream_cpu.txt."""
-import os
+"""Where the CPU of lmdbio's prefetch goes through the sshfs stand-in: 8 cold reads of the
+startup section's 99 MB database by a Prefetcher with 4 streams (lmdbio's on a FUSE mount),
+the CPU each group of processes used meanwhile and the machine's, with the study's own
+per-process accounting (``lmdbio.study.profiling``; "main process" is this one, whose threads
+are the streams). Run from the checkout after ``make bench-perf`` made /tmp/lmdbio-perf;
+output: stream_cpu.txt."""
 import time
 
-from lmdbio.study import netfs, pagecache
 from lmdbio.prefetch import Prefetcher
-TICK = os.sysconf("SC_CLK_TCK")
-def procs():
-    out = {}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit(): continue
-        try:
-            comm = open(f"/proc/{pid}/comm").read().strip()
-            f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-            out[int(pid)] = (comm, (int(f[11]) + int(f[12])) / TICK)
-        except OSError: pass
-    return out
-def machine():
-    f = [int(x) for x in open("/proc/stat").readline().split()[1:8]]
-    return (f[0]+f[1]+f[2]+f[5]+f[6]) / TICK, f[5]/TICK + f[6]/TICK
-with netfs.SshfsMount("/tmp/lmdbio-perf") as m:
-    rel = "jpeg-3000/train.lmdb"
-    for rep in range(8):
-        for p in (f"{m.mountpoint}/{rel}", f"/tmp/lmdbio-perf/{rel}"):
-            pagecache.evict(p)
+from lmdbio.study import netfs, pagecache
+from lmdbio.study.profiling import cpu_by_group, cpu_snapshot, machine_cpu_s
+
+with netfs.SshfsMount("/tmp/lmdbio-perf") as mount:
+    relative = "jpeg-3000/train.lmdb"
+    for _ in range(8):
+        for path in (f"{mount.mountpoint}/{relative}", f"/tmp/lmdbio-perf/{relative}"):
+            pagecache.evict(path)
         time.sleep(0.5)
-        a, (busy0, irq0) = procs(), machine()
-        t = time.perf_counter()
-        Prefetcher(f"{m.mountpoint}/{rel}", streams=4).start().wait()
-        wall = time.perf_counter() - t
-        b, (busy1, irq1) = procs(), machine()
-        by = {}
-        for pid, (comm, cpu) in b.items():
-            if pid in a: by[comm] = by.get(comm, 0) + cpu - a[pid][1]
-        top = {k: round(v, 3) for k, v in sorted(by.items(), key=lambda kv: -kv[1]) if v > 0.005}
-        print(f"wall {wall:.3f} s, machine busy {busy1-busy0:.2f} core-s (irq+softirq {irq1-irq0:.2f})", top)
+        before, busy_before = cpu_snapshot(), machine_cpu_s()[0]
+        start = time.perf_counter()
+        Prefetcher(f"{mount.mountpoint}/{relative}", streams=4).start().wait()
+        wall = time.perf_counter() - start
+        after, busy_after = cpu_snapshot(), machine_cpu_s()[0]
+        groups = sorted(cpu_by_group(before, after, reaped_s=0.0).items(), key=lambda kv: -kv[1])
+        print(f"wall {wall:.3f} s, machine busy {busy_after - busy_before:.2f} core-s",
+              {name: round(cpu, 3) for name, cpu in groups if cpu > 0.005})
